@@ -1,0 +1,36 @@
+# Two set-up commands: `make reproduce` and `make test`. Both create .venv when missing and
+# reinstall only when pyproject.toml changed (the stamp files below record the last install).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PROFILE ?= default
+
+.PHONY: reproduce test test-slow lint bench clean-venv
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip setuptools wheel
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $(VENV)/.installed $@
+
+reproduce: $(VENV)/.installed
+	$(BIN)/ageest reproduce --profile $(PROFILE)
+
+test: $(VENV)/.installed-dev
+	$(BIN)/ruff check ageest tests benchmarks
+	$(BIN)/python -m pytest
+
+test-slow: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -m slow
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check ageest tests benchmarks
+
+clean-venv:
+	rm -rf $(VENV)
