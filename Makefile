@@ -13,10 +13,12 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name ageest --display-name "Python (ageest)"
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name ageest --display-name "Python (ageest)"
 	touch $(VENV)/.installed $@
 
 reproduce: $(VENV)/.installed

@@ -1,0 +1,120 @@
+"""Writing results: every table, figure, JSON file and manifest goes through these helpers, so
+all outputs share one format and are written atomically (a partial file never looks finished)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Text version of :func:`atomic_write_bytes` (UTF-8)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _jsonable(value: Any) -> Any:
+    """Convert numpy/torch scalars and paths to JSON types; non-finite floats become ``None``."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        return _jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Atomically write ``obj`` as indented JSON (NaN/inf written as ``null``)."""
+    return atomic_write_text(path, json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file written by :func:`write_json`, naming the file on a parse error."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); delete it to have it rewritten") from exc
+
+
+def save_table(
+    df: pd.DataFrame, out_dir: str | os.PathLike, name: str, *, caption: str | None = None,
+    float_format: str = "{:.3f}", index: bool = False,
+) -> dict[str, Path]:
+    """Save ``df`` as ``name.csv``, ``name.md`` and ``name.tex`` in ``out_dir``.
+
+    The CSV keeps full precision; Markdown and LaTeX use ``float_format``. ``caption`` is written
+    above the Markdown table and as the LaTeX caption.
+    """
+    out_dir = Path(out_dir)
+    out: dict[str, Path] = {}
+    out["csv"] = atomic_write_text(out_dir / f"{name}.csv", df.to_csv(index=index))
+    shown = df.copy()
+    for col in shown.columns:
+        if pd.api.types.is_float_dtype(shown[col]):
+            shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else float_format.format(v))
+    md = shown.to_markdown(index=index)
+    if caption:
+        md = f"{caption}\n\n{md}"
+    out["md"] = atomic_write_text(out_dir / f"{name}.md", md + "\n")
+    tex = shown.to_latex(index=index, caption=caption, label=f"tab:{name}", escape=True)
+    out["tex"] = atomic_write_text(out_dir / f"{name}.tex", tex)
+    return out
+
+
+def save_figure(fig, out_dir: str | os.PathLike, name: str, *, dpi: int = 150) -> dict[str, Path]:
+    """Save a matplotlib figure as ``name.png`` and ``name.pdf`` in ``out_dir`` (atomically)."""
+    import io
+
+    out_dir = Path(out_dir)
+    out: dict[str, Path] = {}
+    for ext in ("png", "pdf"):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=ext, dpi=dpi, bbox_inches="tight")
+        out[ext] = atomic_write_bytes(out_dir / f"{name}.{ext}", buf.getvalue())
+    return out
+
+
+def write_manifest(
+    out_dir: str | os.PathLike, *, parameters: Mapping[str, Any] | None = None,
+    seeds: Any = None, wall_time_s: float | None = None, extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``manifest.json`` in ``out_dir``: versions, git commit, device, parameters, seeds,
+    wall time (see :func:`ageest.envinfo.environment_report`)."""
+    from ageest.envinfo import environment_report
+
+    manifest: dict[str, Any] = environment_report()
+    manifest["parameters"] = dict(parameters or {})
+    manifest["seeds"] = seeds
+    manifest["wall_time_s"] = wall_time_s
+    if extra:
+        manifest.update(extra)
+    return write_json(Path(out_dir) / "manifest.json", manifest)
