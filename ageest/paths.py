@@ -16,6 +16,10 @@ NOTEBOOKS = ROOT / "notebooks"
 PARAMS = ROOT / "params"
 
 
-def results_dir(profile: str) -> Path:
-    """Folder of one profile's outputs: ``RESULTS / profile``."""
+def output_root(profile: str, results_dir: str | os.PathLike | None = None) -> Path:
+    """Where a notebook or pipeline run writes: ``results_dir`` when given (non-empty), else
+    ``RESULTS / profile``. Inside it: ``tables/``, ``figures/``, ``metrics/<notebook>.json``,
+    ``runs/``, ``executed/``."""
+    if results_dir:
+        return Path(results_dir).expanduser().resolve()
     return RESULTS / profile
