@@ -36,3 +36,14 @@ lint: $(VENV)/.installed-dev
 
 clean-venv:
 	rm -rf $(VENV)
+
+.PHONY: lab test-browser
+
+# JupyterLab on this machine only, in notebooks/, with the project's kernel ("ageest", registered
+# into .venv by the install step above, so the notebooks open without a kernel prompt).
+lab: $(VENV)/.installed
+	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=notebooks
+
+# The real-browser test alone: JupyterLab + headless Chromium (Debian's chromium, chromium-driver).
+test-browser: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest tests/browser -rs
