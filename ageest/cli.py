@@ -14,6 +14,7 @@ from ageest import __version__
 # or when --help needs its arguments, so `ageest --help` stays fast.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "info": ("ageest.envinfo", "Print versions, device and paths of this installation."),
+    "reproduce": ("ageest.reproduce", "Execute the notebooks of a profile with papermill; write REPORT.md."),
 }
 
 

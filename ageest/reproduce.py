@@ -1,0 +1,439 @@
+"""The papermill pipeline (``ageest reproduce``): execute every numbered notebook in order with the
+parameters of one profile, render each to HTML, and leave a manifest and ``REPORT.md``.
+
+A profile is a folder ``params/<profile>/`` holding one YAML file per notebook
+(``<notebook-stem>.yaml``) whose keys must be parameters declared in that notebook's cell tagged
+``parameters``. ``profile`` and ``results_dir`` are passed to every notebook by the pipeline
+itself; the command-line options ``--fgnet``, ``--clap``, ``--device`` and ``--workers`` are passed
+to the notebooks that declare ``fgnet_dir``, ``clap_dir``, ``device`` and ``workers``.
+
+Outputs under ``<results>/<profile>/`` (or ``--results-dir``): ``executed/NN_name.ipynb`` and
+``.html``, ``tables/``, ``figures/``, ``metrics/``, ``runs/``, ``manifest.json`` and
+``REPORT.md``. Training runs are cached by the runner, so an interrupted pipeline reruns cheaply.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ageest import paths
+from ageest.artifacts import atomic_write_text, write_manifest
+
+PROFILES = ("smoke", "default", "paper")
+KERNEL_NAME = "ageest"
+NOTEBOOK_PATTERN = re.compile(r"^\d{2}_[A-Za-z0-9_]+\.ipynb$")
+# Parameters every notebook declares and the pipeline fills in itself.
+PIPELINE_PARAMETERS = ("profile", "results_dir")
+# Command-line option -> notebook parameter it sets (in the notebooks that declare it).
+OVERRIDE_PARAMETERS = {"fgnet": "fgnet_dir", "clap": "clap_dir", "device": "device",
+                       "workers": "workers"}
+
+
+class ReproduceError(RuntimeError):
+    """A user-fixable problem with a profile, a parameter file or a notebook run."""
+
+
+class NotebookFailed(ReproduceError):
+    """A notebook raised while executing; carries the notebook, the cell and the error."""
+
+    def __init__(self, notebook: Path, cell_index: int | None, ename: str, evalue: str,
+                 executed: Path, source: str = ""):
+        self.notebook, self.cell_index, self.ename, self.evalue = notebook, cell_index, ename, evalue
+        self.executed, self.source = executed, source
+        cell = "?" if cell_index is None else str(cell_index)
+        first_line = next((ln for ln in source.splitlines() if ln.strip()), "")
+        super().__init__(
+            f"{notebook.name} failed in cell {cell} (of the executed notebook, which has the "
+            f"injected parameters cell) `{first_line[:80]}`: {ename}: {evalue}\n"
+            f"  the partially executed notebook is {executed}"
+        )
+
+
+@dataclass
+class NotebookResult:
+    """What one executed notebook left behind."""
+
+    name: str
+    seconds: float
+    parameters: dict[str, Any]
+    executed: Path
+    html: Path | None = None
+
+
+@dataclass
+class PipelineResult:
+    """What :func:`reproduce` produced."""
+
+    profile: str
+    out: Path
+    notebooks: list[NotebookResult] = field(default_factory=list)
+    manifest: Path | None = None
+    report: Path | None = None
+    wall_time_s: float = 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# notebooks and their parameters
+
+
+def list_notebooks(notebooks_dir: str | Path | None = None) -> list[Path]:
+    """The pipeline's notebooks, ``NN_name.ipynb`` in ``notebooks_dir``, in numeric order."""
+    notebooks_dir = Path(notebooks_dir) if notebooks_dir else paths.NOTEBOOKS
+    if not notebooks_dir.is_dir():
+        raise ReproduceError(f"notebook folder {notebooks_dir} does not exist")
+    found = sorted(p for p in notebooks_dir.iterdir() if NOTEBOOK_PATTERN.match(p.name))
+    if not found:
+        raise ReproduceError(f"no notebooks named NN_name.ipynb in {notebooks_dir}")
+    return found
+
+
+def declared_parameters(notebook: str | Path) -> dict[str, dict[str, Any]]:
+    """Parameters declared in a notebook's cell tagged ``parameters``.
+
+    Returns papermill's description of each (``name``, ``inferred_type_name``, ``default``,
+    ``help``). A notebook without a ``parameters`` cell is an error: the pipeline cannot pass it
+    anything.
+    """
+    import papermill
+
+    notebook = Path(notebook)
+    params = papermill.inspect_notebook(str(notebook))
+    if not params:
+        raise ReproduceError(
+            f"{notebook} has no cell tagged 'parameters' (or it declares nothing); add one with "
+            "at least `profile: str = \"smoke\"` and `results_dir: str = \"\"`"
+        )
+    return dict(params)
+
+
+def params_file(profile: str, notebook: str | Path, params_dir: str | Path | None = None) -> Path:
+    """``params/<profile>/<notebook-stem>.yaml`` (which may not exist: then no overrides)."""
+    params_dir = Path(params_dir) if params_dir else paths.PARAMS
+    return params_dir / profile / f"{Path(notebook).stem}.yaml"
+
+
+def read_params_file(path: str | Path) -> dict[str, Any]:
+    """Read one profile YAML file: a flat mapping of parameter name to literal (or empty)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ReproduceError(f"{path}: not valid YAML ({exc})") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ReproduceError(f"{path}: expected a mapping of parameter: value, got "
+                             f"{type(data).__name__}")
+    for key, value in data.items():
+        if isinstance(value, (dict, list)):
+            raise ReproduceError(
+                f"{path}: parameter {key!r} is a {type(value).__name__}; notebook parameters are "
+                "flat literals (write lists as comma-separated strings, e.g. \"amr,ce\")"
+            )
+    return data
+
+
+_TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "str": lambda v: isinstance(v, str),
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "bool": lambda v: isinstance(v, bool),
+}
+
+
+def _type_ok(type_name: str | None, value: Any) -> bool:
+    """Whether ``value`` fits a papermill ``inferred_type_name`` such as ``int | None``."""
+    if not type_name or type_name == "None":
+        return True
+    alternatives = [t.strip() for t in type_name.replace("Optional[", "").rstrip("]").split("|")]
+    for alt in alternatives:
+        if alt in ("None", "NoneType") and value is None:
+            return True
+        check = _TYPE_CHECKS.get(alt)
+        if check is None:  # an annotation we do not model: do not second-guess it
+            return True
+        if check(value):
+            return True
+    return False
+
+
+def check_parameters(values: Mapping[str, Any], declared: Mapping[str, Mapping[str, Any]], *,
+                     notebook: str | Path, source: str | Path) -> None:
+    """Raise :class:`ReproduceError` for a key the notebook does not declare or a wrong type.
+
+    The message names the key, the file it came from (``source``) and the notebook, and lists the
+    parameters the notebook does declare.
+    """
+    notebook = Path(notebook)
+    for key, value in values.items():
+        if key not in declared:
+            raise ReproduceError(
+                f"unknown parameter {key!r} in {source}: notebook {notebook.name} declares "
+                f"{', '.join(sorted(declared))}; remove the key or add it to the notebook's "
+                "parameters cell"
+            )
+        type_name = declared[key].get("inferred_type_name")
+        if not _type_ok(type_name, value):
+            raise ReproduceError(
+                f"parameter {key!r} in {source} is {value!r} ({type(value).__name__}), but "
+                f"notebook {notebook.name} declares it as {type_name}"
+            )
+
+
+def notebook_parameters(profile: str, notebook: str | Path, *, out: Path,
+                        overrides: Mapping[str, Any] | None = None,
+                        params_dir: str | Path | None = None) -> dict[str, Any]:
+    """The parameters one notebook receives: its profile YAML, then ``overrides`` (command-line
+    values, given as notebook parameter names; only those the notebook declares are passed),
+    then ``profile`` and ``results_dir``. Everything is checked against the notebook."""
+    notebook = Path(notebook)
+    declared = declared_parameters(notebook)
+    missing = [p for p in PIPELINE_PARAMETERS if p not in declared]
+    if missing:
+        raise ReproduceError(
+            f"notebook {notebook.name} does not declare {', '.join(missing)} in its parameters "
+            "cell; every pipeline notebook must (they name its output folder)"
+        )
+    source = params_file(profile, notebook, params_dir)
+    values: dict[str, Any] = read_params_file(source) if source.is_file() else {}
+    for key in PIPELINE_PARAMETERS:
+        if key in values:
+            raise ReproduceError(f"{source}: {key!r} is set by `ageest reproduce` itself; "
+                                 "remove it from the file")
+    check_parameters(values, declared, notebook=notebook, source=source)
+    for key, value in (overrides or {}).items():
+        if value is not None and key in declared:
+            values[key] = value
+    check_parameters(values, declared, notebook=notebook, source="the command line")
+    values["profile"] = profile
+    values["results_dir"] = str(out)
+    return values
+
+
+def check_profile(profile: str, notebooks: list[Path] | None = None,
+                  params_dir: str | Path | None = None) -> list[Path]:
+    """Check every YAML file of ``profile`` against the notebooks: each file must name an
+    existing notebook and hold only parameters it declares. Returns the files checked."""
+    params_dir = Path(params_dir) if params_dir else paths.PARAMS
+    folder = params_dir / profile
+    if not folder.is_dir():
+        known = sorted(p.name for p in params_dir.iterdir() if p.is_dir()) if params_dir.is_dir() \
+            else []
+        raise ReproduceError(f"unknown profile {profile!r}: no folder {folder} "
+                             f"(profiles: {', '.join(known) or 'none'})")
+    notebooks = notebooks if notebooks is not None else list_notebooks()
+    by_stem = {nb.stem: nb for nb in notebooks}
+    checked = []
+    for path in sorted(folder.glob("*.y*ml")):
+        if path.stem not in by_stem:
+            raise ReproduceError(f"{path} names no notebook: expected one of "
+                                 f"{', '.join(sorted(by_stem))}.yaml")
+        values = read_params_file(path)
+        check_parameters(values, declared_parameters(by_stem[path.stem]),
+                         notebook=by_stem[path.stem], source=path)
+        checked.append(path)
+    return checked
+
+
+# ---------------------------------------------------------------------------------------------
+# executing
+
+
+def execute_notebook(notebook: Path, executed: Path, parameters: Mapping[str, Any], *,
+                     kernel_name: str = KERNEL_NAME, html: bool = True,
+                     timeout_s: int | None = None) -> NotebookResult:
+    """Execute one notebook with papermill into ``executed`` (and ``.html`` next to it).
+
+    The kernel's working directory is the notebooks folder, as in JupyterLab. Raises
+    :class:`NotebookFailed` naming the failing cell and the error.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            str(notebook), str(executed), parameters=dict(parameters), kernel_name=kernel_name,
+            cwd=str(notebook.parent), progress_bar=False, log_output=False,
+            execution_timeout=timeout_s,
+        )
+    except PapermillExecutionError as exc:
+        raise NotebookFailed(notebook, exc.cell_index, exc.ename, exc.evalue, executed,
+                             exc.source or "") from exc
+    except Exception as exc:
+        if type(exc).__name__ == "NoSuchKernel":
+            raise ReproduceError(
+                f"no Jupyter kernel named {kernel_name!r}; register it with "
+                f"`{sys.executable} -m ipykernel install --sys-prefix --name {kernel_name} "
+                "--display-name 'Python (ageest)'` (the Makefile does this)"
+            ) from exc
+        raise
+    seconds = time.perf_counter() - start
+    result = NotebookResult(notebook.name, seconds, dict(parameters), executed)
+    if html:
+        result.html = render_html(executed)
+    return result
+
+
+def render_html(executed: Path) -> Path:
+    """Render an executed notebook to self-contained HTML (figures embedded) next to it."""
+    import nbconvert
+    import nbformat
+
+    nb = nbformat.read(str(executed), as_version=4)
+    body, _ = nbconvert.HTMLExporter().from_notebook_node(nb)
+    return atomic_write_text(executed.with_suffix(".html"), body)
+
+
+def _select(notebooks: list[Path], only: str | None) -> list[Path]:
+    """Keep the notebooks whose two-digit number or stem is in the comma list ``only``."""
+    if not only:
+        return notebooks
+    wanted = [w.strip() for w in only.split(",") if w.strip()]
+    chosen = [nb for nb in notebooks if nb.name[:2] in wanted or nb.stem in wanted]
+    unknown = [w for w in wanted if not any(nb.name[:2] == w or nb.stem == w for nb in notebooks)]
+    if unknown:
+        raise ReproduceError(f"--only names unknown notebooks {unknown}; have "
+                             f"{', '.join(nb.stem for nb in notebooks)}")
+    return chosen
+
+
+def _check_data_dirs(profile: str, fgnet: str | None, clap: str | None) -> None:
+    for flag, value in (("--fgnet", fgnet), ("--clap", clap)):
+        if value and not Path(value).expanduser().is_dir():
+            raise ReproduceError(f"{flag} {value}: no such folder")
+    if profile == "paper" and not (fgnet and clap):
+        missing = [f for f, v in (("--fgnet DIR", fgnet), ("--clap DIR", clap)) if not v]
+        raise ReproduceError(
+            "profile 'paper' trains on the real datasets; pass " + " and ".join(missing) +
+            " (FG-NET: the folder of 1,002 NNNAxx.JPG images; CLAP2016: the APPA-REAL release "
+            "folder with train/ valid/ test/ and gt_avg_*.csv). Use --profile default for the "
+            "synthetic stand-ins."
+        )
+
+
+def reproduce(profile: str, *, fgnet: str | None = None, clap: str | None = None,
+              device: str | None = None, workers: int | None = None,
+              results_dir: str | Path | None = None, only: str | None = None,
+              notebooks_dir: str | Path | None = None, params_dir: str | Path | None = None,
+              kernel_name: str = KERNEL_NAME, html: bool = True, report: bool = True,
+              log: Callable[[str], None] = print) -> PipelineResult:
+    """Execute the pipeline's notebooks for ``profile`` (see the module docstring).
+
+    Every notebook's parameters are checked before the first one runs, so a typo in a YAML file
+    fails in seconds, not after an hour of training. One progress line is logged per notebook.
+    """
+    if profile not in PROFILES and not (Path(params_dir or paths.PARAMS) / profile).is_dir():
+        raise ReproduceError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    _check_data_dirs(profile, fgnet, clap)
+    out = paths.output_root(profile, results_dir)
+    notebooks = list_notebooks(notebooks_dir)
+    check_profile(profile, notebooks, params_dir)
+    notebooks = _select(notebooks, only)
+    overrides = {
+        "fgnet_dir": str(Path(fgnet).expanduser().resolve()) if fgnet else None,
+        "clap_dir": str(Path(clap).expanduser().resolve()) if clap else None,
+        "device": device, "workers": workers,
+    }
+    plan = [(nb, notebook_parameters(profile, nb, out=out, overrides=overrides,
+                                     params_dir=params_dir)) for nb in notebooks]
+
+    result = PipelineResult(profile, out)
+    start = time.perf_counter()
+    log(f"ageest reproduce: profile {profile}, {len(plan)} notebooks -> {out}")
+    for i, (nb, params) in enumerate(plan, 1):
+        executed = out / "executed" / nb.name
+        t0 = time.perf_counter()
+        try:
+            nb_result = execute_notebook(nb, executed, params, kernel_name=kernel_name, html=html)
+        except NotebookFailed:
+            log(f"[{i}/{len(plan)}] {nb.name:<28} FAILED after {time.perf_counter() - t0:7.1f} s")
+            result.wall_time_s = time.perf_counter() - start
+            result.manifest = _write_pipeline_manifest(result, plan, failed=nb.name)
+            raise
+        result.notebooks.append(nb_result)
+        log(f"[{i}/{len(plan)}] {nb.name:<28} {nb_result.seconds:7.1f} s")
+    result.wall_time_s = time.perf_counter() - start
+    result.manifest = _write_pipeline_manifest(result, plan)
+    if report:
+        from ageest.report import write_report
+
+        result.report = write_report(out, profile=profile)
+        log(f"report: {result.report}")
+    log(f"done in {result.wall_time_s:.1f} s")
+    return result
+
+
+def _seeds(plan: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any]:
+    """Every parameter whose name mentions a seed, per notebook."""
+    return {nb.stem: {k: v for k, v in params.items() if "seed" in k}
+            for nb, params in plan if any("seed" in k for k in params)}
+
+
+def _write_pipeline_manifest(result: PipelineResult, plan: list[tuple[Path, dict[str, Any]]],
+                             failed: str | None = None) -> Path:
+    done = {r.name: r for r in result.notebooks}
+    notebooks = []
+    for nb, _ in plan:
+        r = done.get(nb.name)
+        status = "done" if r else ("failed" if nb.name == failed else "not run")
+        notebooks.append({"notebook": nb.name, "status": status,
+                          "wall_time_s": round(r.seconds, 2) if r else None})
+    devices = sorted({str(p["device"]) for _, p in plan if "device" in p})
+    return write_manifest(
+        result.out,
+        parameters={nb.stem: params for nb, params in plan},
+        seeds=_seeds(plan),
+        wall_time_s=round(result.wall_time_s, 2),
+        extra={"profile": result.profile, "kind": "ageest reproduce",
+               "requested_devices": devices, "notebooks": notebooks, "failed": failed},
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", default="default",
+                        help=f"parameter profile in params/ ({', '.join(PROFILES)}); "
+                             "default: %(default)s")
+    parser.add_argument("--fgnet", metavar="DIR", help="real FG-NET image folder "
+                        "(default: the synthetic FG-NET-like data; required by --profile paper)")
+    parser.add_argument("--clap", metavar="DIR", help="real CLAP2016 / APPA-REAL folder "
+                        "(default: synthetic; required by --profile paper)")
+    parser.add_argument("--device", help="training device, e.g. cpu, cuda, cuda:1 "
+                        "(default: the profile's)")
+    parser.add_argument("--workers", type=int, help="parallel training runs "
+                        "(default: the profile's)")
+    parser.add_argument("--results-dir", metavar="DIR",
+                        help="output folder (default: results/<profile>)")
+    parser.add_argument("--only", metavar="NN[,NN]", help="run only these notebooks "
+                        "(numbers or stems), e.g. --only 03,04 to recompute tables")
+    parser.add_argument("--kernel", default=KERNEL_NAME, help="Jupyter kernel (default: "
+                        "%(default)s, registered by the Makefile)")
+    parser.add_argument("--no-html", action="store_true", help="skip the HTML renderings")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        reproduce(args.profile, fgnet=args.fgnet, clap=args.clap, device=args.device,
+                  workers=args.workers, results_dir=args.results_dir, only=args.only,
+                  kernel_name=args.kernel, html=not args.no_html)
+    except NotebookFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ReproduceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
