@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from ageest import paths
-from ageest.artifacts import atomic_write_text, write_manifest
+from ageest.artifacts import atomic_write_text, read_json, write_manifest
 
 PROFILES = ("smoke", "default", "paper")
 KERNEL_NAME = "ageest"
@@ -67,6 +67,8 @@ class NotebookResult:
     parameters: dict[str, Any]
     executed: Path
     html: Path | None = None
+    tables: list[str] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -354,6 +356,7 @@ def reproduce(profile: str, *, fgnet: str | None = None, clap: str | None = None
     for i, (nb, params) in enumerate(plan, 1):
         executed = out / "executed" / nb.name
         t0 = time.perf_counter()
+        before = _artefact_stamps(out)
         try:
             nb_result = execute_notebook(nb, executed, params, kernel_name=kernel_name, html=html)
         except NotebookFailed:
@@ -361,6 +364,10 @@ def reproduce(profile: str, *, fgnet: str | None = None, clap: str | None = None
             result.wall_time_s = time.perf_counter() - start
             result.manifest = _write_pipeline_manifest(result, plan, failed=nb.name)
             raise
+        after = _artefact_stamps(out)
+        written = sorted(k for k, stamp in after.items() if before.get(k) != stamp)
+        nb_result.tables = [name for kind, name in written if kind == "table"]
+        nb_result.figures = [name for kind, name in written if kind == "figure"]
         result.notebooks.append(nb_result)
         log(f"[{i}/{len(plan)}] {nb.name:<28} {nb_result.seconds:7.1f} s")
     result.wall_time_s = time.perf_counter() - start
@@ -372,6 +379,16 @@ def reproduce(profile: str, *, fgnet: str | None = None, clap: str | None = None
         log(f"report: {result.report}")
     log(f"done in {result.wall_time_s:.1f} s")
     return result
+
+
+def _artefact_stamps(out: Path) -> dict[tuple[str, str], int]:
+    """(kind, name) -> modification time of every table (``.csv``) and figure (``.png``), so the
+    manifest can record which notebook wrote which artefact."""
+    stamps = {}
+    for kind, folder, ext in (("table", "tables", "csv"), ("figure", "figures", "png")):
+        for path in (out / folder).glob(f"*.{ext}"):
+            stamps[(kind, path.stem)] = path.stat().st_mtime_ns
+    return stamps
 
 
 def _seeds(plan: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any]:
@@ -388,7 +405,18 @@ def _write_pipeline_manifest(result: PipelineResult, plan: list[tuple[Path, dict
         r = done.get(nb.name)
         status = "done" if r else ("failed" if nb.name == failed else "not run")
         notebooks.append({"notebook": nb.name, "status": status,
-                          "wall_time_s": round(r.seconds, 2) if r else None})
+                          "wall_time_s": round(r.seconds, 2) if r else None,
+                          "tables": r.tables if r else [], "figures": r.figures if r else []})
+    # notebooks not run this time (--only) keep their entries from the previous manifest
+    previous = result.out / "manifest.json"
+    if previous.is_file():
+        ran = {nb.name for nb, _ in plan}
+        try:
+            kept = [e for e in read_json(previous).get("notebooks", [])
+                    if e.get("notebook") not in ran]
+        except ValueError:
+            kept = []
+        notebooks = sorted(kept + notebooks, key=lambda e: e.get("notebook", ""))
     devices = sorted({str(p["device"]) for _, p in plan if "device" in p})
     return write_manifest(
         result.out,

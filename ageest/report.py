@@ -1,0 +1,380 @@
+"""``REPORT.md``: every table and figure of a pipeline run, in the paper's order, with the paper's
+own number beside ours where one can be sourced.
+
+The paper's numbers live in one data file, ``ageest/resources/paper_results.csv``, with a
+``source`` column. Only two are sourced so far (FG-NET leave-one-person-out MAE of AMR, 3.61, and of
+mean-variance, 4.10, from a third-party survey table, so marked unverified); every other paper value
+is shown as "not available", never filled in. When the data are synthetic, the report says so at
+the top and in every table caption.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ageest.artifacts import atomic_write_text, read_json
+from ageest.artifacts import save_table as _save_table
+
+NOT_AVAILABLE = "not available"
+SYNTHETIC_NOTE = "Synthetic data (ageest's generated stand-in, not the paper's dataset)"
+OFFICIAL_LABEL = "official (test-selected epoch)"
+
+
+# ---------------------------------------------------------------------------------------------
+# the paper's numbers
+
+
+def paper_results() -> pd.DataFrame:
+    """The paper's numbers that can be cited, from ``ageest/resources/paper_results.csv``.
+
+    Columns: ``artefact``, ``dataset``, ``protocol``, ``method``, ``metric``, ``value`` (float,
+    NaN when not available) and ``source``.
+
+    >>> table = paper_results()
+    >>> row = table[(table.method == "amr") & (table.metric == "mae")].iloc[0]
+    >>> float(row.value), row.source
+    (3.61, 'third-party survey table, unverified')
+    """
+    with resources.files("ageest.resources").joinpath("paper_results.csv").open("r") as fh:
+        table = pd.read_csv(fh, dtype={"value": float})
+    required = {"artefact", "dataset", "protocol", "method", "metric", "value", "source"}
+    if missing := required - set(table.columns):
+        raise ValueError(f"ageest/resources/paper_results.csv lacks columns {sorted(missing)}")
+    unsourced = table[table.value.notna() & (table.source.fillna("") == "")]
+    if len(unsourced):
+        raise ValueError("ageest/resources/paper_results.csv has values without a source: "
+                         f"{unsourced.to_dict('records')}")
+    return table
+
+
+def paper_value(dataset: str, method: str, metric: str) -> tuple[float, str]:
+    """``(value, source)`` of one paper number; ``(nan, "not available")`` when there is none.
+
+    >>> paper_value("fgnet", "mean_variance", "mae")
+    (4.1, 'third-party survey table, unverified')
+    >>> paper_value("clap2016", "amr", "epsilon_error")
+    (nan, 'not available')
+    """
+    table = paper_results()
+    hit = table[(table.dataset == dataset) & (table.method == method) & (table.metric == metric)
+                & table.value.notna()]
+    if hit.empty:
+        return math.nan, NOT_AVAILABLE
+    return float(hit.value.iloc[0]), str(hit.source.iloc[0])
+
+
+def add_paper_values(table: pd.DataFrame, *, dataset: str, metric: str,
+                     method_column: str = "loss") -> pd.DataFrame:
+    """Add ``paper_<metric>`` and ``paper_source`` columns beside ours, looked up per method.
+
+    Methods without a sourced number get NaN and ``"not available"``.
+    """
+    out = table.copy()
+    looked_up = [paper_value(dataset, str(m), metric) for m in out[method_column]]
+    out[f"paper_{metric}"] = [v for v, _ in looked_up]
+    out["paper_source"] = [s for _, s in looked_up]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# captions and saving
+
+
+def caption(text: str, synthetic: bool) -> str:
+    """A table caption, prefixed with the synthetic-data note when ``synthetic``.
+
+    >>> caption("MAE on FG-NET.", synthetic=True).startswith("Synthetic data")
+    True
+    """
+    return f"{SYNTHETIC_NOTE}. {text}" if synthetic else text
+
+
+def save_table(df: pd.DataFrame, out: str | Path, name: str, text: str, *,
+               synthetic: bool) -> dict[str, Path]:
+    """Save a table under ``out/tables`` (CSV, Markdown, LaTeX) with its caption marked synthetic
+    when the data are. The notebooks save every data table through this."""
+    return _save_table(df, Path(out) / "tables", name, caption=caption(text, synthetic))
+
+
+def data_is_synthetic(out: str | Path) -> bool | None:
+    """Whether the run at ``out`` used synthetic data, from ``metrics/00_data_prep.json``
+    (``None`` when that notebook has not written its metrics)."""
+    path = Path(out) / "metrics" / "00_data_prep.json"
+    if not path.is_file():
+        return None
+    return bool(read_json(path).get("synthetic", False))
+
+
+# ---------------------------------------------------------------------------------------------
+# the report
+
+
+@dataclass(frozen=True)
+class Artefact:
+    """One table or figure the report places, with the paper artefact it corresponds to."""
+
+    kind: str  # "table" or "figure"
+    name: str  # file stem under tables/ or figures/
+    title: str
+    paper: str  # what the paper has here, or "beyond the paper"
+
+
+@dataclass(frozen=True)
+class Section:
+    title: str
+    notebook: str
+    text: str
+    artefacts: tuple[Artefact, ...]
+
+
+T, F = "table", "figure"
+# notebooks whose artefacts do not depend on the data (no synthetic-data marking)
+NO_DATA_NOTEBOOKS = {"01_loss_illustration"}
+BEYOND = "beyond the paper (ageest)"
+SECTIONS: tuple[Section, ...] = (
+    Section("Data", "00_data_prep",
+            "The datasets as loaded: counts, age distributions, example faces, and the folds with "
+            "their subject-disjointness checks.", (
+                Artefact(T, "data_summary", "Datasets", "dataset description (FG-NET, CLAP2016)"),
+                Artefact(T, "split_summary", "Folds and disjointness checks",
+                         "protocol description (LOPO; CLAP2016 official split)"),
+                Artefact(F, "age_histograms", "Age distributions", "not in the paper"),
+                Artefact(F, "face_grid", "Faces across ages", "not in the paper"),
+            )),
+    Section("The loss", "01_loss_illustration",
+            "The adaptive mean-residue loss explained on example distributions (notebook 01).", ()),
+    Section("Training", "02_training",
+            "The grid of runs and the learning curves of every loss component, with the mean "
+            "adaptive K per epoch.", (
+                Artefact(T, "training_runs", "Runs", "training settings (paper's scripts)"),
+                Artefact(F, "learning_curves", "Learning curves", "not in the paper"),
+                Artefact(F, "adaptive_k_per_epoch", "Mean adaptive K per epoch",
+                         "not in the paper"),
+            )),
+    Section("FG-NET: MAE comparison", "03_evaluation",
+            "Mean absolute error on FG-NET-format data, pooled over images and averaged over "
+            "subjects, with subject-level bootstrap confidence intervals. The paper's number is "
+            "shown beside ours where one can be sourced.", (
+                Artefact(T, "fgnet_mae_comparison", "MAE comparison",
+                         "FG-NET MAE comparison table"),
+            )),
+    Section("CLAP2016: ε-error comparison", "03_evaluation",
+            "ε-error on CLAP2016-format data (apparent age with the annotators' σ).", (
+                Artefact(T, "clap_epsilon_comparison", "ε-error comparison",
+                         "CLAP2016 ε-error comparison table"),
+            )),
+    Section("Cumulative score", "03_evaluation",
+            "CS(θ), the share of images with absolute error at most θ, for θ = 0…10.", (
+                Artefact(F, "cs_curves", "CS(θ) curves", "FG-NET CS curves figure"),
+                Artefact(T, "cs_curves", "CS(θ) values", "FG-NET CS curves figure"),
+            )),
+    Section("Ablation: fixed K against adaptive K", "04_ablation_k",
+            "Mean-residue loss with a fixed top-K against the adaptive K, on the same folds and "
+            "seeds.", (
+                Artefact(T, "k_ablation", "MAE by K", "ablation on K"),
+                Artefact(F, "k_ablation_mae", "MAE versus K", "ablation on K"),
+                Artefact(F, "adaptive_k_distribution", "Adaptive K over training",
+                         "not in the paper"),
+                Artefact(T, "adaptive_k_history", "Adaptive K per epoch", "not in the paper"),
+            )),
+    Section("Error by age group and paired tests", "03_evaluation",
+            "Where the errors are, and whether AMR's difference from each baseline is larger than "
+            "chance on the same images.", (
+                Artefact(T, "age_group_mae", "MAE by age group", BEYOND),
+                Artefact(F, "age_group_mae", "MAE by age group", BEYOND),
+                Artefact(T, "paired_tests", "Paired tests, AMR against each baseline", BEYOND),
+            )),
+    Section("Dual protocol: official against clean", "03_evaluation",
+            "The same AMR configuration under the official code's protocol (epoch selected on the "
+            "test set, MAE from the rounded expectation, CS from the argmax) and under the clean "
+            "protocol (epoch selected on validation subjects, one readout for MAE and CS). The gap "
+            "is the optimism of test-set selection. Official numbers are labelled as such.", (
+                Artefact(T, "dual_protocol", "Official against clean protocol", BEYOND),
+                Artefact(F, "dual_protocol", "Official against clean protocol", BEYOND),
+            )),
+    Section("Protocol sensitivity", "03_evaluation",
+            "How the numbers move with the readout (expectation, rounded, argmax, median), the "
+            "LOPO aggregation (pooled over images or mean over subjects) and the ε-error variant.", (
+                Artefact(T, "protocol_sensitivity", "MAE and CS by readout and aggregation",
+                         BEYOND),
+                Artefact(T, "epsilon_variants", "ε-error variants", BEYOND),
+            )),
+    Section("Ambiguity calibration", "03_evaluation",
+            "On CLAP2016-format data: does the spread of the predicted distribution follow the "
+            "annotators' disagreement σ?", (
+                Artefact(T, "ambiguity_calibration", "Predicted std against annotators' σ", BEYOND),
+                Artefact(F, "ambiguity_calibration", "Reliability-style diagram", BEYOND),
+            )),
+)
+
+
+def _artefact_files(out: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+    tables = {p.stem: p for p in sorted((out / "tables").glob("*.md"))}
+    figures = {p.stem: p for p in sorted((out / "figures").glob("*.png"))}
+    return tables, figures
+
+
+def _notebook_of_files(out: Path) -> dict[tuple[str, str], str]:
+    """(kind, name) -> notebook stem that wrote it, from the pipeline manifest when present."""
+    manifest = out / "manifest.json"
+    if not manifest.is_file():
+        return {}
+    owners: dict[tuple[str, str], str] = {}
+    for entry in read_json(manifest).get("notebooks", []):
+        stem = Path(entry.get("notebook", "")).stem
+        for kind in ("table", "figure"):
+            for name in entry.get(f"{kind}s", []) or []:
+                owners[(kind, name)] = stem
+    return owners
+
+
+def _block(out: Path, kind: str, path: Path, title: str, synthetic: bool) -> str:
+    if kind == T:
+        return _table_block(path, synthetic)
+    return _figure_block(out, path, title, synthetic)
+
+
+def _table_block(path: Path, synthetic: bool) -> str:
+    text = path.read_text(encoding="utf-8").strip()
+    if synthetic and not text.startswith(SYNTHETIC_NOTE):
+        text = f"{SYNTHETIC_NOTE}.\n\n{text}"
+    return text
+
+
+def _figure_block(out: Path, path: Path, title: str, synthetic: bool) -> str:
+    rel = path.relative_to(out).as_posix()
+    pdf = path.with_suffix(".pdf")
+    note = f" — {SYNTHETIC_NOTE.lower()}" if synthetic else ""
+    link = f" ([PDF]({pdf.relative_to(out).as_posix()}))" if pdf.is_file() else ""
+    return f"![{title}]({rel})\n\n*Figure: {title}{note}.*{link}"
+
+
+def _metrics_summary(out: Path, notebook: str) -> str:
+    """The headline numbers of one notebook's metrics JSON, as a short bullet list."""
+    path = out / "metrics" / f"{notebook}.json"
+    if not path.is_file():
+        return ""
+    data = read_json(path)
+    lines = []
+    for key, value in data.items():
+        if isinstance(value, float):
+            lines.append(f"- `{key}`: {value:.4g}")
+        elif isinstance(value, (int, str, bool)) and len(str(value)) < 80:
+            lines.append(f"- `{key}`: {value}")
+    return "\n".join(lines[:12])
+
+
+def _notebook_table(out: Path) -> str:
+    manifest = out / "manifest.json"
+    if not manifest.is_file():
+        return "No pipeline manifest (`manifest.json`) was found: the notebooks were run by hand."
+    data = read_json(manifest)
+    rows = ["| notebook | status | wall time (s) | rendering |", "|---|---|---:|---|"]
+    for entry in data.get("notebooks", []):
+        name = entry.get("notebook", "?")
+        html = out / "executed" / Path(name).with_suffix(".html").name
+        link = f"[HTML](executed/{html.name})" if html.is_file() else ""
+        seconds = entry.get("wall_time_s")
+        rows.append(f"| {name} | {entry.get('status', '?')} | "
+                    f"{'' if seconds is None else f'{seconds:.1f}'} | {link} |")
+    total = data.get("wall_time_s")
+    rows.append("")
+    rows.append(f"Total wall time: {total:.1f} s. Git commit: `{data.get('git_commit')}`."
+                if isinstance(total, (int, float)) else f"Git commit: `{data.get('git_commit')}`.")
+    return "\n".join(rows)
+
+
+def build_report(out: str | Path, *, profile: str | None = None) -> str:
+    """The Markdown text of ``REPORT.md`` for the results folder ``out``."""
+    out = Path(out)
+    profile = profile or out.name
+    synthetic = data_is_synthetic(out)
+    tables, figures = _artefact_files(out)
+    owners = _notebook_of_files(out)
+    placed: set[tuple[str, str]] = set()
+
+    lines: list[str] = [f"# ageest reproduction report — profile `{profile}`", ""]
+    if synthetic:
+        lines += [
+            f"> **{SYNTHETIC_NOTE}.** Every number below was computed on synthetic images "
+            "generated by `ageest.data.synthetic`, so it measures the pipeline and the relative "
+            "behaviour of the losses, not the paper's results on FG-NET or CLAP2016. Run "
+            "`ageest reproduce --profile paper --fgnet DIR --clap DIR` for the real datasets.",
+            "",
+        ]
+    elif synthetic is None:
+        lines += ["> The data-preparation notebook did not record which data were used.", ""]
+    paper = paper_results()
+    sourced = paper[paper.value.notna()]
+    lines += [
+        "Adaptive Mean-Residue Loss for Robust Facial Age Estimation (Zhao, Qian, Hou, Zeng; "
+        "ICME 2022, arXiv 2203.17156). Sections follow the paper's order, then what ageest adds.",
+        "",
+        "**Paper numbers.** Only numbers with a source are shown: "
+        + "; ".join(f"{r.dataset} {r.protocol} {r.metric} of `{r.method}` = {r.value:g} "
+                    f"({r.source})" for r in sourced.itertuples())
+        + f". Every other paper value is *{NOT_AVAILABLE}*. The paper's numbers come from the "
+        "official protocol (test-selected epoch), so compare them with our rows labelled "
+        f"*{OFFICIAL_LABEL}*.",
+        "",
+        "## Notebooks", "", _notebook_table(out), "",
+    ]
+    last_section = {s.notebook: i for i, s in enumerate(SECTIONS)}
+    for i, section in enumerate(SECTIONS):
+        marked = bool(synthetic) and section.notebook not in NO_DATA_NOTEBOOKS
+        lines += [f"## {section.title}", "", f"*Notebook `{section.notebook}`.* {section.text}",
+                  ""]
+        for art in section.artefacts:
+            files = tables if art.kind == T else figures
+            lines += [f"### {art.title}", "", f"Paper: {art.paper}.", ""]
+            if art.name not in files:
+                lines += [f"*Not produced in this run* (`{art.kind}s/{art.name}` is missing).", ""]
+                continue
+            placed.add((art.kind, art.name))
+            lines += [_block(out, art.kind, files[art.name], art.title, marked), ""]
+        if last_section[section.notebook] != i:
+            continue
+        # whatever else this notebook wrote (e.g. notebook 01's figures) follows its last section
+        for kind, name in sorted(k for k, nb in owners.items() if nb == section.notebook):
+            files = tables if kind == T else figures
+            if (kind, name) in placed or name not in files:
+                continue
+            placed.add((kind, name))
+            title = name.replace("_", " ")
+            lines += [f"### {title}", "", _block(out, kind, files[name], title, marked), ""]
+        summary = _metrics_summary(out, section.notebook)
+        if summary:
+            lines += [f"Numbers recorded in `metrics/{section.notebook}.json`:", "", summary, ""]
+    leftovers = [(T, n) for n in tables if (T, n) not in placed] + \
+        [(F, n) for n in figures if (F, n) not in placed]
+    if leftovers:
+        lines += ["## Other artefacts", ""]
+        for kind, name in leftovers:
+            files = tables if kind == T else figures
+            title = name.replace("_", " ")
+            lines += [f"### {title}", "", _block(out, kind, files[name], title, bool(synthetic)),
+                      ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_report(out: str | Path, *, profile: str | None = None) -> Path:
+    """Write ``out/REPORT.md`` (see :func:`build_report`) and return its path."""
+    out = Path(out)
+    return atomic_write_text(out / "REPORT.md", build_report(out, profile=profile))
+
+
+def summarise_value(value: Any) -> str:
+    """Format a number for prose: three decimals, or "not available" for NaN/None.
+
+    >>> summarise_value(3.6149), summarise_value(float("nan"))
+    ('3.615', 'not available')
+    """
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return NOT_AVAILABLE
+    return f"{value:.3f}"
