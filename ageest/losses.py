@@ -156,19 +156,30 @@ def _variance_per_sample(p: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     return (p * (a.unsqueeze(0) - m.unsqueeze(1)) ** 2).sum(dim=1)
 
 
-def _out_of_topk_mask(p: torch.Tensor, idx: torch.Tensor, k: int | None) -> torch.Tensor:
-    """(N, C) bool, True for classes outside top-K. Built from detached probabilities: the
-    selection is a hard set and carries no gradient."""
-    p = p.detach()
+def _out_of_topk_mask(logits: torch.Tensor, idx: torch.Tensor, k: int | None) -> torch.Tensor:
+    """(N, C) bool, True for classes outside top-K.
+
+    Ranks are taken on the logits, not on p: softmax is strictly increasing within a row, so
+    ``z_j < z_y`` is exactly ``p_j < p_y`` in real arithmetic, while comparing rounded
+    probabilities can create or break ties (exp rounding, underflow to 0 in float32). The set is
+    a hard selection and carries no gradient.
+    """
+    z = logits.detach()
     if k is None:
-        p_y = p.gather(1, idx.unsqueeze(1))  # (N, 1)
-        return p < p_y  # ties with p_y stay in top-K, as in the official `p < prob_gt`
-    # A stable descending sort puts, among equal probabilities, the lower class index first, so
-    # the top-K set is reproducible across runs and devices (torch.topk leaves tie order
+        z_y = z.gather(1, idx.unsqueeze(1))  # (N, 1)
+        return z < z_y  # ties with the true class stay in top-K, as in the official `p < prob_gt`
+    # A stable descending sort puts, among equal logits, the lower class index first, so the
+    # top-K set is reproducible across runs and devices (torch.topk leaves the order of ties
     # unspecified). The loss value does not depend on how ties are broken; its gradient does.
-    order = torch.sort(p, dim=1, descending=True, stable=True).indices[:, :k]  # (N, k)
-    in_top = torch.zeros_like(p, dtype=torch.bool).scatter_(1, order, True)
+    order = torch.sort(z, dim=1, descending=True, stable=True).indices[:, :k]  # (N, k)
+    in_top = torch.zeros_like(z, dtype=torch.bool).scatter_(1, order, True)
     return ~in_top
+
+
+def _adaptive_k(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """(N,) int64: number of classes with z_j >= z_y (equivalently p_j >= p_y)."""
+    z = logits.detach()
+    return (z >= z.gather(1, idx.unsqueeze(1))).sum(dim=1)
 
 
 def _residue_per_sample(
@@ -180,7 +191,7 @@ def _residue_per_sample(
 ) -> torch.Tensor:
     logp = F.log_softmax(logits, dim=1)  # (N, C)
     p = logp.exp()
-    out = _out_of_topk_mask(p, idx, k)
+    out = _out_of_topk_mask(logits, idx, k)
     if eps > 0:
         q = p + eps
         terms = -q * torch.log(q)
@@ -323,10 +334,14 @@ def residue_loss(
     :math:`\mathcal{T} = \{j : p_j \ge p_y\}`, i.e. a class is *out* of top-K when
     :math:`p_j < p_y` (the official code's mask). It always contains the true class ``y``; classes
     tied with ``p_y`` are inside. K varies per sample and per step (see :func:`topk_size`).
+    Ranks are compared on the logits (softmax is strictly increasing, so :math:`z_j < z_y` is
+    :math:`p_j < p_y` exactly), so float rounding of the probabilities cannot create or break a
+    tie.
     With an integer ``k`` (fixed-K variant), :math:`\mathcal{T}` is the ``k`` most probable
     classes; ties are broken by a stable sort, so among equal probabilities the lower class index
     (the younger age) enters top-K first. ``torch.topk`` is not used because its order among ties
-    is unspecified. The loss *value* is the same however ties are broken; its gradient is not.
+    is unspecified (it may differ between CPU and CUDA). The loss *value* is the same however
+    ties are broken; its gradient is not.
 
     ``eps`` is the official smoothing (1e-3). The official code evaluates
     :math:`-(q+\varepsilon)\log(q+\varepsilon)` with :math:`q = p\,[p < p_y]` over *all* classes,
@@ -406,7 +421,7 @@ def topk_size(logits: torch.Tensor, ages, *, start_age: int = 0) -> torch.Tensor
 
     .. math:: K = \bigl|\{j : p_j \ge p_y\}\bigr|, \qquad 1 \le K \le C
 
-    K = 1 when the true class is the arg-max. Computed without gradient, for logging [1]_.
+    K = 1 when the true class is the unique arg-max. Computed without gradient, for logging [1]_.
 
     Parameters
     ----------
@@ -432,10 +447,7 @@ def topk_size(logits: torch.Tensor, ages, *, start_age: int = 0) -> torch.Tensor
     tensor([1, 3, 3])
     """
     idx, _ = _prepare(logits, ages, start_age)
-    with torch.no_grad():
-        p = torch.softmax(logits.detach(), dim=1)
-        p_y = p.gather(1, idx.unsqueeze(1))
-        return (p >= p_y).sum(dim=1)
+    return _adaptive_k(logits, idx)
 
 
 def gaussian_label_distribution(
@@ -589,9 +601,7 @@ class _AgeLoss(nn.Module):
             logits = logits.detach()
             if "ce" not in parts:
                 parts["ce"] = F.cross_entropy(logits, idx)
-            p = torch.softmax(logits, dim=1)
-            p_y = p.gather(1, idx.unsqueeze(1))
-            parts["k_mean"] = (p >= p_y).sum(dim=1).to(logits.dtype).mean()
+            parts["k_mean"] = _adaptive_k(logits, idx).to(logits.dtype).mean()
             names = list(parts)
             values = torch.stack([parts[n].detach().to(logits.dtype) for n in names]).tolist()
         self.last_components = dict(zip(names, (float(v) for v in values), strict=True))
