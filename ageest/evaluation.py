@@ -1,0 +1,450 @@
+"""Comparison tables and statistics computed from stored predictions only (notebooks 03 and 04).
+
+Everything here starts from a *predictions frame*: one row per (run, test image), as written by the
+runner's prediction store and gathered by :func:`load_predictions`, with the columns
+
+``run``, ``dataset``, ``protocol``, ``loss``, ``k`` (``"adaptive"`` or an int as text), ``seed``,
+``fold``, ``selection``, ``start_age``, ``image_id``, ``subject``, ``age``, ``age_mean``, ``std``
+and ``probs`` (the predicted distribution, one numpy vector per row).
+
+No function here trains or reads images, so every table can be recomputed on a CPU in seconds.
+Runs trained with ``selection="test_best_epoch_official"`` (the official code's epoch selected on
+the test set) keep that label in every table as ``official (test-selected epoch)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ageest import metrics
+from ageest.report import OFFICIAL_LABEL, add_paper_values
+
+OFFICIAL_SELECTION = "test_best_epoch_official"
+# Columns identifying a method (one row of a comparison table).
+METHOD_COLUMNS = ("loss", "k", "selection")
+PRED_COLUMNS = ("run", "dataset", "protocol", "loss", "k", "seed", "fold", "selection",
+                "start_age", "image_id", "subject", "age", "age_mean", "std", "probs")
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers on the predictions frame
+
+
+def protocol_label(selection: str) -> str:
+    """``"official (test-selected epoch)"`` for official runs, else ``"clean (<selection>)"``.
+
+    >>> protocol_label("test_best_epoch_official")
+    'official (test-selected epoch)'
+    >>> protocol_label("best_val_mae")
+    'clean (best_val_mae)'
+    """
+    return OFFICIAL_LABEL if selection == OFFICIAL_SELECTION else f"clean ({selection})"
+
+
+def method_label(loss: str, k: object, selection: str = "") -> str:
+    """A readable method name: the loss, its fixed K when it has one, and the official marking.
+
+    >>> method_label("mean_residue", 3), method_label("amr", "adaptive", OFFICIAL_SELECTION)
+    ('mean_residue (K=3)', 'amr [official (test-selected epoch)]')
+    """
+    name = str(loss)
+    if k not in (None, "", "adaptive") and not (isinstance(k, float) and np.isnan(k)):
+        name += f" (K={k})"
+    if selection == OFFICIAL_SELECTION:
+        name += f" [{OFFICIAL_LABEL}]"
+    return name
+
+
+def check_predictions(preds: pd.DataFrame) -> pd.DataFrame:
+    """Raise ``ValueError`` naming the missing columns, or when the frame is empty."""
+    missing = [c for c in PRED_COLUMNS if c not in preds.columns]
+    if missing:
+        raise ValueError(f"predictions frame lacks columns {missing}; gather it with "
+                         "ageest.evaluation.load_predictions(runs_dir)")
+    if preds.empty:
+        raise ValueError("predictions frame is empty: no finished runs were found")
+    return preds
+
+
+def prob_matrix(preds: pd.DataFrame) -> np.ndarray:
+    """Stack the ``probs`` vectors of ``preds`` into an (N, C) float64 matrix, renormalised so
+    rows sum to 1 exactly (the store may keep float16, whose rounding breaks that)."""
+    p = np.stack([np.asarray(v, dtype=np.float64) for v in preds["probs"]])  # (N, C)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def add_readouts(preds: pd.DataFrame, readouts: Iterable[str] = metrics.READOUTS) -> pd.DataFrame:
+    """Return a copy with a ``pred_<readout>`` column per readout and ``pred_std`` (the std of
+    the predicted distribution), computed per start age (datasets may differ)."""
+    check_predictions(preds)
+    out = preds.copy()
+    readouts = list(readouts)
+    for col in [f"pred_{r}" for r in readouts] + ["pred_std"]:
+        out[col] = np.nan
+    for start_age, idx in out.groupby("start_age").groups.items():
+        p = prob_matrix(out.loc[idx])  # (n, C)
+        ages = np.arange(p.shape[1], dtype=np.float64) + int(start_age)
+        for r in readouts:
+            out.loc[idx, f"pred_{r}"] = metrics.predict_age(p, r, start_age=int(start_age))
+        m = p @ ages
+        out.loc[idx, "pred_std"] = np.sqrt(np.clip(p @ ages**2 - m**2, 0.0, None))
+    return out
+
+
+def _clusters(group: pd.DataFrame) -> pd.Series:
+    """Subject labels for the cluster bootstrap; each image is its own cluster when unknown."""
+    subject = group["subject"].astype("string")
+    return subject.fillna("image:" + group["image_id"].astype(str))
+
+
+def _methods(preds: pd.DataFrame) -> list[tuple]:
+    keys = preds[list(METHOD_COLUMNS)].drop_duplicates()
+    return sorted(keys.itertuples(index=False, name=None),
+                  key=lambda t: (t[2] == OFFICIAL_SELECTION, _loss_order(t[0]), _k_order(t[1])))
+
+
+LOSS_ORDER = ("amr", "mean_residue", "mean_variance", "ce", "dldl", "dldl_v2", "l1")
+
+
+def _loss_order(loss: str) -> int:
+    return LOSS_ORDER.index(loss) if loss in LOSS_ORDER else len(LOSS_ORDER)
+
+
+def _k_order(k: object) -> float:
+    return -1.0 if str(k) == "adaptive" else float(k)
+
+
+def _method_groups(preds: pd.DataFrame):
+    for key in _methods(preds):
+        mask = np.ones(len(preds), dtype=bool)
+        for col, value in zip(METHOD_COLUMNS, key, strict=True):
+            mask &= (preds[col] == value).to_numpy()
+        yield key, preds[mask]
+
+
+# ---------------------------------------------------------------------------------------------
+# the paper's comparison tables
+
+
+def mae_comparison(preds: pd.DataFrame, *, readout: str = "expectation", n_boot: int = 1000,
+                   ci: float = 0.95, seed: int = 0, paper_dataset: str = "fgnet") -> pd.DataFrame:
+    """FG-NET-format MAE comparison: one row per method (loss, K, selection).
+
+    Columns: ``method``, ``protocol`` (clean or official), ``loss``, ``k``, ``readout``,
+    ``seeds``, ``n_images``, ``n_subjects``, ``mae_pooled`` with its subject-bootstrap CI
+    (``mae_pooled_low``/``_high``), ``mae_subject_mean`` with CI, ``cs5`` (CS at θ = 5), and the
+    paper's value with its source (``paper_mae``, ``paper_source``). Official rows use the
+    official readout (rounded expectation) whatever ``readout`` says, as the official code does.
+    """
+    preds = add_readouts(check_predictions(preds))
+    rows = []
+    for (loss, k, selection), group in _method_groups(preds):
+        r = "rounded" if selection == OFFICIAL_SELECTION else readout
+        pred, true = group[f"pred_{r}"].to_numpy(), group["age"].to_numpy(float)
+        clusters = _clusters(group)
+        agg = metrics.aggregate_lopo(pred=pred, true=true, subject=clusters)
+        pooled = metrics.bootstrap_mae_ci(pred, true, clusters, n_boot=n_boot, ci=ci, seed=seed)
+        by_subject = metrics.bootstrap_mae_ci(pred, true, clusters, n_boot=n_boot, ci=ci,
+                                              seed=seed, statistic="subject_mean")
+        cs_readout = "argmax" if selection == OFFICIAL_SELECTION else readout
+        cs5 = metrics.cumulative_score(group[f"pred_{cs_readout}"], true, thetas=[5]).iloc[0]
+        rows.append({
+            "method": method_label(loss, k, selection), "protocol": protocol_label(selection),
+            "loss": loss, "k": k, "readout": r, "seeds": group["seed"].nunique(),
+            "n_images": agg["n_images"], "n_subjects": agg["n_subjects"],
+            "mae_pooled": agg["mae_pooled"], "mae_pooled_low": pooled["low"],
+            "mae_pooled_high": pooled["high"], "mae_subject_mean": agg["mae_subject_mean"],
+            "mae_subject_low": by_subject["low"], "mae_subject_high": by_subject["high"],
+            "cs5": float(cs5),
+        })
+    table = pd.DataFrame(rows)
+    return add_paper_values(table, dataset=paper_dataset, metric="mae")
+
+
+def epsilon_comparison(preds: pd.DataFrame, *, readout: str = "expectation", n_boot: int = 1000,
+                       ci: float = 0.95, seed: int = 0,
+                       paper_dataset: str = "clap2016") -> pd.DataFrame:
+    """CLAP2016-format ε-error comparison: one row per method.
+
+    ``epsilon`` is the exact ε-error of the chosen readout against the annotators' mean and σ;
+    ``epsilon_official`` rounds prediction and mean and adds 1e-4 to σ as the official code
+    does (official rows use the rounded readout). Also the MAE against the apparent mean with an
+    image-bootstrap CI, and the paper's ε with its source.
+    """
+    preds = add_readouts(check_predictions(preds))
+    if preds["std"].isna().any():
+        raise ValueError("the ε-error needs the annotators' std for every image; these "
+                         "predictions come from a dataset without it (use mae_comparison)")
+    rows = []
+    for (loss, k, selection), group in _method_groups(preds):
+        r = "rounded" if selection == OFFICIAL_SELECTION else readout
+        pred = group[f"pred_{r}"].to_numpy()
+        mean, std = group["age_mean"].to_numpy(float), group["std"].to_numpy(float)
+        exact_ok = bool((std > 0).all())
+        boot = metrics.bootstrap_mae_ci(pred, mean, None, n_boot=n_boot, ci=ci, seed=seed)
+        rows.append({
+            "method": method_label(loss, k, selection), "protocol": protocol_label(selection),
+            "loss": loss, "k": k, "readout": r, "seeds": group["seed"].nunique(),
+            "n_images": len(group),
+            "epsilon": metrics.epsilon_error(pred, mean, std) if exact_ok else np.nan,
+            "epsilon_official": metrics.epsilon_error(pred, mean, std, official_rounding=True),
+            "mae": boot["estimate"], "mae_low": boot["low"], "mae_high": boot["high"],
+        })
+    table = pd.DataFrame(rows)
+    return add_paper_values(table, dataset=paper_dataset, metric="epsilon_error")
+
+
+def cs_curves(preds: pd.DataFrame, *, readout: str = "expectation",
+              thetas: Sequence[int] = range(11)) -> pd.DataFrame:
+    """CS(θ) for θ in ``thetas``, one row per method and θ (long format: ``method``,
+    ``protocol``, ``readout``, ``theta``, ``cs``). Official rows use the argmax readout."""
+    preds = add_readouts(check_predictions(preds))
+    rows = []
+    for (loss, k, selection), group in _method_groups(preds):
+        r = "argmax" if selection == OFFICIAL_SELECTION else readout
+        cs = metrics.cumulative_score(group[f"pred_{r}"], group["age"].to_numpy(float), thetas)
+        for theta, value in cs.items():
+            rows.append({"method": method_label(loss, k, selection),
+                         "protocol": protocol_label(selection), "readout": r,
+                         "theta": int(theta), "cs": float(value)})
+    return pd.DataFrame(rows)
+
+
+def age_group_mae(preds: pd.DataFrame, *, bins: Sequence[float] | int = 10,
+                  readout: str = "expectation") -> pd.DataFrame:
+    """MAE per true-age group and method (long format: ``method``, ``protocol``, ``group``,
+    ``low``, ``high``, ``n``, ``mae``)."""
+    preds = add_readouts(check_predictions(preds))
+    frames = []
+    for (loss, k, selection), group in _method_groups(preds):
+        r = "rounded" if selection == OFFICIAL_SELECTION else readout
+        t = metrics.mae_by_age_group(group[f"pred_{r}"], group["age"].to_numpy(float), bins)
+        t.insert(0, "protocol", protocol_label(selection))
+        t.insert(0, "method", method_label(loss, k, selection))
+        frames.append(t)
+    return pd.concat(frames, ignore_index=True)
+
+
+def paired_tests(preds: pd.DataFrame, *, reference: str = "amr", readout: str = "expectation",
+                 target: str = "age", method: str = "permutation", n_resamples: int = 9999,
+                 seed: int = 0) -> pd.DataFrame:
+    """Paired tests of the reference loss's per-image absolute errors against each other method
+    on the same images and seeds (clean protocol only; official runs are excluded because their
+    epoch was chosen on these very images).
+
+    Columns: ``reference``, ``baseline``, ``n`` (matched images × seeds), ``mae_reference``,
+    ``mae_baseline``, ``mean_diff`` (reference − baseline; negative favours the reference),
+    ``statistic``, ``p_value``, ``test``. Raises when the reference has no clean runs.
+    """
+    preds = add_readouts(check_predictions(preds), [readout])
+    preds = preds[preds["selection"] != OFFICIAL_SELECTION]
+    preds = preds.assign(err=(preds[f"pred_{readout}"] - preds[target].astype(float)).abs())
+    ref = preds[(preds["loss"] == reference) & (preds["k"].astype(str) == "adaptive")]
+    if ref.empty:
+        raise ValueError(f"no clean-protocol runs of {reference!r} (adaptive K) to test against; "
+                         f"losses present: {sorted(preds['loss'].unique())}")
+    key = ["image_id", "seed"]
+    rows = []
+    for (loss, k, selection), group in _method_groups(preds):
+        if loss == reference and str(k) == "adaptive":
+            continue
+        both = ref[key + ["err"]].merge(group[key + ["err"]], on=key, suffixes=("_ref", "_base"))
+        if both.empty:
+            continue
+        test = metrics.paired_test(both["err_ref"], both["err_base"], method=method,
+                                   n_resamples=n_resamples, seed=seed)
+        rows.append({"reference": reference, "baseline": method_label(loss, k, selection),
+                     "n": test["n"], "mae_reference": float(both["err_ref"].mean()),
+                     "mae_baseline": float(both["err_base"].mean()),
+                     "mean_diff": test["mean_diff"], "statistic": test["statistic"],
+                     "p_value": test["p_value"], "test": test["method"]})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# beyond the paper
+
+
+def dual_protocol(preds: pd.DataFrame, *, loss: str = "amr",
+                  thetas: Sequence[int] = (3, 5)) -> pd.DataFrame:
+    """The same loss under the official protocol (test-selected epoch, MAE from the rounded
+    expectation, CS from the argmax) and the clean one (validation-selected epoch, expectation
+    for both), and the optimism gap (official − clean).
+
+    Columns: ``protocol``, ``selection``, ``mae_readout``, ``cs_readout``, ``seeds``,
+    ``n_images``, ``mae_pooled``, ``mae_subject_mean``, ``cs<θ>`` per θ. Raises when either
+    protocol has no runs of ``loss``.
+    """
+    preds = add_readouts(check_predictions(preds))
+    preds = preds[(preds["loss"] == loss) & (preds["k"].astype(str) == "adaptive")]
+    official = preds[preds["selection"] == OFFICIAL_SELECTION]
+    clean = preds[preds["selection"] != OFFICIAL_SELECTION]
+    if official.empty or clean.empty:
+        raise ValueError(f"dual protocol needs runs of {loss!r} with selection "
+                         f"{OFFICIAL_SELECTION!r} and with a clean selection; found "
+                         f"{sorted(preds['selection'].unique())}")
+    rows = []
+    for name, group, mae_r, cs_r in (("official", official, "rounded", "argmax"),
+                                     ("clean", clean, "expectation", "expectation")):
+        true = group["age"].to_numpy(float)
+        agg = metrics.aggregate_lopo(pred=group[f"pred_{mae_r}"].to_numpy(), true=true,
+                                     subject=_clusters(group))
+        cs = metrics.cumulative_score(group[f"pred_{cs_r}"].to_numpy(), true, thetas)
+        row = {"protocol": OFFICIAL_LABEL if name == "official" else "clean (validation-selected)",
+               "selection": ",".join(sorted(group["selection"].unique())),
+               "mae_readout": mae_r, "cs_readout": cs_r, "seeds": group["seed"].nunique(),
+               "n_images": agg["n_images"], "mae_pooled": agg["mae_pooled"],
+               "mae_subject_mean": agg["mae_subject_mean"]}
+        row.update({f"cs{t}": float(v) for t, v in cs.items()})
+        rows.append(row)
+    gap = {"protocol": "optimism gap (official − clean)", "selection": "", "mae_readout": "",
+           "cs_readout": "", "seeds": np.nan, "n_images": np.nan}
+    for col in [c for c in rows[0] if c.startswith(("mae_pooled", "mae_subject", "cs"))
+                and c not in ("cs_readout",)]:
+        gap[col] = rows[0][col] - rows[1][col]
+    rows.append(gap)
+    return pd.DataFrame(rows)
+
+
+def protocol_sensitivity(preds: pd.DataFrame, *,
+                         readouts: Sequence[str] = metrics.READOUTS) -> pd.DataFrame:
+    """MAE (pooled and per-subject mean) and CS(5) of every method under every readout.
+
+    Long format: ``method``, ``protocol``, ``readout``, ``mae_pooled``, ``mae_subject_mean``,
+    ``cs5``, and ``mae_pooled_delta``: the change from the expectation readout.
+    """
+    preds = add_readouts(check_predictions(preds), readouts)
+    rows = []
+    for (loss, k, selection), group in _method_groups(preds):
+        true = group["age"].to_numpy(float)
+        for r in readouts:
+            pred = group[f"pred_{r}"].to_numpy()
+            agg = metrics.aggregate_lopo(pred=pred, true=true, subject=_clusters(group))
+            rows.append({"method": method_label(loss, k, selection),
+                         "protocol": protocol_label(selection), "readout": r,
+                         "mae_pooled": agg["mae_pooled"],
+                         "mae_subject_mean": agg["mae_subject_mean"],
+                         "cs5": float(metrics.cumulative_score(pred, true, [5]).iloc[0])})
+    table = pd.DataFrame(rows)
+    base = table[table["readout"] == "expectation"].set_index("method")["mae_pooled"]
+    table["mae_pooled_delta"] = table["mae_pooled"] - table["method"].map(base)
+    return table
+
+
+def epsilon_variants(preds: pd.DataFrame, *,
+                     readouts: Sequence[str] = metrics.READOUTS) -> pd.DataFrame:
+    """ε-error of every method under every readout, exact and with the official rounding
+    (prediction and mean rounded, σ + 1e-4). Long format."""
+    preds = add_readouts(check_predictions(preds), readouts)
+    if preds["std"].isna().any():
+        raise ValueError("ε-error variants need the annotators' std for every image")
+    rows = []
+    for (loss, k, selection), group in _method_groups(preds):
+        mean, std = group["age_mean"].to_numpy(float), group["std"].to_numpy(float)
+        for r in readouts:
+            pred = group[f"pred_{r}"].to_numpy()
+            rows.append({
+                "method": method_label(loss, k, selection),
+                "protocol": protocol_label(selection), "readout": r,
+                "epsilon": metrics.epsilon_error(pred, mean, std) if (std > 0).all() else np.nan,
+                "epsilon_official": metrics.epsilon_error(pred, mean, std,
+                                                          official_rounding=True),
+                "mae_vs_mean": metrics.mae(pred, mean),
+            })
+    return pd.DataFrame(rows)
+
+
+def ambiguity_calibration(preds: pd.DataFrame, *, n_bins: int = 5) -> pd.DataFrame:
+    """Predicted distribution's std against the annotators' σ, per method, in ``n_bins``
+    quantile bins of σ (clean-protocol runs only).
+
+    Long format: ``method``, ``bin``, ``n``, ``sigma_mean`` (annotators), ``pred_std_mean``,
+    ``abs_error_mean`` (|expectation − apparent mean|), and per method the Spearman rank
+    correlation of predicted std with σ (``spearman_std_sigma``) and with the absolute error
+    (``spearman_std_error``), repeated on each row of the method.
+    """
+    from scipy import stats
+
+    preds = add_readouts(check_predictions(preds), ["expectation"])
+    preds = preds[preds["selection"] != OFFICIAL_SELECTION]
+    if preds["std"].isna().any():
+        raise ValueError("ambiguity calibration needs the annotators' std for every image "
+                         "(CLAP2016-format data)")
+    rows = []
+    for (loss, k, selection), group in _method_groups(preds):
+        sigma = group["std"].to_numpy(float)
+        pred_std = group["pred_std"].to_numpy(float)
+        err = (group["pred_expectation"] - group["age_mean"].astype(float)).abs().to_numpy()
+        rho_sigma = stats.spearmanr(pred_std, sigma).statistic if len(group) > 2 else np.nan
+        rho_err = stats.spearmanr(pred_std, err).statistic if len(group) > 2 else np.nan
+        bins = pd.qcut(sigma, q=min(n_bins, len(np.unique(sigma))), duplicates="drop")
+        frame = pd.DataFrame({"bin": bins, "sigma": sigma, "pred_std": pred_std, "err": err})
+        for b, part in frame.groupby("bin", observed=True):
+            rows.append({"method": method_label(loss, k, selection),
+                         "bin": f"{b.left:.2f}-{b.right:.2f}",
+                         "n": len(part), "sigma_mean": part["sigma"].mean(),
+                         "pred_std_mean": part["pred_std"].mean(),
+                         "abs_error_mean": part["err"].mean(),
+                         "spearman_std_sigma": float(rho_sigma),
+                         "spearman_std_error": float(rho_err)})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# the K ablation
+
+
+def k_ablation(preds: pd.DataFrame, *, readout: str = "expectation", n_boot: int = 1000,
+               ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """MAE of the mean-residue loss for each fixed K and for the adaptive K (clean protocol).
+
+    Columns: ``k`` (text, ``"adaptive"`` last), ``k_value`` (NaN for adaptive), ``loss``,
+    ``seeds``, ``n_images``, ``mae_pooled`` with subject-bootstrap CI, ``mae_subject_mean``,
+    ``cs5``, and ``delta_vs_adaptive`` (positive: the fixed K is worse).
+    """
+    preds = check_predictions(preds)
+    chosen = preds[preds["loss"].isin(["mean_residue", "amr"])
+                   & (preds["selection"] != OFFICIAL_SELECTION)]
+    if chosen.empty:
+        raise ValueError("no mean_residue / amr runs with a clean selection in these predictions")
+    table = mae_comparison(chosen, readout=readout, n_boot=n_boot, ci=ci, seed=seed)
+    table = table.drop(columns=["paper_mae", "paper_source", "readout", "protocol", "method"])
+    table["k"] = table["k"].astype(str)
+    table["k_value"] = pd.to_numeric(table["k"], errors="coerce")
+    adaptive = table.loc[table["k"] == "adaptive", "mae_pooled"]
+    table["delta_vs_adaptive"] = (table["mae_pooled"] - adaptive.iloc[0]) if len(adaptive) \
+        else np.nan
+    table = table.sort_values(["k_value"], na_position="last", kind="stable")
+    cols = ["k", "k_value", "loss"] + [c for c in table.columns if c not in ("k", "k_value",
+                                                                              "loss")]
+    return table[cols].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading the run store
+
+
+def read_history(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
+    """Concatenate ``history.csv`` of each run folder, with the run's parameters
+    (``loss``, ``k``, ``seed``, ``fold``, ``selection``, ``dataset``) added from ``params.yaml``."""
+    import yaml
+
+    frames = []
+    for run_dir in map(Path, run_dirs):
+        hist, params = run_dir / "history.csv", run_dir / "params.yaml"
+        if not hist.is_file():
+            raise FileNotFoundError(f"{hist} is missing: the run did not finish; rerun it")
+        frame = pd.read_csv(hist)
+        meta = yaml.safe_load(params.read_text()) if params.is_file() else {}
+        for key in ("dataset", "protocol", "loss", "k", "seed", "fold", "selection"):
+            value = meta.get(key, pd.NA)
+            frame[key] = "adaptive" if key == "k" and value is None else value
+        frame["run"] = str(run_dir)
+        frames.append(frame)
+    if not frames:
+        raise ValueError("no run folders given")
+    return pd.concat(frames, ignore_index=True)

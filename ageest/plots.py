@@ -1,0 +1,222 @@
+"""Figures of the pipeline, each drawn from a table (never from a model), returning a matplotlib
+``Figure`` for :func:`ageest.artifacts.save_figure`.
+
+Every function takes the long-format tables of :mod:`ageest.evaluation` or the dataset tables of
+:mod:`ageest.data`, so a figure can be redrawn from the CSVs under ``results/<profile>/tables``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+SYNTHETIC_TAG = " (synthetic data)"
+
+
+def _title(text: str, synthetic: bool) -> str:
+    return text + (SYNTHETIC_TAG if synthetic else "")
+
+
+def _official_style(method: str) -> dict:
+    """Dashed lines for official-protocol (test-selected) methods, so they never pass unmarked."""
+    return {"linestyle": "--"} if "official" in method else {}
+
+
+def age_histograms(datasets: Mapping[str, pd.DataFrame], *, synthetic: bool = False,
+                   bin_width: int = 5) -> plt.Figure:
+    """One panel per dataset: histogram of the training label ``age``, split by ``split``
+    when the dataset has one."""
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.4), squeeze=False)
+    for ax, (name, df) in zip(axes[0], datasets.items(), strict=True):
+        ages = df["age"].to_numpy(int)
+        edges = np.arange(ages.min() - ages.min() % bin_width, ages.max() + bin_width + 1,
+                          bin_width)
+        splits = df["split"].dropna().unique() if "split" in df else []
+        if len(splits):
+            data = [df.loc[df["split"] == s, "age"].to_numpy(int) for s in sorted(splits)]
+            ax.hist(data, bins=edges, stacked=True, label=sorted(splits))
+            ax.legend(fontsize=8)
+        else:
+            ax.hist(ages, bins=edges, color="tab:blue")
+        ax.set_title(f"{name}: {len(df)} images", fontsize=10)
+        ax.set_xlabel("age (years)")
+        ax.set_ylabel("images")
+    fig.suptitle(_title("Age distributions", synthetic), fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def learning_curves(history: pd.DataFrame, *, components: tuple[str, ...] | None = None,
+                    synthetic: bool = False) -> plt.Figure:
+    """One panel per loss component (``train_<component>`` columns of ``history.csv``) plus
+    validation MAE when present; one line per loss, averaged over folds and seeds."""
+    history = history.copy()
+    history["method"] = history["loss"].astype(str) + np.where(
+        history["k"].astype(str) == "adaptive", "", " K=" + history["k"].astype(str))
+    if "selection" in history:
+        history.loc[history["selection"] == "test_best_epoch_official", "method"] += " [official]"
+    if components is None:
+        components = tuple(c for c in history.columns if c.startswith("train_")
+                           and pd.api.types.is_numeric_dtype(history[c])
+                           and history[c].notna().any()
+                           and not c.endswith(("k_mean", "images_per_s", "time_s")))
+    panels = list(components) + [c for c in ("val_mae", "test_mae") if c in history
+                                 and history[c].notna().any()]
+    if not panels:
+        raise ValueError(f"history has no train_* or val_mae columns: {list(history.columns)}")
+    ncols = min(3, len(panels))
+    nrows = int(np.ceil(len(panels) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.0 * nrows), squeeze=False)
+    for ax, col in zip(axes.ravel(), panels, strict=False):
+        curves = history.groupby(["method", "epoch"])[col].mean().unstack(0)
+        for method in curves.columns:
+            ax.plot(curves.index, curves[method], marker=".", label=method,
+                    **_official_style(method))
+        ax.set_title(col, fontsize=10)
+        ax.set_xlabel("epoch")
+    for ax in axes.ravel()[len(panels):]:
+        ax.axis("off")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(_title("Learning curves (mean over folds and seeds)", synthetic), fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def adaptive_k_per_epoch(history: pd.DataFrame, *, column: str = "train_k_mean",
+                         synthetic: bool = False) -> plt.Figure:
+    """Mean adaptive K per epoch for every run that logs it (one line per loss, band = range
+    over folds and seeds)."""
+    if column not in history or history[column].notna().sum() == 0:
+        raise ValueError(f"history has no {column!r} values (only losses with a residue term "
+                         "log the adaptive K)")
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for loss, part in history[history[column].notna()].groupby("loss"):
+        stats = part.groupby("epoch")[column].agg(["mean", "min", "max"])
+        ax.plot(stats.index, stats["mean"], marker=".", label=str(loss))
+        ax.fill_between(stats.index, stats["min"], stats["max"], alpha=0.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean adaptive K")
+    ax.legend(fontsize=8)
+    ax.set_title(_title("Adaptive K during training", synthetic), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def cs_curves(table: pd.DataFrame, *, synthetic: bool = False) -> plt.Figure:
+    """CS(θ) against θ, one line per method (long table of :func:`ageest.evaluation.cs_curves`);
+    official-protocol methods dashed."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for method, part in table.groupby("method", sort=False):
+        ax.plot(part["theta"], 100 * part["cs"], marker="o", ms=3, label=method,
+                **_official_style(method))
+    ax.set_xlabel("error level θ (years)")
+    ax.set_ylabel("cumulative score (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(_title("Cumulative score", synthetic), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def age_group_mae(table: pd.DataFrame, *, synthetic: bool = False) -> plt.Figure:
+    """Grouped bars of MAE per true-age group, one bar per method."""
+    wide = table.pivot_table(index="group", columns="method", values="mae", sort=False)
+    order = table.drop_duplicates("group")["group"].tolist()
+    wide = wide.reindex(order)
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.9 * len(order) + 2), 3.6))
+    width = 0.8 / max(1, wide.shape[1])
+    x = np.arange(len(wide))
+    for i, method in enumerate(wide.columns):
+        ax.bar(x + i * width - 0.4 + width / 2, wide[method], width, label=method,
+               hatch="//" if "official" in method else None)
+    ax.set_xticks(x, wide.index, rotation=0)
+    ax.set_xlabel("true age group")
+    ax.set_ylabel("MAE (years)")
+    ax.legend(fontsize=7)
+    ax.set_title(_title("MAE by age group", synthetic), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def dual_protocol(table: pd.DataFrame, *, synthetic: bool = False) -> plt.Figure:
+    """Bars of MAE (pooled, per-subject mean) under the official and the clean protocol."""
+    rows = table[~table["protocol"].str.startswith("optimism")]
+    metrics_ = [c for c in ("mae_pooled", "mae_subject_mean") if c in rows]
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    x = np.arange(len(metrics_))
+    width = 0.8 / len(rows)
+    for i, (_, row) in enumerate(rows.iterrows()):
+        ax.bar(x + i * width - 0.4 + width / 2, [row[m] for m in metrics_], width,
+               label=row["protocol"], hatch="//" if "official" in row["protocol"] else None)
+    ax.set_xticks(x, [m.replace("_", " ") for m in metrics_])
+    ax.set_ylabel("MAE (years)")
+    ax.legend(fontsize=8)
+    ax.set_title(_title("Official against clean protocol", synthetic), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def ambiguity_calibration(table: pd.DataFrame, *, synthetic: bool = False) -> plt.Figure:
+    """Reliability-style diagram: mean predicted std against mean annotators' σ per σ bin, one
+    line per method, with the identity line (perfect agreement of spreads)."""
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    for method, part in table.groupby("method", sort=False):
+        rho = part["spearman_std_sigma"].iloc[0]
+        ax.plot(part["sigma_mean"], part["pred_std_mean"], marker="o",
+                label=f"{method} (ρ={rho:.2f})")
+    lim = float(np.nanmax([table["sigma_mean"].max(), table["pred_std_mean"].max()])) * 1.1
+    ax.plot([0, lim], [0, lim], color="grey", linestyle=":", label="identity")
+    ax.set_xlim(0, lim)
+    ax.set_ylim(0, lim)
+    ax.set_xlabel("annotators' σ (bin mean, years)")
+    ax.set_ylabel("predicted std (bin mean, years)")
+    ax.legend(fontsize=7)
+    ax.set_title(_title("Ambiguity calibration", synthetic), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def k_ablation(table: pd.DataFrame, *, synthetic: bool = False) -> plt.Figure:
+    """MAE against fixed K with its CI, and the adaptive K as a horizontal band."""
+    fixed = table[table["k"] != "adaptive"].sort_values("k_value")
+    adaptive = table[table["k"] == "adaptive"]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    if len(fixed):
+        yerr = np.vstack([fixed["mae_pooled"] - fixed["mae_pooled_low"],
+                          fixed["mae_pooled_high"] - fixed["mae_pooled"]])
+        ax.errorbar(fixed["k_value"], fixed["mae_pooled"], yerr=yerr, marker="o", capsize=3,
+                    label="fixed K (mean_residue)")
+    if len(adaptive):
+        row = adaptive.iloc[0]
+        ax.axhline(row["mae_pooled"], color="tab:red", label="adaptive K (AMR)")
+        ax.axhspan(row["mae_pooled_low"], row["mae_pooled_high"], color="tab:red", alpha=0.15)
+    ax.set_xlabel("K")
+    ax.set_ylabel("MAE, pooled (years)")
+    if len(fixed):
+        ax.set_xticks(fixed["k_value"].astype(int))
+    ax.legend(fontsize=8)
+    ax.set_title(_title("MAE versus K", synthetic), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def adaptive_k_distribution(history: pd.DataFrame, *, column: str = "train_k_mean",
+                            synthetic: bool = False) -> plt.Figure:
+    """Distribution over runs (folds × seeds) of the mean adaptive K, per epoch (box plots)."""
+    part = history[history[column].notna()] if column in history else history.iloc[0:0]
+    if part.empty:
+        raise ValueError(f"history has no {column!r} values for the adaptive runs")
+    epochs = sorted(part["epoch"].unique())
+    data = [part.loc[part["epoch"] == e, column].to_numpy() for e in epochs]
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(epochs) + 2), 3.4))
+    ax.boxplot(data, positions=range(len(epochs)), widths=0.6)
+    ax.set_xticks(range(len(epochs)), [str(e) for e in epochs])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean adaptive K of a run")
+    ax.set_title(_title("Adaptive K over training", synthetic), fontsize=10)
+    fig.tight_layout()
+    return fig
