@@ -1,0 +1,422 @@
+"""Run the grid on a Ray cluster: one Ray task per training run.
+
+:class:`RayExecutor` implements the :class:`ageest.executors.Executor` interface, so the runner
+(``ageest run ... --executor ray --address auto``) and the training notebook use it exactly like
+the local process pool: same run specs, same ``fn`` (``ageest.runner.execute_run``), same results.
+
+- **Resources.** Each run is one Ray task that asks for ``num_gpus_per_task`` GPUs (default 1 when
+  the run's device is CUDA) and ``num_cpus_per_task`` CPUs; Ray's scheduler packs the runs onto the
+  cluster. Inside the task torch uses as many threads as the task holds CPUs.
+- **Storage.** Every run writes its run directory itself, so the results directory must be on a
+  filesystem that the driver and every worker node see at the same path (NFS, Lustre, a mounted
+  bucket). Before any run starts, one probe task per node writes there and the driver reads it
+  back; a node that cannot raises :class:`SharedStorageError` naming the node and the path.
+- **Failures.** A run that fails inside ``fn`` is a ``"failed"`` result carrying its traceback. A
+  run whose worker process or node is lost (SIGKILL, out-of-memory kill, node pre-emption) is
+  submitted again, up to ``retries`` times; since ``fn`` skips runs whose ``metrics.json`` exists
+  and redoes unfinished ones, a redone run ends exactly as it would have.
+- **Progress.** ``on_event`` receives the same counts as the local executor (``done``,
+  ``skipped``, ``failed``, ``running``, ``pending``, ``total``, ``last``) plus ``event`` and, for
+  running runs, which node and process run them. "Running" means the task has started on a worker
+  (reported by a small tracker actor); "pending" ones wait for resources.
+
+Ray is an optional dependency (``pip install 'ageest[ray]'``); this module imports it lazily so the
+rest of the package never needs it. See ``docs/cluster.md`` for starting clusters.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ageest.executors import Executor, available_cpus, failed_result
+
+# Default CPUs per GPU run: data loading and augmentation of one GPU training.
+DEFAULT_CPUS_PER_GPU_TASK = 4
+
+
+class SharedStorageError(RuntimeError):
+    """A Ray worker cannot write the results directory, or writes somewhere the driver cannot see."""
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError as exc:
+        raise ImportError(
+            "the Ray executor needs Ray: pip install 'ageest[ray]' (or pip install 'ray>=2.40')"
+        ) from exc
+    return ray
+
+
+def _lost_worker_errors() -> tuple[type[BaseException], ...]:
+    """Ray errors that mean the process or node running a task went away (the run may be redone),
+    as opposed to an exception raised by the task's code."""
+    import ray.exceptions as rex
+
+    return (rex.WorkerCrashedError, rex.NodeDiedError, rex.LocalRayletDiedError,
+            rex.ObjectLostError, rex.OwnerDiedError, rex.OutOfMemoryError)
+
+
+class _Tracker:
+    """Ray actor that records which tasks have started and where (host, pid, attempt)."""
+
+    def __init__(self) -> None:
+        self.started: dict[int, dict] = {}
+
+    def start(self, index: int, attempt: int, host: str, node_ip: str, pid: int) -> None:
+        self.started[index] = {"attempt": attempt, "host": host, "node_ip": node_ip, "pid": pid}
+
+    def snapshot(self) -> dict[int, dict]:
+        return dict(self.started)
+
+
+def _run_task(fn: Callable[[dict], dict], task: dict, threads: int, tracker: Any,
+              index: int, attempt: int) -> dict:
+    """Body of one Ray task: limit torch threads to the task's CPUs, report the start, run ``fn``."""
+    import ray
+    import torch
+
+    # Ray sets OMP_NUM_THREADS from num_cpus; torch's intra-op pool must follow it too, because a
+    # worker process is reused by later tasks (whose CPU share may differ).
+    torch.set_num_threads(max(1, threads))
+    if tracker is not None:
+        tracker.start.remote(index, attempt, socket.gethostname(),
+                             ray.util.get_node_ip_address(), os.getpid())
+    t0 = time.perf_counter()
+    try:
+        return fn(task)
+    except Exception:  # fn catches its own errors; this keeps an escaped one a result, not a crash
+        return failed_result(task, traceback.format_exc(), time.perf_counter() - t0)
+
+
+def _probe_storage(directory: str, token: str) -> dict:
+    """Probe task on one node: read the driver's token file and write one of our own."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    where = {"host": socket.gethostname(), "node_ip": ray.util.get_node_ip_address(),
+             "node_id": node, "error": None, "file": None}
+    folder = Path(directory)
+    try:
+        seen = (folder / f".ageest-probe-{token}").read_text()
+        if seen != token:
+            raise OSError(f"the driver's probe file in {folder} holds {seen!r}, not {token!r}")
+        mine = folder / f".ageest-probe-{token}-{node[:12]}"
+        mine.write_text(node)
+        where["file"] = str(mine)
+    except OSError as exc:
+        where["error"] = f"{type(exc).__name__}: {exc}"
+    return where
+
+
+def check_shared_storage(directory: str | os.PathLike, *, timeout_s: float = 120.0,
+                         visibility_s: float = 10.0) -> list[dict]:
+    """Check that every alive Ray node sees ``directory`` (at the same path) and can write it.
+
+    The driver writes a token file; one zero-CPU task pinned to each alive node reads the token and
+    writes a file of its own, which the driver must then see (a node-local directory of the same
+    name would pass a write test but hide the results from everyone else). Probe files are removed.
+
+    Parameters
+    ----------
+    directory : path
+        The results directory (created by the driver when missing).
+    timeout_s : float
+        How long to wait for the probe tasks.
+    visibility_s : float
+        How long the driver waits for a worker's file to appear (NFS attribute caching).
+
+    Returns
+    -------
+    list of dict
+        One entry per node: ``host``, ``node_ip``, ``node_id``.
+
+    Raises
+    ------
+    SharedStorageError
+        Naming the node and the path, when a node cannot read or write there.
+    """
+    ray = _import_ray()
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    folder = Path(directory).expanduser().resolve()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        token = uuid.uuid4().hex
+        mine = folder / f".ageest-probe-{token}"
+        mine.write_text(token)
+    except OSError as exc:
+        raise SharedStorageError(
+            f"the driver cannot write the results directory {folder}: {exc}. Choose a writable "
+            f"results directory on storage shared with every Ray node (see docs/cluster.md)."
+        ) from exc
+    probe = ray.remote(num_cpus=0, max_retries=0)(_probe_storage)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+            .remote(str(folder), token) for n in nodes]
+    problems, seen_nodes, leftovers = [], [], []
+    try:
+        try:
+            answers = ray.get(refs, timeout=timeout_s)
+        except ray.exceptions.GetTimeoutError as exc:
+            raise SharedStorageError(
+                f"the storage probe tasks did not finish within {timeout_s:.0f} s; cannot check "
+                f"that every Ray node can write {folder}"
+            ) from exc
+        for ans in answers:
+            name = f"{ans['host']} ({ans['node_ip']})"
+            if ans["error"]:
+                problems.append(f"node {name}: {ans['error']}")
+                continue
+            leftovers.append(Path(ans["file"]))
+            deadline = time.monotonic() + visibility_s
+            while not leftovers[-1].is_file() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if not leftovers[-1].is_file():
+                problems.append(
+                    f"node {name} wrote {ans['file']} but the driver does not see that file: "
+                    f"the node has a local directory of the same name, not the shared one"
+                )
+                continue
+            seen_nodes.append({k: ans[k] for k in ("host", "node_ip", "node_id")})
+    finally:
+        for path in [mine, *leftovers]:
+            path.unlink(missing_ok=True)
+    if problems:
+        raise SharedStorageError(
+            f"the results directory {folder} must be on a filesystem shared by the driver and "
+            f"every Ray worker, at the same path, writable by them (NFS, Lustre, a mounted "
+            f"bucket); see docs/cluster.md. Problems: " + "; ".join(problems)
+        )
+    return seen_nodes
+
+
+class RayExecutor(Executor):
+    """Each task is one Ray task on a Ray cluster; results go to the shared run directories.
+
+    Parameters
+    ----------
+    address : str, optional
+        ``None``: connect to ``$RAY_ADDRESS`` when set, else start a private Ray instance on this
+        machine (bound to 127.0.0.1, stopped at the end of :meth:`run`). ``"auto"``: the cluster
+        started with ``ray start`` on this machine. ``"host:port"``: that cluster's GCS (driver
+        on a cluster node). ``"ray://host:10001"``: Ray Client from outside the cluster. When Ray
+        is already initialised in this process (a notebook), that connection is used as is.
+    num_cpus_per_task : float, optional
+        CPUs each run reserves, and torch threads inside it. Default 1 for CPU runs and
+        ``DEFAULT_CPUS_PER_GPU_TASK`` (4) for GPU runs.
+    num_gpus_per_task : float, optional
+        GPUs each run reserves. Default: 1 when the run's device is CUDA (``task["device"]`` or
+        ``task["params"]["device"]`` starts with ``"cuda"``), else 0.
+    retries : int
+        Further attempts of a run whose worker process or node was lost.
+    check_storage : bool
+        Probe the shared results directory from every node before starting (recommended).
+    storage_dir : path, optional
+        Directory to probe; default: the common parent of the tasks' ``run_dir``.
+    runtime_env : dict, optional
+        Ray runtime environment for the tasks (e.g. ``{"py_modules": [...]}`` when the workers
+        lack ``ageest``); see Ray's documentation.
+    log_to_driver : bool
+        Forward the workers' stdout/stderr to this process (noisy with many runs; Ray keeps them
+        in ``/tmp/ray/session_latest/logs`` on each node either way).
+    poll_s : float
+        Seconds between progress updates while no run finishes.
+    init_kwargs : dict, optional
+        Further keyword arguments for ``ray.init``.
+    """
+
+    def __init__(self, address: str | None = None, *, num_cpus_per_task: float | None = None,
+                 num_gpus_per_task: float | None = None, retries: int = 3,
+                 check_storage: bool = True, storage_dir: str | os.PathLike | None = None,
+                 runtime_env: dict | None = None, log_to_driver: bool = False,
+                 poll_s: float = 1.0, init_kwargs: dict | None = None) -> None:
+        for name, value in (("num_cpus_per_task", num_cpus_per_task),
+                            ("num_gpus_per_task", num_gpus_per_task)):
+            if value is not None and float(value) < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if int(retries) < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        self.address = address or None
+        self.num_cpus_per_task = num_cpus_per_task
+        self.num_gpus_per_task = num_gpus_per_task
+        self.retries = int(retries)
+        self.check_storage = bool(check_storage)
+        self.storage_dir = storage_dir
+        self.runtime_env = runtime_env
+        self.log_to_driver = bool(log_to_driver)
+        self.poll_s = float(poll_s)
+        self.init_kwargs = dict(init_kwargs or {})
+
+    # ----------------------------------------------------------------------------- connection
+    def connect(self) -> bool:
+        """Initialise Ray per ``address`` unless it already is; True when this call initialised it
+        (so :meth:`run` disconnects, and stops a private instance, at the end)."""
+        ray = _import_ray()
+        if ray.is_initialized():
+            return False
+        kwargs: dict[str, Any] = {"log_to_driver": self.log_to_driver, **self.init_kwargs}
+        if self.runtime_env is not None:
+            kwargs.setdefault("runtime_env", self.runtime_env)
+        address = self.address or os.environ.get("RAY_ADDRESS") or None
+        if address is None:
+            # A private single-machine cluster: loopback only, no dashboard, all local cores.
+            kwargs.setdefault("num_cpus", available_cpus())
+            kwargs.setdefault("include_dashboard", False)
+            kwargs.setdefault("_node_ip_address", "127.0.0.1")
+            address = "local"
+        ray.init(address=address, **kwargs)
+        return True
+
+    # ----------------------------------------------------------------------------- resources
+    @staticmethod
+    def _device(task: dict) -> str:
+        params = task.get("params") if isinstance(task.get("params"), dict) else {}
+        return str(task.get("device") or params.get("device") or "cpu")
+
+    def resources(self, task: dict) -> tuple[float, float]:
+        """(num_cpus, num_gpus) the Ray task of ``task`` asks for."""
+        cuda = self._device(task).startswith("cuda")
+        gpus = self.num_gpus_per_task if self.num_gpus_per_task is not None else (1 if cuda else 0)
+        default_cpus = DEFAULT_CPUS_PER_GPU_TASK if gpus else 1
+        cpus = self.num_cpus_per_task if self.num_cpus_per_task is not None else default_cpus
+        return float(cpus), float(gpus)
+
+    @staticmethod
+    def _check_feasible(demands: set[tuple[float, float]]) -> None:
+        """Raise when no alive node could ever hold one run (Ray would wait forever otherwise)."""
+        import ray
+
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        for cpus, gpus in demands:
+            if not any(r.get("CPU", 0) >= cpus and r.get("GPU", 0) >= gpus for r in nodes):
+                have = [(r.get("CPU", 0), r.get("GPU", 0)) for r in nodes]
+                raise RuntimeError(
+                    f"no Ray node can hold one run needing {cpus:g} CPU and {gpus:g} GPU; the "
+                    f"alive nodes have (CPU, GPU) = {have}. Lower num_cpus_per_task / "
+                    f"num_gpus_per_task, run on CPU, or add suitable worker nodes."
+                )
+
+    # ----------------------------------------------------------------------------- run
+    def run(self, tasks: list[dict], fn: Callable[[dict], dict], *,
+            on_event: Callable[[dict], None] | None = None) -> list[dict]:
+        """Run every task as a Ray task; one result per task, in task order."""
+        if not tasks:
+            return []
+        ray = _import_ray()
+        started_here = self.connect()
+        try:
+            return self._run(ray, tasks, fn, on_event)
+        finally:
+            if started_here:
+                ray.shutdown()
+
+    def _storage_dir(self, tasks: list[dict]) -> Path | None:
+        if self.storage_dir is not None:
+            return Path(self.storage_dir)
+        dirs = [str(Path(t["run_dir"]).expanduser().resolve()) for t in tasks if t.get("run_dir")]
+        if not dirs:
+            return None
+        common = Path(os.path.commonpath(dirs))
+        # One task: its run dir may not exist yet; probe its parent, which holds all runs.
+        return common.parent if len(dirs) == 1 else common
+
+    def _run(self, ray, tasks: list[dict], fn: Callable[[dict], dict],
+             on_event: Callable[[dict], None] | None) -> list[dict]:
+        demands = [self.resources(t) for t in tasks]
+        self._check_feasible(set(demands))
+        storage = self._storage_dir(tasks)
+        if self.check_storage and storage is not None:
+            check_shared_storage(storage)
+
+        lost = _lost_worker_errors()
+        remote = ray.remote(max_retries=0)(_run_task)  # lost workers are resubmitted below
+        tracker = ray.remote(num_cpus=0)(_Tracker).remote()
+        total = len(tasks)
+        results: list[dict | None] = [None] * total
+        attempts = [0] * total
+        submit_time = [0.0] * total
+        in_flight: dict[Any, int] = {}  # ObjectRef -> task index
+        state = {"running": {}, "last_counts": None}
+
+        def submit(i: int) -> None:
+            cpus, gpus = demands[i]
+            attempts[i] += 1
+            submit_time[i] = time.perf_counter()
+            options: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus}
+            if self.runtime_env is not None:
+                options["runtime_env"] = self.runtime_env
+            ref = remote.options(**options).remote(
+                fn, tasks[i], max(1, int(cpus)), tracker, i, attempts[i])
+            in_flight[ref] = i
+
+        def emit(event: str, last: dict | None = None, force: bool = False, **extra) -> None:
+            finished = [r for r in results if r is not None]
+            failed = sum(r.get("status") == "failed" for r in finished)
+            skipped = sum(r.get("status") == "skipped" for r in finished)
+            running = {i: w for i, w in state["running"].items() if results[i] is None}
+            counts = {"done": len(finished) - failed, "skipped": skipped, "failed": failed,
+                      "running": len(running), "pending": total - len(finished) - len(running),
+                      "total": total}
+            if on_event is None or (not force and counts == state["last_counts"]):
+                return
+            state["last_counts"] = counts
+            workers = [{"run_dir": tasks[i].get("run_dir"), **w} for i, w in sorted(running.items())]
+            on_event({**counts, "last": last, "event": event, "workers": workers, **extra})
+
+        def refresh_running() -> None:
+            try:
+                snap = ray.get(tracker.snapshot.remote(), timeout=30)
+            except ray.exceptions.RayError:
+                return  # tracker lost with its node: keep the last known picture
+            state["running"] = {i: w for i, w in snap.items()
+                                if w["attempt"] == attempts[i] and results[i] is None}
+
+        for i in range(total):
+            submit(i)
+        emit("submitted", force=True)
+        try:
+            while in_flight:
+                ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=self.poll_s)
+                refresh_running()
+                for ref in ready:
+                    i = in_flight.pop(ref)
+                    try:
+                        result = ray.get(ref)
+                    except lost as exc:
+                        where = state["running"].get(i, {})
+                        message = (f"worker {where.get('host', '?')} pid {where.get('pid', '?')} "
+                                   f"lost during attempt {attempts[i]}: {type(exc).__name__}: "
+                                   f"{exc}")
+                        state["running"].pop(i, None)
+                        if attempts[i] <= self.retries:
+                            submit(i)
+                            emit("retry", force=True, run_dir=tasks[i].get("run_dir"),
+                                 attempt=attempts[i], error=message)
+                            continue
+                        result = failed_result(
+                            tasks[i], f"{message}; gave up after {attempts[i]} attempts",
+                            time.perf_counter() - submit_time[i])
+                    except ray.exceptions.RayError as exc:
+                        # The task could not run fn (e.g. ageest does not import on the worker);
+                        # str(RayTaskError) carries the remote traceback.
+                        result = failed_result(tasks[i], f"{type(exc).__name__}: {exc}",
+                                               time.perf_counter() - submit_time[i])
+                    results[i] = result
+                    state["running"].pop(i, None)
+                    emit("finished", last=result, force=True)
+                emit("progress")
+        except BaseException:
+            for ref in in_flight:
+                ray.cancel(ref, force=True)
+            raise
+        finally:
+            ray.kill(tracker)
+        return [r for r in results if r is not None]
