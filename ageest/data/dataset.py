@@ -1,0 +1,233 @@
+"""The torch Dataset over a dataset table, and the image transforms.
+
+Images are decoded once into a ``uint8`` tensor cache (``(3, H, W)`` per image; 12 KiB at
+64 px, so FG-NET's 1,002 images take 12 MiB), and the per-item transform runs on that uint8
+tensor with :mod:`torchvision.transforms.v2`, converting to float only at the end. Epochs
+therefore never re-decode a JPEG, and the per-item cost at 64 px is tens of microseconds.
+
+Transforms (:func:`build_transforms`):
+
+``light``
+    CPU variant at a configurable ``size``: random crop with edge padding (``size // 16``)
+    and horizontal flip for training; nothing but the float conversion for evaluation.
+``paper``
+    The paper's: resize to 256x256 (scaled as ``size * 256 / 227`` when ``size`` < 224),
+    random crop ``size`` (227 for VGG, 224 for ResNet), horizontal flip; evaluation uses the
+    center crop. ImageNet normalisation only when ``normalize=True`` (the official FG-NET
+    script does not normalise; its CLAP2016 script does).
+``clap``
+    ``paper`` plus the official CLAP2016 augmentation: random affine (rotation 10 degrees,
+    shear 16) and colour jitter 0.1 (brightness, contrast, saturation; hue is not jittered).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from ageest.data.integrity import DataError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TRANSFORMS = ("light", "paper", "clap")
+
+
+def paper_resize(size: int) -> int:
+    """Resize side used before the random crop of the ``paper``/``clap`` transforms.
+
+    >>> paper_resize(227), paper_resize(224), paper_resize(64)
+    (256, 256, 72)
+    """
+    return 256 if size >= 224 else int(round(size * 256 / 227))
+
+
+def cache_size(name: str, *, size: int = 64) -> int:
+    """Side at which :class:`AgeDataset` should decode and cache images for transform ``name``.
+
+    Decoding straight to this size makes the transform's own resize a no-op.
+
+    >>> cache_size("light", size=64), cache_size("paper", size=227)
+    (64, 256)
+    """
+    if name not in TRANSFORMS:
+        raise ValueError(f"transform {name!r}: expected one of {TRANSFORMS}")
+    return size if name == "light" else paper_resize(size)
+
+
+def build_transforms(
+    name: str, *, size: int = 64, train: bool, normalize: bool = False,
+    resize: int | None = None,
+) -> v2.Compose:
+    """Build the image transform applied per item to a ``uint8`` tensor ``(3, H, W)``.
+
+    Parameters
+    ----------
+    name : {"light", "paper", "clap"}
+        Which augmentation family (see the module docstring).
+    size : int
+        Output side in pixels (the crop size for ``paper``/``clap``: 224 or 227 for the paper).
+    train : bool
+        Random augmentation (training) or the deterministic evaluation path.
+    normalize : bool
+        Apply ImageNet mean/std normalisation after scaling to [0, 1].
+    resize : int, optional
+        Override the resize side of ``paper``/``clap`` (default :func:`paper_resize`).
+
+    Returns
+    -------
+    torchvision.transforms.v2.Compose
+        Maps ``uint8 (3, H, W)`` to ``float32 (3, size, size)`` in [0, 1] (or normalised).
+
+    Examples
+    --------
+    >>> t = build_transforms("light", size=32, train=True)
+    >>> t(torch.zeros(3, 32, 32, dtype=torch.uint8)).shape
+    torch.Size([3, 32, 32])
+    """
+    if name not in TRANSFORMS:
+        raise ValueError(f"transform {name!r}: expected one of {TRANSFORMS}")
+    if size < 8:
+        raise ValueError(f"size={size}: expected at least 8 pixels")
+    steps: list[Callable] = []
+    if name == "light":
+        # Resize is a no-op (returns its input) when the cache is already size x size.
+        steps.append(v2.Resize((size, size), antialias=True))
+        if train:
+            steps += [v2.RandomCrop(size, padding=max(1, size // 16), padding_mode="edge"),
+                      v2.RandomHorizontalFlip()]
+    else:
+        side = resize if resize is not None else paper_resize(size)
+        if side < size:
+            raise ValueError(f"resize={side} is smaller than the crop size={size}")
+        steps.append(v2.Resize((side, side), antialias=True))
+        if train:
+            if name == "clap":
+                steps += [v2.RandomAffine(degrees=10, shear=16),
+                          v2.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1)]
+            steps += [v2.RandomCrop(size), v2.RandomHorizontalFlip()]
+        else:
+            steps.append(v2.CenterCrop(size))
+    steps.append(v2.ToDtype(torch.float32, scale=True))
+    if normalize:
+        steps.append(v2.Normalize(IMAGENET_MEAN, IMAGENET_STD))
+    return v2.Compose(steps)
+
+
+def decode_image(path: str, size: int | None = None) -> torch.Tensor:
+    """Decode an image file to a ``uint8`` tensor ``(3, H, W)``, resized to ``size`` x ``size``.
+
+    Raises :class:`~ageest.data.integrity.DataError` naming the file when it cannot be decoded.
+    """
+    try:
+        with Image.open(path) as im:
+            if size is not None and im.format == "JPEG":
+                im.draft("RGB", (size, size))  # DCT-domain downscale: decodes big JPEGs faster
+            im = im.convert("RGB")
+            if size is not None and im.size != (size, size):
+                im = im.resize((size, size), Image.BILINEAR, reducing_gap=2.0)
+            arr = np.asarray(im, dtype=np.uint8)  # (H, W, 3)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(
+            f"{path}: cannot decode image ({exc}); replace the file, or reload the dataset "
+            "with on_bad='skip' and check_images='decode' to skip such files"
+        ) from exc
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()  # (3, H, W)
+
+
+class AgeDataset(Dataset):
+    """Images and ages of a dataset table, decoded once into a uint8 cache.
+
+    Parameters
+    ----------
+    df : DataFrame
+        A dataset table (columns ``path`` and ``age`` at least; see :mod:`ageest.data`).
+        Positions ``0..len(df)-1`` are the item indices (pass ``df.iloc[fold.train]``, or the
+        full table with a :class:`torch.utils.data.Subset`).
+    start_age : int
+        Smallest age of the label space; ages below it are an error. The item's label is the
+        **age itself** (not the class index ``age - start_age``), so losses and metrics decide
+        how to index.
+    transform : callable, optional
+        Applied per item to the ``uint8 (3, H, W)`` tensor (e.g. :func:`build_transforms`);
+        ``None`` only scales to float in [0, 1].
+    cache : bool
+        Keep decoded images in memory (decoded lazily on first access, or all at once with
+        :meth:`preload`). Call :meth:`preload` before creating a multi-worker DataLoader so
+        forked workers share the cache instead of each filling its own.
+    size : int, optional
+        Decode every image to ``size`` x ``size`` (see :func:`cache_size`); ``None`` keeps the
+        stored size (then all images must share it for batching).
+
+    Items
+    -----
+    ``(image, age, index)``: ``image`` float32 ``(3, H, W)``, ``age`` int64 scalar tensor,
+    ``index`` int (the row position in ``df``, to join predictions back to the table).
+    """
+
+    def __init__(self, df: pd.DataFrame, *, start_age: int, transform: Callable | None = None,
+                 cache: bool = True, size: int | None = None) -> None:
+        missing = [c for c in ("path", "age") if c not in df.columns]
+        if missing:
+            raise ValueError(f"AgeDataset: the table lacks column(s) {missing}")
+        self.paths: list[str] = df["path"].astype(str).tolist()
+        ages = df["age"].to_numpy(dtype=np.int64)
+        if len(ages) and ages.min() < start_age:
+            bad = df.loc[df["age"] < start_age, "path"].tolist()[:5]
+            raise ValueError(f"AgeDataset: ages below start_age={start_age}, e.g. {bad}; "
+                             "load the dataset with its declared age range")
+        self.ages = torch.from_numpy(ages.copy())  # (N,) int64
+        self.start_age = int(start_age)
+        self.transform = transform
+        self.size = size
+        self.cache = cache
+        self._images: list[torch.Tensor | None] = [None] * len(self.paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def image_uint8(self, index: int) -> torch.Tensor:
+        """The decoded ``uint8 (3, H, W)`` image (from the cache when filled)."""
+        img = self._images[index]
+        if img is None:
+            img = decode_image(self.paths[index], self.size)
+            if self.cache:
+                self._images[index] = img
+        return img
+
+    def preload(self, num_threads: int | None = None) -> AgeDataset:
+        """Decode every image now (PIL releases the GIL, so threads help); returns ``self``."""
+        if not self.cache:
+            return self
+        todo = [i for i, im in enumerate(self._images) if im is None]
+        workers = num_threads or min(4, os.cpu_count() or 1)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for i, img in zip(todo, pool.map(lambda j: decode_image(self.paths[j], self.size),
+                                             todo), strict=True):
+                self._images[i] = img
+        return self
+
+    def cache_bytes(self) -> int:
+        """Bytes held by the decoded-image cache."""
+        return sum(im.numel() for im in self._images if im is not None)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        img = self.image_uint8(index)
+        if self.transform is not None:
+            out = self.transform(img)
+        else:
+            out = img.to(torch.float32).div_(255.0)
+        if out.dtype == torch.uint8:  # a user transform without ToDtype
+            out = out.to(torch.float32).div_(255.0)
+        return out, self.ages[index], index
+
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "TRANSFORMS", "AgeDataset", "build_transforms",
+           "cache_size", "decode_image", "paper_resize"]

@@ -1,0 +1,732 @@
+"""Real-format loaders: read the paper's datasets exactly as researchers have them on disk.
+
+Every loader returns one :class:`pandas.DataFrame`, one row per image, with at least
+
+=========== ========================================================================
+column      meaning
+=========== ========================================================================
+path        absolute path of the image (str)
+age         training label (int): the real age, or the rounded apparent mean (CLAP)
+age_mean    float: the apparent-age mean for CLAP-style data, else equal to ``age``
+subject     identity (pandas ``string``), ``<NA>`` when the dataset has none
+std         apparent-age std (float), NaN when unknown
+split       ``"train"``/``"valid"``/``"test"`` (pandas ``string``), ``<NA>`` when none
+image_id    unique id of the image within the dataset (str)
+=========== ========================================================================
+
+plus loader-specific extra columns. ``df.attrs`` carries ``source`` (what was read),
+``skipped`` (records dropped under ``on_bad="skip"``, each with path, reason and fix) and, where
+relevant, ``ignored_files``/``ignored_train``/``unlabelled``.
+
+Bad input (missing or empty folder, zero-byte/corrupt/non-image file, age outside the declared
+range, missing CSV column, duplicate file name, label without image) raises
+:class:`~ageest.data.integrity.DataError` naming every offending file and the fix; pass
+``on_bad="skip"`` to skip those records instead (they are listed, never dropped silently).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ageest.data.integrity import (
+    BadRecords,
+    DataError,
+    MissingDataError,
+    check_image_file,
+    check_on_bad,
+)
+
+COLUMNS = ("path", "age", "age_mean", "subject", "std", "split", "image_id")
+SPLITS = ("train", "valid", "test")
+_SPLIT_ALIASES = {
+    "train": "train", "training": "train", "trn": "train",
+    "valid": "valid", "val": "valid", "validation": "valid", "dev": "valid",
+    "test": "test", "tst": "test", "testing": "test",
+}
+
+FGNET_AGE_RANGE = (0, 69)
+CLAP_AGE_RANGE = (0, 100)
+UTKFACE_AGE_RANGE = (0, 116)
+# The FG-NET release: 1,002 images of 82 subjects (001..082), ages 0..69.
+FGNET_EXPECTED = {"n_images": 1002, "n_subjects": 82, "age_min": 0, "age_max": 69}
+
+_FGNET_RE = re.compile(r"^(?P<subject>\d{3})a(?P<age>\d{2})(?P<suffix>[ab]?)\.jpe?g$", re.I)
+_UTK_RE = re.compile(
+    r"^(?P<age>\d+)_(?P<gender>\d+)_(?P<race>\d+)_(?P<datetime>\d+)\.jpg(?:\.chip\.jpg)?$", re.I
+)
+_UTK_AGE_RE = re.compile(r"^(?P<age>\d+)_")
+
+
+# --------------------------------------------------------------------------------------------
+# shared helpers
+
+
+def _require_dir(root: str | os.PathLike, what: str, fix: str) -> Path:
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise MissingDataError(f"{what} folder {root} does not exist; {fix}")
+    if not root.is_dir():
+        raise MissingDataError(f"{what} path {root} is not a folder; {fix}")
+    return root.resolve()
+
+
+def _require_file(path: str | os.PathLike, what: str, fix: str) -> Path:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise MissingDataError(f"{what} {path} does not exist; {fix}")
+    return path.resolve()
+
+
+def _list_files(root: Path, *, recursive: bool = False) -> tuple[list[Path], list[str]]:
+    """Regular files under ``root`` (sorted) and the hidden/system files that were left out."""
+    it = root.rglob("*") if recursive else root.iterdir()
+    files, ignored = [], []
+    for p in sorted(it):
+        if not p.is_file():
+            continue
+        # Hidden files (.DS_Store, ._foo.jpg from macOS copies) and Thumbs.db are file-system
+        # noise, not data; they are listed in df.attrs["ignored_files"] rather than raising.
+        if p.name.startswith(".") or p.name.lower() in {"thumbs.db", "desktop.ini"}:
+            ignored.append(str(p))
+            continue
+        files.append(p)
+    return files, ignored
+
+
+def _normalise_split(value: Any, where: str, bad: BadRecords) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return pd.NA
+    key = str(value).strip().lower()
+    if key in ("", "nan", "none", "na"):
+        return pd.NA
+    if key not in _SPLIT_ALIASES:
+        bad.add(where, f"split value {value!r} is not one of train/valid/test",
+                "use train, valid (or val) or test, or leave the cell empty")
+        return None
+    return _SPLIT_ALIASES[key]
+
+
+def _age_problem(age: Any, age_range: tuple[int, int] | None) -> str | None:
+    """Why ``age`` is not a valid label (or None)."""
+    try:
+        a = float(age)
+    except (TypeError, ValueError):
+        return f"age {age!r} is not a number"
+    if not math.isfinite(a):
+        return f"age {age!r} is not finite"
+    if a < 0:
+        return f"age {age!r} is negative"
+    if age_range is not None and not (age_range[0] - 0.5 <= a <= age_range[1] + 0.5):
+        return f"age {age!r} is outside the declared range {age_range[0]}-{age_range[1]}"
+    return None
+
+
+def round_age(value: float) -> int:
+    """Round half up (``floor(x + 0.5)``), as a training label from an apparent mean.
+
+    >>> round_age(24.5), round_age(24.49), round_age(0.2)
+    (25, 24, 0)
+    """
+    return int(math.floor(float(value) + 0.5))
+
+
+def _finish(
+    rows: list[dict[str, Any]], bad: BadRecords, *, source: str,
+    attrs: dict[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Build the table with the contract's dtypes, after raising/recording the bad records."""
+    skipped = bad.finish()
+    # Bad records never enter ``rows`` (each loader `continue`s after bad.add), so nothing
+    # needs removing here.
+    if not rows:
+        raise DataError(
+            f"{source}: no usable images left"
+            + (f" ({len(skipped)} skipped as bad)" if skipped else "")
+            + "; check that the folder holds the dataset's images"
+        )
+    df = pd.DataFrame(rows)
+    df["path"] = df["path"].astype(str)
+    df["age"] = df["age"].astype("int64")
+    df["age_mean"] = df["age_mean"].astype("float64")
+    df["subject"] = df["subject"].astype("string")
+    df["std"] = pd.to_numeric(df["std"], errors="coerce").astype("float64")
+    df["split"] = df["split"].astype("string")
+    df["image_id"] = df["image_id"].astype(str)
+    extra = [c for c in df.columns if c not in COLUMNS]
+    df = df[list(COLUMNS) + extra].reset_index(drop=True)
+    if df["image_id"].duplicated().any():  # loaders check earlier; this guards the contract
+        dups = df.loc[df["image_id"].duplicated(keep=False), "image_id"].unique().tolist()
+        raise DataError(f"{source}: duplicate image ids {dups[:10]}; rename the files")
+    df.attrs.update({"source": source, "skipped": skipped, **(attrs or {})})
+    return df
+
+
+def _row(path: Path | str, age: int, *, age_mean: float | None = None, subject: Any = pd.NA,
+         std: float = float("nan"), split: Any = pd.NA, image_id: str, **extra: Any
+         ) -> dict[str, Any]:
+    return {"path": str(path), "age": int(age),
+            "age_mean": float(age if age_mean is None else age_mean), "subject": subject,
+            "std": std, "split": split, "image_id": image_id, **extra}
+
+
+# --------------------------------------------------------------------------------------------
+# FG-NET
+
+
+def parse_fgnet_name(name: str) -> tuple[str, int, str] | None:
+    """Parse an FG-NET file name ``NNNAxx[a|b].JPG`` into (subject, age, suffix).
+
+    Either case of the ``A``, the suffix and the extension is accepted; ``None`` when the name
+    does not follow the pattern.
+
+    >>> parse_fgnet_name("001A02.JPG")
+    ('001', 2, '')
+    >>> parse_fgnet_name("010a07b.jpeg")
+    ('010', 7, 'b')
+    >>> parse_fgnet_name("readme.txt") is None
+    True
+    """
+    m = _FGNET_RE.match(name)
+    if m is None:
+        return None
+    return m["subject"], int(m["age"]), m["suffix"].lower()
+
+
+def load_fgnet(
+    root: str | os.PathLike, *, on_bad: str = "raise", check_images: str = "header",
+    age_range: tuple[int, int] = FGNET_AGE_RANGE, expected: dict[str, int] | None = None,
+) -> pd.DataFrame:
+    """Load an FG-NET folder: images named ``NNNAxx[a|b].JPG`` (subject NNN, age xx).
+
+    Parameters
+    ----------
+    root : path-like
+        The folder holding the images (or its parent, when the images are in ``root/images``).
+    on_bad : {"raise", "skip"}
+        What to do with bad files (see the module docstring).
+    check_images : {"header", "decode", "none"}
+        How thoroughly each image is checked (:func:`~ageest.data.integrity.check_image_file`).
+    age_range : (int, int)
+        Declared age range; FG-NET is 0-69 (70 classes).
+    expected : dict, optional
+        Expected ``n_images``, ``n_subjects``, ``age_min``, ``age_max``; defaults to the FG-NET
+        release (1,002 images, 82 subjects, ages 0-69). A copy that differs triggers a warning
+        listing every difference (not an error: copies in the wild differ).
+
+    Returns
+    -------
+    DataFrame
+        The common columns, ``subject`` = ``"001"``..``"082"``, ``split`` = NA, ``image_id`` =
+        the upper-cased stem (``"001A02"``), plus ``suffix``.
+    """
+    check_on_bad(on_bad)
+    root = _require_dir(root, "FG-NET", "pass the folder holding the NNNAxx.JPG images")
+    files, ignored = _list_files(root)
+    if not files and (root / "images").is_dir():
+        root = root / "images"  # the release unpacks to FGNET/images/
+        files, ignored = _list_files(root)
+    if not files:
+        raise MissingDataError(
+            f"FG-NET folder {root} holds no files; pass the folder holding the NNNAxx.JPG images"
+        )
+    bad = BadRecords(on_bad, f"FG-NET folder {root}")
+    rows: list[dict[str, Any]] = []
+    seen: dict[str, Path] = {}
+    for p in files:
+        problem = check_image_file(p, check_images)
+        if problem is not None:
+            bad.add(p, problem, "remove the file or replace it with the original image")
+            continue
+        parsed = parse_fgnet_name(p.name)
+        if parsed is None:
+            bad.add(p, "name does not follow FG-NET's NNNAxx[a|b].JPG",
+                    "rename it (subject NNN, age xx, optional a/b) or move it out of the folder")
+            continue
+        subject, age, suffix = parsed
+        problem = _age_problem(age, age_range)
+        if problem is not None:
+            bad.add(p, problem, f"check the name, or declare age_range covering {age}")
+            continue
+        image_id = f"{subject}A{age:02d}{suffix}"
+        if image_id in seen:
+            bad.add(p, f"duplicate of {seen[image_id].name} (same subject, age and suffix)",
+                    "remove one copy, or add an a/b suffix if both are distinct photos")
+            continue
+        seen[image_id] = p
+        rows.append(_row(p, age, subject=subject, image_id=image_id, suffix=suffix))
+    df = _finish(rows, bad, source=str(root), attrs={"ignored_files": ignored})
+    _check_expected(df, FGNET_EXPECTED if expected is None else expected, f"FG-NET {root}")
+    return df
+
+
+def _check_expected(df: pd.DataFrame, expected: dict[str, int], what: str) -> list[str]:
+    """Warn, listing every difference, when a copy of a dataset differs from its release."""
+    found = {"n_images": len(df), "n_subjects": int(df["subject"].nunique()),
+             "age_min": int(df["age"].min()), "age_max": int(df["age"].max())}
+    diffs = [f"{k}: expected {v}, found {found[k]}" for k, v in expected.items()
+             if k in found and found[k] != v]
+    if diffs:
+        warnings.warn(f"{what} differs from the release manifest: " + "; ".join(diffs),
+                      stacklevel=3)
+    df.attrs["expected_differences"] = diffs
+    return diffs
+
+
+# --------------------------------------------------------------------------------------------
+# CLAP2016 / APPA-REAL
+
+_CLAP_COLUMNS = ("file_name", "apparent_age_avg", "apparent_age_std")
+
+
+def _read_csv_checked(path: Path, required: Iterable[str], fix: str) -> pd.DataFrame:
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot be read as CSV ({exc}); {fix}") from exc
+    table.columns = [str(c).strip() for c in table.columns]
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise DataError(
+            f"{path}: missing column(s) {missing} (found {list(table.columns)}); {fix}"
+        )
+    return table
+
+
+def _read_name_list(ignore_list: str | os.PathLike | Iterable[str]) -> set[str]:
+    """Names from an ignore list: a file (one name per line, or a CSV with ``file_name``)."""
+    if isinstance(ignore_list, (str, os.PathLike)):
+        path = _require_file(ignore_list, "ignore list", "pass an existing file or a list")
+        if path.suffix.lower() == ".csv":
+            table = pd.read_csv(path)
+            col = "file_name" if "file_name" in table.columns else table.columns[0]
+            names = table[col].astype(str).tolist()
+        else:
+            names = path.read_text(encoding="utf-8").splitlines()
+    else:
+        names = [str(n) for n in ignore_list]
+    # Entries may be bare names or paths like train/000123.jpg; match on the base name.
+    return {Path(n.strip()).name for n in names if n.strip() and not n.startswith("#")}
+
+
+def load_clap2016(
+    root: str | os.PathLike, use_face_crops: bool = False,
+    ignore_list: str | os.PathLike | Iterable[str] | None = None, *, on_bad: str = "raise",
+    check_images: str = "header", age_range: tuple[int, int] = CLAP_AGE_RANGE,
+    splits: Iterable[str] = SPLITS,
+) -> pd.DataFrame:
+    """Load CLAP2016 / APPA-REAL in its release layout.
+
+    ``root/{train,valid,test}/`` hold the images; ``root/gt_avg_{split}.csv`` hold
+    ``file_name, num_ratings, apparent_age_avg, apparent_age_std`` (``num_ratings`` optional).
+
+    Parameters
+    ----------
+    root : path-like
+        The release folder.
+    use_face_crops : bool
+        Use ``<file_name>_face.jpg`` (APPA-REAL's crop, e.g. ``000123.jpg_face.jpg``; also
+        ``000123_face.jpg``) when present; images without a crop keep the full image and are
+        listed in ``df.attrs["face_crop_missing"]`` with a warning.
+    ignore_list : path-like or iterable of str, optional
+        File names to drop **from training only** (the published list of bad training images).
+        Names that belong to valid/test are *kept* there -- the test set is never filtered --
+        and a warning lists them; names found nowhere are also warned about. The dropped
+        training files are listed in ``df.attrs["ignored_train"]``.
+    on_bad, check_images
+        As in :func:`load_fgnet`.
+    age_range : (int, int)
+        Declared range of the rounded apparent mean (0-100).
+    splits : iterable of str
+        Which splits to read (all three by default).
+
+    Returns
+    -------
+    DataFrame
+        ``age`` = rounded apparent mean (training label), ``age_mean`` = apparent mean,
+        ``std`` = apparent std (for the epsilon-error), ``subject`` = NA (no identities in the
+        release), ``split``, ``image_id`` = ``"<split>/<file_name>"``, plus ``file_name`` and
+        ``num_ratings``.
+    """
+    check_on_bad(on_bad)
+    root = _require_dir(root, "CLAP2016", "pass the APPA-REAL folder holding train/, valid/, "
+                        "test/ and gt_avg_*.csv")
+    ignore = _read_name_list(ignore_list) if ignore_list is not None else set()
+    bad = BadRecords(on_bad, f"CLAP2016 folder {root}")
+    rows: list[dict[str, Any]] = []
+    unlabelled: list[str] = []
+    crop_missing: list[str] = []
+    ignored_train: list[str] = []
+    ignored_elsewhere: list[str] = []
+    seen_names: dict[str, str] = {}
+    for split in splits:
+        if split not in SPLITS:
+            raise ValueError(f"splits: {split!r} is not one of {SPLITS}")
+        folder = _require_dir(root / split, f"CLAP2016 {split}",
+                              f"the release has {root}/{split}/ next to gt_avg_{split}.csv")
+        csv = _require_file(root / f"gt_avg_{split}.csv", "CLAP2016 label file",
+                            f"the release has gt_avg_{split}.csv in {root}")
+        table = _read_csv_checked(csv, _CLAP_COLUMNS,
+                                  "APPA-REAL's gt_avg_*.csv has file_name, num_ratings, "
+                                  "apparent_age_avg, apparent_age_std")
+        files, _ = _list_files(folder)
+        if not files:
+            raise MissingDataError(f"CLAP2016 {split} folder {folder} holds no files; "
+                                   "unpack the release's images there")
+        labelled = set()
+        for i, rec in enumerate(table.to_dict("records")):
+            name = str(rec["file_name"]).strip()
+            where = f"{csv}:{i + 2} ({name})"  # +2: header line, 1-based
+            labelled.add(name)
+            if name in seen_names:
+                bad.add(where, f"duplicate file name (also in {seen_names[name]})",
+                        "remove the duplicated row")
+                continue
+            seen_names[name] = f"{csv.name}:{i + 2}"
+            image = folder / name
+            if not image.is_file():
+                bad.add(where, f"label without image: {image} does not exist",
+                        f"restore the image or delete its row from {csv.name}")
+                continue
+            if split == "train" and name in ignore:
+                ignored_train.append(str(image))
+                continue
+            if split != "train" and name in ignore:
+                ignored_elsewhere.append(f"{split}/{name}")
+            path = image
+            if use_face_crops:
+                crops = [folder / f"{name}_face.jpg", folder / f"{Path(name).stem}_face.jpg"]
+                found = next((c for c in crops if c.is_file()), None)
+                if found is None:
+                    crop_missing.append(str(image))
+                else:
+                    path = found
+            problem = check_image_file(path, check_images)
+            if problem is not None:
+                bad.add(path, problem, "replace the image with the release's copy")
+                continue
+            mean, std = rec["apparent_age_avg"], rec["apparent_age_std"]
+            problem = _age_problem(mean, age_range)
+            if problem is None and not (isinstance(std, (int, float)) and std >= 0):
+                problem = f"apparent_age_std {std!r} is not a non-negative number"
+            if problem is not None:
+                bad.add(where, problem, f"correct the row in {csv.name}")
+                continue
+            nr = rec.get("num_ratings", np.nan)
+            rows.append(_row(path, round_age(mean), age_mean=float(mean), std=float(std),
+                             split=split, image_id=f"{split}/{name}", file_name=name,
+                             num_ratings=float(nr)))
+        for p in files:
+            if p.name.endswith("_face.jpg") or p.name in labelled:
+                continue
+            unlabelled.append(str(p))
+    if unlabelled:
+        warnings.warn(f"CLAP2016 {root}: {len(unlabelled)} image(s) have no label in "
+                      f"gt_avg_*.csv and are not used, e.g. {unlabelled[:5]} "
+                      "(listed in df.attrs['unlabelled'])", stacklevel=2)
+    if crop_missing:
+        warnings.warn(f"CLAP2016 {root}: {len(crop_missing)} image(s) have no _face.jpg crop; "
+                      f"their full image is used, e.g. {crop_missing[:5]}", stacklevel=2)
+    if ignored_elsewhere:
+        warnings.warn(f"CLAP2016 ignore list names {len(ignored_elsewhere)} valid/test "
+                      f"file(s), e.g. {ignored_elsewhere[:5]}; the ignore list only filters "
+                      "training data, so they are kept", stacklevel=2)
+    unused = ignore - {Path(p).name for p in ignored_train} - {
+        n.split("/", 1)[1] for n in ignored_elsewhere}
+    if unused:
+        warnings.warn(f"CLAP2016 ignore list: {len(unused)} name(s) match no labelled file, "
+                      f"e.g. {sorted(unused)[:5]}", stacklevel=2)
+    return _finish(rows, bad, source=str(root), attrs={
+        "unlabelled": unlabelled, "face_crop_missing": crop_missing,
+        "ignored_train": ignored_train, "ignored_not_train": ignored_elsewhere})
+
+
+# --------------------------------------------------------------------------------------------
+# UTKFace
+
+
+def load_utkface(
+    root: str | os.PathLike, *, on_bad: str = "raise", check_images: str = "header",
+    age_range: tuple[int, int] = UTKFACE_AGE_RANGE, recursive: bool = True,
+) -> pd.DataFrame:
+    """Load UTKFace: ``{age}_{gender}_{race}_{datetime}.jpg`` (also ``.jpg.chip.jpg`` crops).
+
+    Names that carry an age but not the full pattern (e.g. a missing race field) are kept with
+    one warning listing them; names without an age are bad records (error listing them, or
+    skipped with ``on_bad="skip"``). UTKFace has no identities: ``subject`` is NA, so splits
+    treat every image as its own group (no identity-leakage check is possible).
+
+    Parameters
+    ----------
+    root : path-like
+        Folder of images (searched recursively by default: the release ships part1/2/3).
+    on_bad, check_images
+        As in :func:`load_fgnet`.
+    age_range : (int, int)
+        Declared age range (0-116 in the release).
+    recursive : bool
+        Search sub-folders.
+
+    Returns
+    -------
+    DataFrame
+        Common columns plus ``gender`` and ``race`` (NA where the name lacks them);
+        ``image_id`` = path relative to ``root``.
+    """
+    check_on_bad(on_bad)
+    root = _require_dir(root, "UTKFace", "pass the folder holding the {age}_... .jpg images")
+    files, ignored = _list_files(root, recursive=recursive)
+    if not files:
+        raise MissingDataError(f"UTKFace folder {root} holds no files; unpack the images there")
+    bad = BadRecords(on_bad, f"UTKFace folder {root}")
+    rows, malformed = [], []
+    for p in files:
+        problem = check_image_file(p, check_images)
+        if problem is not None:
+            bad.add(p, problem, "remove the file or replace it with the original image")
+            continue
+        m = _UTK_RE.match(p.name)
+        gender = race = pd.NA
+        if m is not None:
+            age, gender, race = int(m["age"]), int(m["gender"]), int(m["race"])
+        else:
+            m2 = _UTK_AGE_RE.match(p.name)
+            if m2 is None:
+                bad.add(p, "name carries no age ({age}_{gender}_{race}_{datetime}.jpg)",
+                        "rename it with the age first, or remove it")
+                continue
+            age = int(m2["age"])
+            malformed.append(str(p))
+        problem = _age_problem(age, age_range)
+        if problem is not None:
+            bad.add(p, problem, f"check the name, or declare age_range covering {age}")
+            continue
+        rows.append(_row(p, age, image_id=p.relative_to(root).as_posix(), gender=gender,
+                         race=race))
+    if malformed:
+        warnings.warn(f"UTKFace {root}: {len(malformed)} name(s) do not follow "
+                      f"age_gender_race_datetime.jpg but carry an age and are kept: "
+                      f"{[Path(m).name for m in malformed[:10]]}", stacklevel=2)
+    df = _finish(rows, bad, source=str(root),
+                 attrs={"ignored_files": ignored, "malformed_names": malformed})
+    df["gender"] = df["gender"].astype("Int64")
+    df["race"] = df["race"].astype("Int64")
+    return df
+
+
+# --------------------------------------------------------------------------------------------
+# generic CSV
+
+
+def load_csv(
+    csv_path: str | os.PathLike, image_root: str | os.PathLike | None = None, *,
+    on_bad: str = "raise", check_images: str = "header",
+    age_range: tuple[int, int] | None = None,
+) -> pd.DataFrame:
+    """Load any image folder described by a CSV with columns ``path``, ``age`` and optionally
+    ``subject``, ``std``, ``split`` (``train``/``valid``/``test``; ``val`` accepted) and
+    ``age_mean``.
+
+    Parameters
+    ----------
+    csv_path : path-like
+        The CSV file.
+    image_root : path-like, optional
+        Folder that relative ``path`` entries are relative to; defaults to the CSV's folder.
+    on_bad, check_images
+        As in :func:`load_fgnet`.
+    age_range : (int, int), optional
+        Declared age range; ``None`` accepts any non-negative age.
+
+    Returns
+    -------
+    DataFrame
+        Common columns (non-integer ages are kept in ``age_mean`` and rounded for ``age``; an
+        ``age_mean`` column, when given, is used as is), ``image_id`` = the CSV's ``path``
+        entry, plus any other CSV column.
+    """
+    check_on_bad(on_bad)
+    csv_path = _require_file(csv_path, "label CSV", "pass --csv pointing to an existing file")
+    root = Path(image_root).expanduser().resolve() if image_root is not None else csv_path.parent
+    _require_dir(root, "image root", "pass --image-root pointing to the images' folder")
+    table = _read_csv_checked(csv_path, ("path", "age"),
+                              "the CSV needs columns path and age (optional subject, std, split)")
+    if table.empty:
+        raise DataError(f"{csv_path}: no rows; add one row per image (path, age)")
+    bad = BadRecords(on_bad, f"label CSV {csv_path}")
+    rows = []
+    seen: dict[str, int] = {}
+    for i, rec in enumerate(table.to_dict("records")):
+        line = i + 2
+        entry = str(rec["path"]).strip()
+        where = f"{csv_path}:{line} ({entry})"
+        path = (root / entry).resolve()
+        if str(path) in seen:
+            bad.add(where, f"duplicate file name (also on line {seen[str(path)]})",
+                    "remove the duplicated row")
+            continue
+        seen[str(path)] = line
+        if not path.exists():
+            bad.add(where, f"label without image: {path} does not exist",
+                    "fix the path (relative to --image-root) or delete the row")
+            continue
+        problem = check_image_file(path, check_images)
+        if problem is not None:
+            bad.add(path, problem, "replace the image or delete its row")
+            continue
+        problem = _age_problem(rec["age"], age_range)
+        if problem is not None:
+            bad.add(where, problem, "correct the age" + (
+                " or declare an age range covering it" if age_range else ""))
+            continue
+        age_f = float(rec["age"])
+        mean = rec.get("age_mean", age_f)
+        mean = age_f if pd.isna(mean) else float(mean)
+        split = _normalise_split(rec.get("split"), where, bad)
+        if split is None:
+            continue
+        subject = rec.get("subject", pd.NA)
+        subject = pd.NA if pd.isna(subject) else str(subject).strip()
+        std = rec.get("std", float("nan"))
+        extra = {k: v for k, v in rec.items() if k not in COLUMNS}
+        rows.append(_row(path, round_age(age_f), age_mean=mean, subject=subject,
+                         std=float("nan") if pd.isna(std) else float(std), split=split,
+                         image_id=entry, **extra))
+    return _finish(rows, bad, source=str(csv_path), attrs={"image_root": str(root)})
+
+
+# --------------------------------------------------------------------------------------------
+# Facial-Age-Estimation-Benchmark database JSON
+
+# Paplham & Franc's five subject-exclusive splits over ten folders (train, valid, test).
+BENCHMARK_SPLITS: dict[int, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = {
+    0: ((0, 1, 2, 3, 4, 5), (6, 7), (8, 9)),
+    1: ((2, 3, 4, 5, 6, 7), (8, 9), (0, 1)),
+    2: ((4, 5, 6, 7, 8, 9), (0, 1), (2, 3)),
+    3: ((5, 6, 7, 8, 9, 0), (1, 2), (3, 4)),
+    4: ((6, 7, 8, 9, 0, 1), (2, 3), (4, 5)),
+}
+
+
+def load_benchmark_json(
+    json_path: str | os.PathLike, image_root: str | os.PathLike, *, benchmark_split: int = 0,
+    on_bad: str = "raise", check_images: str = "header",
+    age_range: tuple[int, int] | None = None, database: str | None = None,
+) -> pd.DataFrame:
+    """Load a Facial-Age-Estimation-Benchmark *database* JSON (Paplham & Franc, CVPR 2024).
+
+    The file is a list of entries with ``img_path`` (relative to ``image_root``), ``age``
+    (``-1`` = unknown, a bad record), and optionally ``id_num`` (identity), ``std_age``,
+    ``folder`` (subject-exclusive fold 0-9, or 0/1/2 = train/valid/test for CLAP2016 and
+    CACD2000) and ``database``. Images are used as stored (``aligned_bbox`` is kept as a
+    column, not applied).
+
+    Parameters
+    ----------
+    json_path : path-like
+        The database JSON.
+    image_root : path-like
+        Folder ``img_path`` is relative to.
+    benchmark_split : int
+        Which of the benchmark's five splits (0-4) maps folders to train/valid/test when the
+        database has ten folders; ignored for three-folder databases. ``-1`` leaves ``split`` NA.
+    on_bad, check_images
+        As in :func:`load_fgnet`.
+    age_range : (int, int), optional
+        Declared age range.
+    database : str, optional
+        Keep only entries whose ``database`` field equals this.
+
+    Returns
+    -------
+    DataFrame
+        Common columns (``subject`` = ``id_num``; ``std`` = ``std_age``), plus ``folder``,
+        ``database``, ``gender`` where present; ``image_id`` = ``img_path``.
+    """
+    check_on_bad(on_bad)
+    json_path = _require_file(json_path, "benchmark JSON", "pass --json pointing to the file")
+    root = _require_dir(image_root, "image root", "pass --image-root, the folder img_path is "
+                        "relative to")
+    try:
+        entries = json.loads(json_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{json_path}: not valid JSON ({exc})") from exc
+    if isinstance(entries, dict):  # tolerate {"data": [...]}-style wrappers
+        entries = next((v for v in entries.values() if isinstance(v, list)), None)
+    if not isinstance(entries, list) or not entries:
+        raise DataError(f"{json_path}: expected a non-empty list of entries with img_path, age")
+    if database is not None:
+        entries = [e for e in entries if e.get("database") == database]
+    folders = sorted({int(e["folder"]) for e in entries
+                      if isinstance(e, dict) and e.get("folder") is not None})
+    if benchmark_split == -1 or not folders:
+        folder_to_split: dict[int, str] = {}
+    elif set(folders) <= {0, 1, 2} and len(folders) <= 3:
+        folder_to_split = {0: "train", 1: "valid", 2: "test"}
+    else:
+        if benchmark_split not in BENCHMARK_SPLITS:
+            raise ValueError(f"benchmark_split={benchmark_split}: expected 0-4 (or -1)")
+        trn, val, tst = BENCHMARK_SPLITS[benchmark_split]
+        folder_to_split = {**{f: "train" for f in trn}, **{f: "valid" for f in val},
+                           **{f: "test" for f in tst}}
+    bad = BadRecords(on_bad, f"benchmark JSON {json_path}")
+    rows, seen = [], {}
+    for i, e in enumerate(entries):
+        where = f"{json_path}[{i}]"
+        if not isinstance(e, dict):
+            bad.add(where, "entry is not an object", "fix the JSON")
+            continue
+        missing = [k for k in ("img_path", "age") if k not in e]
+        if missing:
+            bad.add(where, f"entry lacks {missing}", "every entry needs img_path and age")
+            continue
+        entry = str(e["img_path"])
+        where = f"{json_path}[{i}] ({entry})"
+        if entry in seen:
+            bad.add(where, f"duplicate img_path (also entry {seen[entry]})", "remove one entry")
+            continue
+        seen[entry] = i
+        age = e["age"]
+        problem = ("age is -1 (unknown)" if age == -1 else _age_problem(age, age_range))
+        if problem is not None:
+            bad.add(where, problem, "correct the age or remove the entry")
+            continue
+        path = (root / entry).resolve()
+        if not path.exists():
+            bad.add(where, f"label without image: {path} does not exist",
+                    "check --image-root, or restore the image")
+            continue
+        problem = check_image_file(path, check_images)
+        if problem is not None:
+            bad.add(path, problem, "replace the image or remove its entry")
+            continue
+        folder = e.get("folder")
+        split = folder_to_split.get(int(folder), pd.NA) if folder is not None else pd.NA
+        subject = e.get("id_num")
+        std = e.get("std_age")
+        rows.append(_row(
+            path, round_age(age), age_mean=float(age),
+            subject=pd.NA if subject is None else str(subject),
+            std=float("nan") if std is None else float(std), split=split, image_id=entry,
+            folder=pd.NA if folder is None else int(folder), database=e.get("database", pd.NA),
+            gender=e.get("gender", pd.NA)))
+    df = _finish(rows, bad, source=str(json_path), attrs={"image_root": str(root),
+                                                          "benchmark_split": benchmark_split})
+    df["folder"] = df["folder"].astype("Int64")
+    return df
+
+
+__all__ = [
+    "BENCHMARK_SPLITS", "CLAP_AGE_RANGE", "COLUMNS", "FGNET_AGE_RANGE", "FGNET_EXPECTED",
+    "SPLITS", "UTKFACE_AGE_RANGE", "load_benchmark_json", "load_clap2016", "load_csv",
+    "load_fgnet", "load_utkface", "parse_fgnet_name", "round_age",
+]
