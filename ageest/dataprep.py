@@ -1,0 +1,148 @@
+"""Data preparation for the pipeline (notebook 00): pick the real or the synthetic datasets, load
+them with manifests, and summarise datasets and folds with their disjointness checks.
+
+The pipeline always has an FG-NET-format dataset (real FG-NET when a folder is given, else the
+synthetic FG-NET-like faces) and a CLAP2016-format one (the APPA-REAL release, or the synthetic
+CLAP-like faces). :func:`dataset_choice` is the one place that decides which, so notebooks 00, 02
+and 04 agree.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+KINDS = {"fgnet": ("fgnet", "synthetic-fgnet"), "clap": ("clap2016", "synthetic-clap")}
+LABELS = {"fgnet": "FG-NET format", "clap": "CLAP2016 format"}
+
+
+def dataset_choice(kind: str, data_dir: str | os.PathLike | None = "") -> tuple[str, str | None]:
+    """Registry name and data folder for ``kind`` (``"fgnet"`` or ``"clap"``): the real dataset
+    when ``data_dir`` is given, else its synthetic stand-in (folder ``None``: the default one).
+
+    >>> dataset_choice("fgnet", ""), dataset_choice("clap", "/data/appa")
+    (('synthetic-fgnet', None), ('clap2016', '/data/appa'))
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
+    real, synthetic = KINDS[kind]
+    if data_dir:
+        path = Path(data_dir).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"{kind}_dir={str(data_dir)!r}: no such folder; give the "
+                                    f"{LABELS[kind]} dataset folder, or '' for synthetic data")
+        return real, str(path.resolve())
+    return synthetic, None
+
+
+def load(kind: str, data_dir: str | os.PathLike | None, *, out: str | os.PathLike,
+         size: int = 64, on_bad: str = "raise") -> tuple[pd.DataFrame, Any]:
+    """Load the ``kind`` dataset (see :func:`dataset_choice`) and verify or write its manifest
+    at ``out/data/<name>.manifest.json`` (counts, age histogram, sha256 per file).
+
+    Returns the dataset table and its :class:`ageest.data.DatasetInfo`.
+    """
+    from ageest.data import get_dataset
+
+    name, folder = dataset_choice(kind, data_dir)
+    manifest = Path(out) / "data" / f"{name}.manifest.json"
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    return get_dataset(name, data_dir=folder, size=size, on_bad=on_bad, manifest=manifest)
+
+
+def data_summary(datasets: Mapping[str, tuple[pd.DataFrame, Any]]) -> pd.DataFrame:
+    """One row per dataset: name, synthetic or real, images, subjects, age range and median,
+    images per split, annotators' σ (mean) where known, manifest check result."""
+    rows = []
+    for label, (df, info) in datasets.items():
+        split = df["split"].astype("string").fillna("none").value_counts()
+        std = pd.to_numeric(df["std"], errors="coerce")
+        rows.append({
+            "dataset": label, "name": info.name, "synthetic": bool(info.synthetic),
+            "images": len(df), "subjects": int(df["subject"].dropna().nunique()),
+            "age_min": int(df["age"].min()), "age_max": int(df["age"].max()),
+            "age_median": float(df["age"].median()),
+            "classes": f"{info.start_age}-{info.end_age} ({info.num_classes})",
+            "splits": ", ".join(f"{k} {v}" for k, v in split.sort_index().items()),
+            "sigma_mean": float(std.mean()) if std.notna().any() else np.nan,
+            "manifest": info.extra.get("manifest_report", "written"),
+        })
+    return pd.DataFrame(rows)
+
+
+def split_summary(df: pd.DataFrame, folds: list, *, dataset: str) -> pd.DataFrame:
+    """One row per fold: images and subjects per part, and the overlaps between parts (subjects
+    and files), each of which :func:`ageest.data.check_disjoint` requires to be zero; the check
+    is run again here and its verdict shown in ``disjoint``."""
+    from ageest.data import LeakageError, check_disjoint
+
+    rows = []
+    for fold in folds:
+        parts = {"train": fold.train, "val": fold.val, "test": fold.test}
+        row: dict[str, Any] = {"dataset": dataset, "fold": fold.fold_id}
+        subjects = {}
+        files = {}
+        for part, idx in parts.items():
+            sub = df.iloc[idx]
+            subjects[part] = set(sub["subject"].dropna().astype(str))
+            files[part] = set(sub["path"].astype(str))
+            row[f"{part}_images"] = len(idx)
+            row[f"{part}_subjects"] = len(subjects[part])
+        for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+            row[f"shared_subjects_{a}_{b}"] = len(subjects[a] & subjects[b])
+            row[f"shared_files_{a}_{b}"] = len(files[a] & files[b])
+        try:
+            check_disjoint(df, fold)
+            row["disjoint"] = "passed"
+        except LeakageError as exc:
+            row["disjoint"] = f"FAILED: {exc}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def face_grid(df: pd.DataFrame, *, n_rows: int = 4, n_cols: int = 8, seed: int = 0,
+              title: str = "Faces across ages"):
+    """A grid of the dataset's own images: with subjects, each row is one subject (those with the
+    widest age span) at increasing ages; without, each row samples images at evenly spaced ages.
+
+    Returns a matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    rows: list[list[tuple[str, int]]] = []
+    if df["subject"].notna().any():
+        span = df.groupby("subject")["age"].agg(lambda a: a.max() - a.min())
+        for subject in span.sort_values(ascending=False, kind="stable").index[:n_rows]:
+            sub = df[df["subject"] == subject].sort_values("age")
+            take = np.unique(np.linspace(0, len(sub) - 1, min(n_cols, len(sub))).round()
+                             .astype(int))
+            rows.append([(sub["path"].iloc[i], int(sub["age"].iloc[i])) for i in take])
+    else:
+        targets = np.linspace(df["age"].min(), df["age"].max(), n_cols)
+        for _ in range(n_rows):
+            row = []
+            for t in targets:
+                near = df.iloc[(df["age"] - t).abs().argsort()[:10]]
+                pick = near.iloc[int(rng.integers(len(near)))]
+                row.append((pick["path"], int(pick["age"])))
+            rows.append(row)
+    ncols = max(len(r) for r in rows)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(1.15 * ncols, 1.25 * len(rows)),
+                             squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, row in enumerate(rows):
+        for j, (path, age) in enumerate(row):
+            with Image.open(path) as img:
+                axes[i, j].imshow(img.convert("RGB"))
+            axes[i, j].set_title(f"{age} y", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
