@@ -219,3 +219,40 @@ def test_std_errors(name):
         loss(z, y, std=torch.ones(3))
     with pytest.raises(ValueError, match=r"std must be >= 0"):
         loss(z, y, std=torch.tensor([1.0, -1.0]))
+
+
+@pytest.mark.parametrize("k", [None, 1, 3, 11])
+@pytest.mark.parametrize("eps", [0.0, 1e-3])
+@pytest.mark.parametrize("topk_constant", [False, True])
+def test_mean_residue_closed_form_gradient_equals_autograd(data, k, eps, topk_constant):
+    # MeanResidueLoss uses a hand-written gradient; compare it with autograd through the
+    # functional losses (ties in the batch included)
+    logits, ages, _ = data
+    logits = logits.clone()
+    logits[2] = logits[1]
+    logits[3, :4] = 1.5  # ties inside a row
+    loss = MeanResidueLoss(
+        0.3, 0.07, k=k, eps=eps, topk_constant=topk_constant, start_age=10, end_age=20
+    )
+    z1 = logits.clone().requires_grad_(True)
+    total = loss(z1, ages)
+    (2.5 * total).backward()
+    z2 = logits.clone().requires_grad_(True)
+    ref = (
+        F.cross_entropy(z2, ages - 10)
+        + 0.3 * mean_loss(z2, ages, start_age=10)
+        + 0.07 * residue_loss(z2, ages, start_age=10, k=k, eps=eps, topk_constant=topk_constant)
+    )
+    (2.5 * ref).backward()
+    torch.testing.assert_close(total.detach(), ref.detach(), atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(z1.grad, z2.grad, atol=1e-12, rtol=1e-10)
+
+
+def test_mean_residue_no_grad_and_eval_paths(data):
+    logits, ages, _ = data
+    loss = get_loss("amr", start_age=10, end_age=20)
+    with torch.no_grad():
+        v = loss(logits, ages)
+    assert not v.requires_grad and set(loss.last_components) == EXPECTED_COMPONENTS["amr"]
+    # a logits tensor that needs no grad still gives the same value
+    assert float(v) == pytest.approx(float(loss(logits.clone(), ages)))
