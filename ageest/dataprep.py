@@ -105,6 +105,12 @@ def split_summary(df: pd.DataFrame, folds: list, *, dataset: str) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
+def split_summaries(datasets: Mapping[str, tuple[pd.DataFrame, list]]) -> pd.DataFrame:
+    """:func:`split_summary` of several datasets, ``{label: (table, folds)}``, in one table."""
+    return pd.concat([split_summary(df, folds, dataset=label)
+                      for label, (df, folds) in datasets.items()], ignore_index=True)
+
+
 def face_grid(df: pd.DataFrame, *, n_rows: int = 4, n_cols: int = 8, seed: int = 0,
               title: str = "Faces across ages"):
     """A grid of the dataset's own images: with subjects, each row is one subject (those with the
