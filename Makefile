@@ -42,7 +42,8 @@ clean-venv:
 # JupyterLab on this machine only, in notebooks/, with the project's kernel ("ageest", registered
 # into .venv by the install step above, so the notebooks open without a kernel prompt).
 lab: $(VENV)/.installed
-	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=notebooks
+	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=notebooks \
+		$(if $(filter 0,$(shell id -u)),--allow-root)
 
 # The real-browser test alone: JupyterLab + headless Chromium (Debian's chromium, chromium-driver).
 test-browser: $(VENV)/.installed-dev

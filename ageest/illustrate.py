@@ -878,7 +878,8 @@ class LossExplorer(widgets.VBox):
                                          style=style, layout=layout),
             "k_mode": widgets.ToggleButtons(options=["adaptive", "fixed"],
                                             value="adaptive" if k is None else "fixed",
-                                            description="top-K", style=style),
+                                            description="top-K", layout=layout,
+                                            style={**style, "button_width": "110px"}),
             "k": widgets.IntSlider(value=fixed_k if k is None else k, min=1,
                                    max=min(num_classes, 30), description="fixed K",
                                    continuous_update=False, style=style, layout=layout,
@@ -892,7 +893,7 @@ class LossExplorer(widgets.VBox):
         }
         for name, control in self.controls.items():
             control.add_class(f"ageest-{name.replace('_', '-')}")
-        self.summary = widgets.HTML(layout=widgets.Layout(min_width="360px"))
+        self.summary = widgets.HTML(layout=widgets.Layout(flex="1 1 360px", min_width="360px"))
         self.summary.add_class("ageest-loss-values")
         self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="900px"))
         self.image.add_class("ageest-explorer-figure")
@@ -900,7 +901,12 @@ class LossExplorer(widgets.VBox):
         super().__init__([
             widgets.HTML("<b>Loss explorer</b>: move a control; the numbers and the figure "
                          "follow."),
-            widgets.HBox([widgets.VBox(list(self.controls.values())), self.summary]),
+            # controls keep their width; the numbers wrap below them in a narrow window
+            widgets.HBox(
+                [widgets.VBox(list(self.controls.values()),
+                              layout=widgets.Layout(flex="0 0 auto", width="380px")),
+                 self.summary],
+                layout=widgets.Layout(flex_flow="row wrap", align_items="flex-start")),
             self.image,
         ])
         self.add_class("ageest-explorer")
