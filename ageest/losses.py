@@ -137,6 +137,15 @@ def _prepare(logits: torch.Tensor, ages, start_age: int) -> tuple[torch.Tensor, 
     return idx, ages.to(logits.dtype)
 
 
+def _upcast(logits: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits (e.g. under autocast) are computed on in float32: log-softmax,
+    entropies and squared age errors lose too much in 16 bits. Autograd casts the gradient
+    back."""
+    if isinstance(logits, torch.Tensor) and logits.dtype in (torch.float16, torch.bfloat16):
+        return logits.float()
+    return logits
+
+
 def _age_values(c: int, start_age: int, like: torch.Tensor) -> torch.Tensor:
     """(C,) ages a_j = start_age + j in ``like``'s dtype and device."""
     return torch.arange(c, device=like.device, dtype=like.dtype) + start_age
@@ -667,6 +676,7 @@ class CrossEntropyLoss(_AgeLoss):
     """
 
     def forward(self, logits: torch.Tensor, ages, std=None) -> torch.Tensor:
+        logits = _upcast(logits)
         idx, _ = self._prepare(logits, ages)
         ce = F.cross_entropy(logits, idx)
         self._record(logits, idx, {"total": ce, "ce": ce})
@@ -714,6 +724,7 @@ class MeanVarianceLoss(_AgeLoss):
         )
 
     def forward(self, logits: torch.Tensor, ages, std=None) -> torch.Tensor:
+        logits = _upcast(logits)
         idx, y = self._prepare(logits, ages)
         logp = F.log_softmax(logits, dim=1)  # (N, C), shared by the three terms
         p = logp.exp()
@@ -847,6 +858,7 @@ class MeanResidueLoss(_AgeLoss):
         )
 
     def forward(self, logits: torch.Tensor, ages, std=None) -> torch.Tensor:
+        logits = _upcast(logits)
         idx, y = self._prepare(logits, ages)
         a = self._ages(logits)
         out = _out_of_topk_mask(logits, idx, self.k)  # (N, C) bool
@@ -929,6 +941,7 @@ class DLDLLoss(_AgeLoss):
         return (logq.exp() * (logq - logp)).sum(dim=1).mean()
 
     def forward(self, logits: torch.Tensor, ages, std=None) -> torch.Tensor:
+        logits = _upcast(logits)
         idx, y = self._prepare(logits, ages)
         kl = self._kl(logits, y, std)
         self._record(logits, idx, {"total": kl, "kl": kl})
@@ -973,6 +986,7 @@ class DLDLv2Loss(DLDLLoss):
         return f"lambda_l1={self.lambda_l1}, " + super().extra_repr()
 
     def forward(self, logits: torch.Tensor, ages, std=None) -> torch.Tensor:
+        logits = _upcast(logits)
         idx, y = self._prepare(logits, ages)
         kl = self._kl(logits, y, std)
         a = self._ages(logits)
@@ -1000,6 +1014,7 @@ class L1ExpectationLoss(_AgeLoss):
     """
 
     def forward(self, logits: torch.Tensor, ages, std=None) -> torch.Tensor:
+        logits = _upcast(logits)
         idx, y = self._prepare(logits, ages)
         a = self._ages(logits)
         l1 = (torch.softmax(logits, dim=1) @ a - y).abs().mean()

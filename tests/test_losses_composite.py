@@ -256,3 +256,19 @@ def test_mean_residue_no_grad_and_eval_paths(data):
     assert not v.requires_grad and set(loss.last_components) == EXPECTED_COMPONENTS["amr"]
     # a logits tensor that needs no grad still gives the same value
     assert float(v) == pytest.approx(float(loss(logits.clone(), ages)))
+
+
+@pytest.mark.parametrize("name", list_losses())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_logits_are_computed_in_float32(name, dtype):
+    loss = get_loss(name, start_age=0, end_age=9, **({"k": 3} if name == "mean_residue" else {}))
+    z = torch.randn(4, 10, generator=torch.Generator().manual_seed(0)).to(dtype)
+    z.requires_grad_(True)
+    out = loss(z, torch.tensor([0, 9, 4, 4]))
+    assert out.dtype == torch.float32
+    out.backward()
+    assert z.grad.dtype == dtype and torch.isfinite(z.grad.float()).all()
+    ref = get_loss(name, start_age=0, end_age=9, **({"k": 3} if name == "mean_residue" else {}))
+    assert float(out.detach()) == pytest.approx(
+        float(ref(z.detach().float(), torch.tensor([0, 9, 4, 4]))), rel=1e-6
+    )
