@@ -1,0 +1,160 @@
+"""Profile YAML files against the notebooks' parameters cells, and the notebooks' conventions
+(committed without outputs, one tagged parameters cell of typed and commented literals, kernel
+``ageest``, no classes, metrics written last). Fast: nothing is executed here."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from ageest import paths
+from ageest.reproduce import (
+    PROFILES,
+    ReproduceError,
+    check_profile,
+    declared_parameters,
+    list_notebooks,
+    notebook_parameters,
+    reproduce,
+)
+
+NOTEBOOKS = list_notebooks()
+IDS = [nb.stem for nb in NOTEBOOKS]
+
+
+def _read(nb_path: Path):
+    return nbformat.read(str(nb_path), as_version=4)
+
+
+def _parameters_cells(nb):
+    return [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+
+
+def test_pipeline_notebooks_present():
+    stems = {nb.stem for nb in NOTEBOOKS}
+    for expected in ("00_data_prep", "01_loss_illustration", "02_training", "03_evaluation",
+                     "04_ablation_k"):
+        assert expected in stems, f"notebooks/{expected}.ipynb is missing"
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_profile_yaml_matches_its_notebook(profile):
+    checked = check_profile(profile, NOTEBOOKS)
+    # every notebook that has parameters beyond profile/results_dir gets a file in each profile,
+    # so a profile never silently falls back to a notebook's smoke defaults
+    stems = {p.stem for p in checked}
+    for nb in NOTEBOOKS:
+        extra = set(declared_parameters(nb)) - {"profile", "results_dir"}
+        if extra:
+            assert nb.stem in stems, f"params/{profile}/{nb.stem}.yaml is missing"
+
+
+@pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=IDS)
+def test_notebook_committed_without_outputs(nb_path):
+    nb = _read(nb_path)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            assert cell.outputs == [], f"{nb_path.name} cell {i} has outputs; strip them"
+            assert cell.execution_count is None, f"{nb_path.name} cell {i} has an exec count"
+
+
+@pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=IDS)
+def test_notebook_structure(nb_path):
+    nb = _read(nb_path)
+    assert nb.metadata["kernelspec"]["name"] == "ageest"
+    first = nb.cells[0]
+    assert first.cell_type == "markdown" and first.source.startswith("# "), \
+        f"{nb_path.name} must open with an H1 title"
+    assert len(first.source.split("\n\n", 1)) == 2, f"{nb_path.name}: title needs a paragraph"
+    code_cells = [c for c in nb.cells if c.cell_type == "code"]
+    assert "ageest.envinfo" in code_cells[0].source, "setup cell must report the environment"
+    params = _parameters_cells(nb)
+    assert len(params) == 1, f"{nb_path.name} needs exactly one cell tagged 'parameters'"
+    for cell in code_cells:
+        tree = ast.parse("\n".join(ln for ln in cell.source.splitlines()
+                                   if not ln.lstrip().startswith(("%", "!"))))
+        classes = [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]
+        assert not classes, f"{nb_path.name} defines a class; move it into the package"
+        assert "sys.path" not in cell.source and "os.chdir" not in cell.source
+    last = code_cells[-1].source
+    assert "write_json" in last and f'"{nb_path.stem}.json"' in last, \
+        f"{nb_path.name}: the last cell must write metrics/{nb_path.stem}.json"
+
+
+@pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=IDS)
+def test_parameters_are_typed_commented_literals(nb_path):
+    (cell,) = _parameters_cells(_read(nb_path))
+    declared = declared_parameters(nb_path)
+    assert {"profile", "results_dir"} <= set(declared)
+    for line in cell.source.splitlines():
+        if not line.strip():
+            continue
+        assert re.match(r"^\w+: [\w| .\[\],]+ = .+  # .+$", line), \
+            f"{nb_path.name}: parameter line not `name: type = literal  # comment`: {line!r}"
+        value = line.split(" = ", 1)[1].split("  # ", 1)[0]
+        ast.literal_eval(value)  # a literal, not an expression
+    assert declared["profile"]["default"].strip("\"'") == "smoke", \
+        "notebook defaults must be the smoke profile"
+    assert declared["results_dir"]["default"] in ('""', "''")
+
+
+def test_unknown_key_names_key_file_and_notebook(tmp_path):
+    (tmp_path / "smoke").mkdir()
+    bad = tmp_path / "smoke" / "00_data_prep.yaml"
+    bad.write_text("n_folds: 3\nnum_fold: 4\n")
+    with pytest.raises(ReproduceError) as err:
+        check_profile("smoke", NOTEBOOKS, params_dir=tmp_path)
+    message = str(err.value)
+    assert "'num_fold'" in message and str(bad) in message and "00_data_prep.ipynb" in message
+    # the pipeline refuses before executing anything
+    with pytest.raises(ReproduceError, match="num_fold"):
+        reproduce("smoke", params_dir=tmp_path, results_dir=tmp_path / "out", log=lambda s: None)
+    assert not (tmp_path / "out" / "executed").exists()
+
+
+def test_wrong_type_and_unknown_notebook_file(tmp_path):
+    (tmp_path / "smoke").mkdir()
+    (tmp_path / "smoke" / "00_data_prep.yaml").write_text("n_folds: three\n")
+    with pytest.raises(ReproduceError, match="n_folds.*declares it as int"):
+        check_profile("smoke", NOTEBOOKS, params_dir=tmp_path)
+    (tmp_path / "smoke" / "00_data_prep.yaml").write_text("profile: default\n")
+    nb = next(n for n in NOTEBOOKS if n.stem == "00_data_prep")
+    with pytest.raises(ReproduceError, match="set by `ageest reproduce`"):
+        notebook_parameters("smoke", nb, out=tmp_path, params_dir=tmp_path)
+    (tmp_path / "smoke" / "00_data_prep.yaml").unlink()
+    (tmp_path / "smoke" / "99_nothing.yaml").write_text("x: 1\n")
+    with pytest.raises(ReproduceError, match="names no notebook"):
+        check_profile("smoke", NOTEBOOKS, params_dir=tmp_path)
+
+
+def test_overrides_reach_only_notebooks_that_declare_them(tmp_path):
+    overrides = {"fgnet_dir": "/x", "device": "cuda", "workers": 3, "clap_dir": None}
+    for nb in NOTEBOOKS:
+        values = notebook_parameters("smoke", nb, out=tmp_path, overrides=overrides)
+        declared = declared_parameters(nb)
+        assert values["profile"] == "smoke" and values["results_dir"] == str(tmp_path)
+        assert set(values) <= set(declared)
+        for key, value in overrides.items():
+            if key in declared and value is not None:
+                assert values[key] == value
+
+
+def test_paper_profile_needs_real_data(tmp_path):
+    with pytest.raises(ReproduceError, match="--fgnet DIR and --clap DIR"):
+        reproduce("paper", results_dir=tmp_path, log=lambda s: None)
+    with pytest.raises(ReproduceError, match="no such folder"):
+        reproduce("paper", fgnet=str(tmp_path / "nope"), clap=str(tmp_path),
+                  results_dir=tmp_path, log=lambda s: None)
+
+
+def test_unknown_profile(tmp_path):
+    with pytest.raises(ReproduceError, match="unknown profile 'fast'"):
+        reproduce("fast", results_dir=tmp_path, log=lambda s: None)
+
+
+def test_params_folder_is_the_packages():
+    assert paths.PARAMS.is_dir() and all((paths.PARAMS / p).is_dir() for p in PROFILES)
