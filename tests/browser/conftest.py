@@ -38,7 +38,10 @@ CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser")
 CHROMEDRIVER_CANDIDATES = ("/usr/bin/chromedriver", "chromedriver")
 
 
-def _find(candidates: tuple[str, ...]) -> str | None:
+def _find(candidates: tuple[str, ...], env_var: str) -> str | None:
+    """The first executable among ``candidates``; ``$env_var``, when set, is the only one."""
+    if os.environ.get(env_var):
+        candidates = (os.environ[env_var],)
     for name in candidates:
         found = name if os.path.isabs(name) and os.access(name, os.X_OK) else shutil.which(name)
         if found:
@@ -48,18 +51,20 @@ def _find(candidates: tuple[str, ...]) -> str | None:
 
 @pytest.fixture(scope="session")
 def chromium() -> dict[str, str]:
-    """Paths of the Chromium binary and chromedriver; skips the test (saying how to install
-    them) when either is missing, and when selenium is not installed."""
+    """Paths of the Chromium binary and chromedriver (``AGEEST_CHROMIUM`` and
+    ``AGEEST_CHROMEDRIVER`` override the search); skips the test, saying how to install them,
+    when either is missing, and when selenium is not installed."""
     pytest.importorskip(
         "selenium", reason="selenium is not installed: `pip install -e '.[dev]'` (make test does)"
     )
-    browser, driver = _find(CHROMIUM_CANDIDATES), _find(CHROMEDRIVER_CANDIDATES)
+    browser = _find(CHROMIUM_CANDIDATES, "AGEEST_CHROMIUM")
+    driver = _find(CHROMEDRIVER_CANDIDATES, "AGEEST_CHROMEDRIVER")
     if browser is None:
-        pytest.skip(f"Chromium not found (looked for {', '.join(CHROMIUM_CANDIDATES)}): "
-                    + INSTALL_HINT)
+        looked = os.environ.get("AGEEST_CHROMIUM") or ", ".join(CHROMIUM_CANDIDATES)
+        pytest.skip(f"Chromium not found (looked for {looked}): {INSTALL_HINT}")
     if driver is None:
-        pytest.skip(f"chromedriver not found (looked for {', '.join(CHROMEDRIVER_CANDIDATES)}): "
-                    + INSTALL_HINT)
+        looked = os.environ.get("AGEEST_CHROMEDRIVER") or ", ".join(CHROMEDRIVER_CANDIDATES)
+        pytest.skip(f"chromedriver not found (looked for {looked}): {INSTALL_HINT}")
     return {"browser": browser, "driver": driver}
 
 
