@@ -136,7 +136,7 @@ class Section:
 T, F = "table", "figure"
 # notebooks whose artefacts do not depend on the data (no synthetic-data marking)
 NO_DATA_NOTEBOOKS = {"01_loss_illustration"}
-BEYOND = "beyond the paper (ageest)"
+BEYOND = "none (beyond the paper)"
 SECTIONS: tuple[Section, ...] = (
     Section("Data", "00_data_prep",
             "The datasets as loaded: counts, age distributions, example faces, and the folds with "
@@ -144,8 +144,8 @@ SECTIONS: tuple[Section, ...] = (
                 Artefact(T, "data_summary", "Datasets", "dataset description (FG-NET, CLAP2016)"),
                 Artefact(T, "split_summary", "Folds and disjointness checks",
                          "protocol description (LOPO; CLAP2016 official split)"),
-                Artefact(F, "age_histograms", "Age distributions", "not in the paper"),
-                Artefact(F, "face_grid", "Faces across ages", "not in the paper"),
+                Artefact(F, "age_histograms", "Age distributions", "none (ageest addition)"),
+                Artefact(F, "face_grid", "Faces across ages", "none (ageest addition)"),
             )),
     Section("The loss", "01_loss_illustration",
             "The adaptive mean-residue loss explained on example distributions (notebook 01).", ()),
@@ -153,9 +153,9 @@ SECTIONS: tuple[Section, ...] = (
             "The grid of runs and the learning curves of every loss component, with the mean "
             "adaptive K per epoch.", (
                 Artefact(T, "training_runs", "Runs", "training settings (paper's scripts)"),
-                Artefact(F, "learning_curves", "Learning curves", "not in the paper"),
+                Artefact(F, "learning_curves", "Learning curves", "none (ageest addition)"),
                 Artefact(F, "adaptive_k_per_epoch", "Mean adaptive K per epoch",
-                         "not in the paper"),
+                         "none (ageest addition)"),
             )),
     Section("FG-NET: MAE comparison", "03_evaluation",
             "Mean absolute error on FG-NET-format data, pooled over images and averaged over "
@@ -180,8 +180,8 @@ SECTIONS: tuple[Section, ...] = (
                 Artefact(T, "k_ablation", "MAE by K", "ablation on K"),
                 Artefact(F, "k_ablation_mae", "MAE versus K", "ablation on K"),
                 Artefact(F, "adaptive_k_distribution", "Adaptive K over training",
-                         "not in the paper"),
-                Artefact(T, "adaptive_k_history", "Adaptive K per epoch", "not in the paper"),
+                         "none (ageest addition)"),
+                Artefact(T, "adaptive_k_history", "Adaptive K per epoch", "none (ageest addition)"),
             )),
     Section("Error by age group and paired tests", "03_evaluation",
             "Where the errors are, and whether AMR's difference from each baseline is larger than "
@@ -332,7 +332,7 @@ def build_report(out: str | Path, *, profile: str | None = None) -> str:
                   ""]
         for art in section.artefacts:
             files = tables if art.kind == T else figures
-            lines += [f"### {art.title}", "", f"Paper: {art.paper}.", ""]
+            lines += [f"### {art.title}", "", f"Paper artefact: {art.paper}.", ""]
             if art.name not in files:
                 lines += [f"*Not produced in this run* (`{art.kind}s/{art.name}` is missing).", ""]
                 continue

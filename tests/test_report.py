@@ -1,0 +1,111 @@
+"""REPORT.md and the paper-numbers file: sourced values only, "not available" otherwise,
+synthetic-data marking at the top and in every table caption, paper order."""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from ageest import report  # noqa: E402
+from ageest.artifacts import save_figure, write_json  # noqa: E402
+
+
+def test_paper_numbers_are_exactly_the_sourced_ones():
+    table = report.paper_results()
+    sourced = table[table.value.notna()]
+    assert sorted(zip(sourced.method, sourced.value, strict=True)) == [
+        ("amr", 3.61), ("mean_variance", 4.10)]
+    assert set(sourced.source) == {"third-party survey table, unverified"}
+    assert set(sourced.dataset) == {"fgnet"} and set(sourced.metric) == {"mae"}
+    assert (table[table.value.isna()].source == report.NOT_AVAILABLE).all()
+
+
+def test_paper_value_lookup_and_columns():
+    assert report.paper_value("fgnet", "amr", "mae") == (3.61, "third-party survey table, "
+                                                         "unverified")
+    value, source = report.paper_value("fgnet", "dldl", "mae")
+    assert math.isnan(value) and source == "not available"
+    table = report.add_paper_values(pd.DataFrame({"loss": ["amr", "ce"]}), dataset="fgnet",
+                                    metric="mae")
+    assert table["paper_mae"].iloc[0] == 3.61 and math.isnan(table["paper_mae"].iloc[1])
+    assert table["paper_source"].tolist() == ["third-party survey table, unverified",
+                                              "not available"]
+
+
+def _fake_results(out, *, synthetic: bool):
+    write_json(out / "metrics" / "00_data_prep.json", {"synthetic": synthetic, "n": 3})
+    write_json(out / "metrics" / "03_evaluation.json", {"amr_mae": 4.5, "note": "x"})
+    table = report.add_paper_values(
+        pd.DataFrame({"method": ["amr", "ce"], "loss": ["amr", "ce"], "mae_pooled": [4.5, 5.0]}),
+        dataset="fgnet", metric="mae")
+    report.save_table(table, out, "fgnet_mae_comparison", "MAE comparison.", synthetic=synthetic)
+    report.save_table(pd.DataFrame({"k": ["1", "adaptive"], "mae_pooled": [5.1, 4.5]}), out,
+                      "k_ablation", "K ablation.", synthetic=synthetic)
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    save_figure(fig, out / "figures", "cs_curves")
+    save_figure(fig, out / "figures", "loss_shapes")  # e.g. a notebook-01 figure
+    plt.close(fig)
+    write_json(out / "manifest.json", {
+        "git_commit": "abc", "wall_time_s": 12.5,
+        "notebooks": [
+            {"notebook": "00_data_prep.ipynb", "status": "done", "wall_time_s": 2.0,
+             "tables": [], "figures": []},
+            {"notebook": "01_loss_illustration.ipynb", "status": "done", "wall_time_s": 3.0,
+             "tables": [], "figures": ["loss_shapes"]},
+            {"notebook": "03_evaluation.ipynb", "status": "done", "wall_time_s": 4.0,
+             "tables": ["fgnet_mae_comparison"], "figures": ["cs_curves"]},
+        ]})
+
+
+def test_report_marks_synthetic_data_and_paper_values(tmp_path):
+    _fake_results(tmp_path, synthetic=True)
+    path = report.write_report(tmp_path, profile="smoke")
+    text = path.read_text()
+    head = text.split("## ", 1)[0]
+    assert report.SYNTHETIC_NOTE in head, "the top of the report must say the data are synthetic"
+    # every table carries the synthetic note in its caption
+    for name in ("fgnet_mae_comparison", "k_ablation"):
+        md = (tmp_path / "tables" / f"{name}.md").read_text()
+        assert md.startswith(report.SYNTHETIC_NOTE)
+    assert text.count(report.SYNTHETIC_NOTE) >= 3
+    assert "third-party survey table, unverified" in text
+    assert "not available" in text
+    assert "3.61" in text and "4.1" in text
+    # paper order: FG-NET comparison before the CS figure before the K ablation
+    assert text.index("### MAE comparison") < text.index("### CS(θ) curves") \
+        < text.index("### MAE by K")
+    # a notebook-01 figure is placed in its section, and the figure is linked
+    assert "![loss shapes](figures/loss_shapes.png)" in text
+    assert text.index("## The loss") < text.index("loss_shapes.png") < text.index("## Training")
+    # missing artefacts are named, not silently skipped
+    assert "*Not produced in this run* (`tables/clap_epsilon_comparison` is missing)" in text
+    assert "| 01_loss_illustration.ipynb | done | 3.0 |" in text
+    assert "`amr_mae`: 4.5" in text
+
+
+def test_report_real_data_has_no_synthetic_marking(tmp_path):
+    _fake_results(tmp_path, synthetic=False)
+    text = report.build_report(tmp_path)
+    assert report.SYNTHETIC_NOTE not in text
+    assert "third-party survey table, unverified" in text
+
+
+def test_caption():
+    assert report.caption("x", synthetic=False) == "x"
+    assert report.caption("x", synthetic=True) == f"{report.SYNTHETIC_NOTE}. x"
+
+
+def test_unsourced_value_is_rejected(monkeypatch):
+    bad = pd.DataFrame([{"artefact": "a", "dataset": "fgnet", "protocol": "lopo",
+                         "method": "ce", "metric": "mae", "value": 3.0, "source": ""}])
+    monkeypatch.setattr(pd, "read_csv", lambda *a, **k: bad)
+    with pytest.raises(ValueError, match="without a source"):
+        report.paper_results()
