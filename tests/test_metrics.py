@@ -236,6 +236,36 @@ def test_paired_wilcoxon_matches_scipy_and_detects_difference():
     assert (same["statistic"], same["p_value"], same["mean_diff"]) == (0.0, 1.0, 0.0)
 
 
+@pytest.mark.parametrize("alternative", ["two-sided", "less", "greater"])
+def test_paired_permutation_matches_scipy(alternative):
+    rng = np.random.default_rng(4)
+    a = rng.exponential(3.0, 12)
+    b = a + rng.normal(0.3, 1.0, 12)
+
+    def mean_diff(x, y, axis):
+        return np.mean(x - y, axis=axis)
+
+    # 2^12 = 4096 <= n_resamples: both enumerate every sign pattern, so the p-values are equal
+    ref = stats.permutation_test(
+        (a, b), mean_diff, permutation_type="samples", vectorized=True, alternative=alternative
+    )
+    got = paired_test(a, b, alternative=alternative)
+    assert got["p_value"] == pytest.approx(ref.pvalue, rel=1e-12)
+    # Monte Carlo on a larger sample: equal up to resampling noise
+    a, b = rng.exponential(3.0, 300), rng.exponential(3.0, 300) + 0.2
+    ref = stats.permutation_test(
+        (a, b),
+        mean_diff,
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=4000,
+        alternative=alternative,
+        rng=np.random.default_rng(0),
+    )
+    got = paired_test(a, b, n_resamples=4000, alternative=alternative, seed=1)
+    assert abs(got["p_value"] - ref.pvalue) < 0.03
+
+
 def test_paired_permutation_null_p_value_is_not_small():
     rng = np.random.default_rng(2)
     a = rng.exponential(3.0, 100)
@@ -317,6 +347,7 @@ def test_mae_by_age_group_edges_and_width():
         (lambda: paired_test([1, 2], [1]), r"errors_a and errors_b must have the same length"),
         (lambda: paired_test([1], [2], method="t"), r"method must be 'permutation' or 'wilcoxon'"),
         (lambda: paired_test([1], [2], alternative="up"), r"alternative must be"),
+        (lambda: paired_test([1], [2], n_resamples=0), r"n_resamples must be a positive int"),
         (
             lambda: mae_by_age_group([1], [100], bins=[0, 10, 20]),
             r"1 true age\(s\) fall outside.*\[0, 20\]",
