@@ -358,6 +358,16 @@ def epsilon_variants(preds: pd.DataFrame, *,
     return pd.DataFrame(rows)
 
 
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation; NaN when it is undefined (fewer than 3 values, or a constant
+    input such as a model that always predicts a one-hot distribution)."""
+    from scipy import stats
+
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(stats.spearmanr(a, b).statistic)
+
+
 def ambiguity_calibration(preds: pd.DataFrame, *, n_bins: int = 5) -> pd.DataFrame:
     """Predicted distribution's std against the annotators' σ, per method, in ``n_bins``
     quantile bins of σ (clean-protocol runs only).
@@ -367,8 +377,6 @@ def ambiguity_calibration(preds: pd.DataFrame, *, n_bins: int = 5) -> pd.DataFra
     correlation of predicted std with σ (``spearman_std_sigma``) and with the absolute error
     (``spearman_std_error``), repeated on each row of the method.
     """
-    from scipy import stats
-
     preds = add_readouts(check_predictions(preds), ["expectation"])
     preds = preds[preds["selection"] != OFFICIAL_SELECTION]
     if preds["std"].isna().any():
@@ -379,8 +387,7 @@ def ambiguity_calibration(preds: pd.DataFrame, *, n_bins: int = 5) -> pd.DataFra
         sigma = group["std"].to_numpy(float)
         pred_std = group["pred_std"].to_numpy(float)
         err = (group["pred_expectation"] - group["age_mean"].astype(float)).abs().to_numpy()
-        rho_sigma = stats.spearmanr(pred_std, sigma).statistic if len(group) > 2 else np.nan
-        rho_err = stats.spearmanr(pred_std, err).statistic if len(group) > 2 else np.nan
+        rho_sigma, rho_err = _spearman(pred_std, sigma), _spearman(pred_std, err)
         bins = pd.qcut(sigma, q=min(n_bins, len(np.unique(sigma))), duplicates="drop")
         frame = pd.DataFrame({"bin": bins, "sigma": sigma, "pred_std": pred_std, "err": err})
         for b, part in frame.groupby("bin", observed=True):

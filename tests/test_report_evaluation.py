@@ -1,0 +1,195 @@
+"""Comparison tables from stored predictions (ageest.evaluation), on hand-made predictions with
+known answers, and the figures drawn from them."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from ageest import evaluation as ev  # noqa: E402
+from ageest import plots  # noqa: E402
+
+C = 10  # ages 0..9
+
+
+def onehot(age: float) -> np.ndarray:
+    """A distribution putting all mass on ``age`` (or split between the two neighbours)."""
+    p = np.zeros(C)
+    lo = int(np.floor(age))
+    frac = age - lo
+    p[lo] += 1 - frac
+    if frac:
+        p[lo + 1] += frac
+    return p
+
+
+def frame(rows):
+    """rows: (loss, k, selection, seed, image_id, subject, age, predicted age[, std])."""
+    out = []
+    for r in rows:
+        loss, k, sel, seed, iid, subj, age, pred = r[:8]
+        std = r[8] if len(r) > 8 else np.nan
+        out.append(dict(run=f"{loss}-{k}-{sel}-{seed}", dataset="d", protocol="group-kfold",
+                        loss=loss, k=k, seed=seed, fold="0", selection=sel, start_age=0,
+                        image_id=iid, subject=subj, age=age, age_mean=float(age), std=std,
+                        probs=onehot(pred).astype(np.float16)))
+    return pd.DataFrame(out)
+
+
+CLEAN, OFFICIAL = "best_val_mae", ev.OFFICIAL_SELECTION
+# true ages 2, 4, 6 (subject a: images 1, 2; subject b: image 3)
+IMAGES = [("1", "a", 2), ("2", "a", 4), ("3", "b", 6)]
+
+
+def grid():
+    rows = []
+    # amr clean: errors 0.5, 0, 1 -> pooled 0.5, subject mean ((0.25) + 1)/2 = 0.625
+    for (iid, s, age), pred in zip(IMAGES, (2.5, 4.0, 7.0), strict=True):
+        rows.append(("amr", "adaptive", CLEAN, 0, iid, s, age, pred))
+    # amr official: expectation 2.5 rounds to 2 (half to even) -> errors 0, 1, 1
+    for (iid, s, age), pred in zip(IMAGES, (2.5, 5.0, 7.0), strict=True):
+        rows.append(("amr", "adaptive", OFFICIAL, 0, iid, s, age, pred))
+    # ce clean: errors 2, 2, 2
+    for iid, s, age in IMAGES:
+        rows.append(("ce", "adaptive", CLEAN, 0, iid, s, age, age + 2))
+    # fixed K=2: errors 1, 1, 1
+    for iid, s, age in IMAGES:
+        rows.append(("mean_residue", "2", CLEAN, 0, iid, s, age, age + 1))
+    return frame(rows)
+
+
+def test_prob_matrix_renormalises_float16():
+    p = ev.prob_matrix(grid())
+    assert p.shape == (12, C) and np.allclose(p.sum(axis=1), 1.0, atol=1e-12)
+
+
+def test_readouts_and_predicted_std():
+    df = ev.add_readouts(frame([("amr", "adaptive", CLEAN, 0, "1", "a", 2, 2.5)]))
+    row = df.iloc[0]
+    assert row.pred_expectation == pytest.approx(2.5, abs=1e-3)
+    assert row.pred_rounded == 2 and row.pred_argmax == 2 and row.pred_median == 2
+    assert row.pred_std == pytest.approx(0.5, abs=1e-3)  # two ages half a year from the mean
+
+
+def test_mae_comparison_known_values():
+    t = ev.mae_comparison(grid(), n_boot=50).set_index("method")
+    amr = t.loc["amr"]
+    assert amr.mae_pooled == pytest.approx(0.5, abs=1e-3)
+    assert amr.mae_subject_mean == pytest.approx(0.625, abs=1e-3)
+    assert amr.n_images == 3 and amr.n_subjects == 2 and amr.protocol == "clean (best_val_mae)"
+    assert amr.mae_pooled_low <= amr.mae_pooled <= amr.mae_pooled_high
+    assert amr.paper_mae == 3.61 and amr.paper_source.endswith("unverified")
+    official = t.loc["amr [official (test-selected epoch)]"]
+    assert official.readout == "rounded" and official.protocol == "official (test-selected epoch)"
+    assert official.mae_pooled == pytest.approx(2 / 3)
+    assert t.loc["ce"].mae_pooled == pytest.approx(2.0, abs=1e-3)
+    assert np.isnan(t.loc["ce"].paper_mae) and t.loc["ce"].paper_source == "not available"
+    # clean rows first, the official row last
+    assert t.index[-1].endswith("[official (test-selected epoch)]")
+
+
+def test_dual_protocol_gap_is_official_minus_clean():
+    t = ev.dual_protocol(grid()).set_index("protocol")
+    assert t.loc["official (test-selected epoch)", "mae_pooled"] == pytest.approx(2 / 3)
+    assert t.loc["clean (validation-selected)", "mae_pooled"] == pytest.approx(0.5, abs=1e-3)
+    gap = t.loc["optimism gap (official − clean)"]
+    assert gap.mae_pooled == pytest.approx(2 / 3 - 0.5, abs=1e-3)
+    assert t.loc["official (test-selected epoch)", "cs_readout"] == "argmax"
+    with pytest.raises(ValueError, match="dual protocol needs"):
+        ev.dual_protocol(grid().query("selection != @OFFICIAL"))
+
+
+def test_cs_curves_and_age_groups():
+    cs = ev.cs_curves(grid(), thetas=[0, 1, 2])
+    amr = cs[cs.method == "amr"].set_index("theta")["cs"]
+    assert amr.tolist() == pytest.approx([1 / 3, 1.0, 1.0])
+    official = cs[cs.method.str.contains("official")]
+    assert set(official.readout) == {"argmax"}
+    groups = ev.age_group_mae(grid(), bins=[0, 5, 10])
+    ce = groups[groups.method == "ce"]
+    assert ce["n"].tolist() == [2, 1] and ce["mae"].tolist() == pytest.approx([2.0, 2.0],
+                                                                                abs=1e-3)
+
+
+def test_paired_tests_match_images_and_exclude_official():
+    t = ev.paired_tests(grid(), n_resamples=99).set_index("baseline")
+    assert set(t.index) == {"ce", "mean_residue (K=2)"}  # no official row
+    assert t.loc["ce", "n"] == 3
+    assert t.loc["ce", "mean_diff"] == pytest.approx(0.5 - 2.0, abs=1e-3)
+    assert 0 < t.loc["ce", "p_value"] <= 1
+    with pytest.raises(ValueError, match="no clean-protocol runs of 'dldl'"):
+        ev.paired_tests(grid(), reference="dldl")
+
+
+def test_protocol_sensitivity_deltas():
+    t = ev.protocol_sensitivity(grid())
+    amr = t[t.method == "amr"].set_index("readout")
+    assert amr.loc["expectation", "mae_pooled_delta"] == 0
+    assert amr.loc["rounded", "mae_pooled"] == pytest.approx((0 + 0 + 1) / 3)
+    assert set(t.readout) == {"expectation", "rounded", "argmax", "median"}
+
+
+def test_k_ablation_orders_fixed_then_adaptive():
+    t = ev.k_ablation(grid(), n_boot=50)
+    assert t["k"].tolist() == ["2", "adaptive"]
+    assert t.set_index("k").loc["2", "delta_vs_adaptive"] == pytest.approx(0.5, abs=1e-3)
+    fig = plots.k_ablation(t, synthetic=True)
+    assert "synthetic" in fig.axes[0].get_title()
+    plt.close(fig)
+
+
+def clap_frame():
+    rows = []
+    for i, (age, pred, std) in enumerate([(20, 20, 2.0), (30, 32, 2.0), (40, 40, 4.0),
+                                          (50, 54, 4.0)]):
+        for loss, shift in (("amr", 0), ("ce", 1)):
+            p = np.zeros(101)
+            p[pred + shift] = 1.0
+            rows.append(dict(run=loss, dataset="c", protocol="official", loss=loss,
+                             k="adaptive", seed=0, fold="official", selection=CLEAN,
+                             start_age=0, image_id=str(i), subject=pd.NA, age=age,
+                             age_mean=float(age), std=std, probs=p))
+    return pd.DataFrame(rows)
+
+
+def test_epsilon_comparison_known_values():
+    t = ev.epsilon_comparison(clap_frame(), n_boot=50).set_index("method")
+    # amr: errors 0, 2 (σ 2), 0, 4 (σ 4): two images at one σ -> 2 (1 - e^-1/2) / 4
+    expected = 2 * (1 - np.exp(-0.5)) / 4
+    assert t.loc["amr", "epsilon"] == pytest.approx(expected, abs=1e-9)
+    assert t.loc["amr", "epsilon_official"] == pytest.approx(expected, abs=1e-4)
+    assert np.isnan(t.loc["amr", "paper_epsilon_error"])
+    assert t.loc["amr", "paper_source"] == "not available"
+    with pytest.raises(ValueError, match="annotators' std"):
+        ev.epsilon_comparison(grid())
+
+
+def test_ambiguity_calibration_bins_and_correlation():
+    t = ev.ambiguity_calibration(clap_frame(), n_bins=2)
+    amr = t[t.method == "amr"]
+    assert amr["n"].sum() == 4 and len(amr) == 2
+    assert amr["pred_std_mean"].tolist() == pytest.approx([0.0, 0.0])  # one-hot predictions
+    fig = plots.ambiguity_calibration(t)
+    plt.close(fig)
+
+
+def test_missing_columns_are_named():
+    with pytest.raises(ValueError, match=r"lacks columns \['probs'\]"):
+        ev.mae_comparison(grid().drop(columns=["probs"]))
+    with pytest.raises(ValueError, match="empty"):
+        ev.mae_comparison(grid().iloc[0:0])
+
+
+def test_figures_from_tables():
+    df = grid()
+    for fig in (plots.cs_curves(ev.cs_curves(df)),
+                plots.age_group_mae(ev.age_group_mae(df, bins=[0, 5, 10])),
+                plots.dual_protocol(ev.dual_protocol(df))):
+        assert fig.axes
+        plt.close(fig)
