@@ -56,7 +56,7 @@ def _to_numpy(x, name: str) -> np.ndarray:
     return arr
 
 
-def _vector(x, name: str, *, allow_nan: bool = False) -> np.ndarray:
+def _vector(x, name: str) -> np.ndarray:
     arr = _to_numpy(x, name)
     if arr.ndim == 2 and 1 in arr.shape:  # (N, 1) column from a model head
         arr = arr.reshape(-1)
@@ -64,7 +64,7 @@ def _vector(x, name: str, *, allow_nan: bool = False) -> np.ndarray:
         raise ValueError(f"{name} must be one-dimensional (N,), got shape {arr.shape}")
     if arr.size == 0:
         raise ValueError(f"{name} is empty")
-    if not allow_nan and np.isnan(arr).any():
+    if np.isnan(arr).any():
         raise ValueError(f"{name} contains {int(np.isnan(arr).sum())} NaN value(s) of {arr.size}")
     if np.isinf(arr).any():
         raise ValueError(f"{name} contains {int(np.isinf(arr).sum())} infinite value(s)")
