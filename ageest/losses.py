@@ -581,9 +581,6 @@ def label_distribution_kl(
 class _AgeLoss(nn.Module):
     """Shared checks and logging for composite losses over ages ``start_age..end_age``."""
 
-    #: names of the components this loss records, besides ``total``, ``ce`` and ``k_mean``
-    component_names: tuple[str, ...] = ()
-
     def __init__(self, *, start_age: int = 0, end_age: int = 100) -> None:
         super().__init__()
         for name, value in (("start_age", start_age), ("end_age", end_age)):
