@@ -407,3 +407,16 @@ Y = torch.tensor([0, 2])
 def test_functional_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("k", [None, 6])
+def test_residue_matches_loop_reference_at_paper_size(k):
+    # CLAP2016 size: C = 101 ages 0..100, a batch of 64 with both ends of the range present
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(64, 101, generator=g, dtype=torch.float64) * 3
+    logits[10:14, 40:45] = 2.0  # exact ties in four rows
+    ages = torch.randint(0, 101, (64,), generator=g)
+    ages[:3] = torch.tensor([0, 100, 42])
+    ages[10:14] = 42  # the true class sits in the tie
+    got = residue_loss(logits, ages, k=k, reduction="none")
+    torch.testing.assert_close(got, ref_residue(logits, ages, k=k), atol=1e-6, rtol=0)
