@@ -347,7 +347,8 @@ def build_report(out: str | Path, *, profile: str | None = None) -> str:
                 continue
             placed.add((kind, name))
             title = name.replace("_", " ")
-            lines += [f"### {title}", "", _block(out, kind, files[name], title, marked), ""]
+            lines += [f"### {title} ({kind})", "", _block(out, kind, files[name], title, marked),
+                      ""]
         summary = _metrics_summary(out, section.notebook)
         if summary:
             lines += [f"Numbers recorded in `metrics/{section.notebook}.json`:", "", summary, ""]

@@ -83,7 +83,7 @@ def test_report_marks_synthetic_data_and_paper_values(tmp_path):
     assert text.index("### MAE comparison") < text.index("### CS(θ) curves") \
         < text.index("### MAE by K")
     # a notebook-01 figure is placed in its section, and the figure is linked
-    assert "![loss shapes](figures/loss_shapes.png)" in text
+    assert "### loss shapes (figure)" in text and "](figures/loss_shapes.png)" in text
     assert text.index("## The loss") < text.index("loss_shapes.png") < text.index("## Training")
     # missing artefacts are named, not silently skipped
     assert "*Not produced in this run* (`tables/clap_epsilon_comparison` is missing)" in text
