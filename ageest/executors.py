@@ -1,0 +1,306 @@
+"""Executors run a list of independent tasks (one training run each) and collect their results.
+
+The runner (:mod:`ageest.runner`) only talks to the :class:`Executor` interface, so a cluster
+backend is one more class: ``ageest.ray_executor.RayExecutor`` is registered in :data:`EXECUTORS`
+the same way as the local process pool here.
+
+Contract
+--------
+- ``tasks`` are JSON-able run specifications (dicts).
+- ``fn`` is a top-level importable function (``ageest.runner.execute_run``) that performs one task
+  and returns a JSON-able dict ``{"run_dir", "status": "done"|"skipped"|"failed", "error",
+  "wall_time_s"}``. It catches its own exceptions, so a failed run never stops the others.
+- An executor turns a worker process that dies (segfault, out-of-memory kill, SIGKILL) into a
+  ``"failed"`` result for the task it was running (after ``retries`` further attempts).
+- ``on_event`` receives progress dicts: counts ``done``, ``skipped``, ``failed``, ``running``,
+  ``pending``, ``total`` and the ``last`` result (``None`` for a "started" event).
+- ``run`` returns one result per task, in task order.
+
+This module imports no torch at import time: worker processes set their thread and GPU
+environment before torch is first imported in them.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import os
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+EXECUTORS: dict[str, str] = {
+    "local": "ageest.executors:LocalExecutor",
+    "ray": "ageest.ray_executor:RayExecutor",
+}
+
+
+class Executor(abc.ABC):
+    """Runs tasks with a function and reports progress; see the module docstring for the contract."""
+
+    @abc.abstractmethod
+    def run(self, tasks: list[dict], fn: Callable[[dict], dict], *,
+            on_event: Callable[[dict], None] | None = None) -> list[dict]: ...
+
+
+def list_executors() -> list[str]:
+    """Names accepted by :func:`get_executor`, sorted."""
+    return sorted(EXECUTORS)
+
+
+def get_executor(name: str, **kwargs: Any) -> Executor:
+    """Build executor ``name`` (``"local"`` or ``"ray"``) with ``kwargs``; imported lazily.
+
+    >>> get_executor("local", workers=1).workers
+    1
+    """
+    if name not in EXECUTORS:
+        raise ValueError(f"unknown executor {name!r}; choose one of {list_executors()}")
+    module, _, attr = EXECUTORS[name].partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except ImportError as exc:
+        raise ImportError(
+            f"executor {name!r} needs {module}, which failed to import ({exc}); for 'ray' install "
+            "the optional dependency: pip install 'ageest[ray]'"
+        ) from exc
+    return cls(**kwargs)
+
+
+def available_cpus() -> int:
+    """CPU cores this process may use (affinity-aware where the OS reports it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def failed_result(task: dict, error: str, wall_time_s: float = 0.0) -> dict:
+    """The result an executor records for a task whose worker died or could not run it."""
+    return {
+        "run_dir": task.get("run_dir"),
+        "status": "failed",
+        "error": error,
+        "wall_time_s": wall_time_s,
+    }
+
+
+class _Progress:
+    """Counts for ``on_event``; ``done`` includes ``skipped``, as both need no more work."""
+
+    def __init__(self, total: int, on_event: Callable[[dict], None] | None) -> None:
+        self.total, self.on_event = total, on_event
+        self.done = self.skipped = self.failed = self.running = 0
+
+    def started(self) -> None:
+        self.running += 1
+        self._emit(None)
+
+    def finished(self, result: dict) -> None:
+        self.running -= 1
+        status = result.get("status")
+        if status == "failed":
+            self.failed += 1
+        else:
+            self.done += 1
+            self.skipped += status == "skipped"
+        self._emit(result)
+
+    def _emit(self, last: dict | None) -> None:
+        if self.on_event is None:
+            return
+        pending = self.total - self.done - self.failed - self.running
+        self.on_event({
+            "done": self.done, "skipped": self.skipped, "failed": self.failed,
+            "running": self.running, "pending": pending, "total": self.total, "last": last,
+        })
+
+
+def _call_safely(fn: Callable[[dict], dict], task: dict) -> dict:
+    """``fn(task)``, turning an exception that escaped ``fn`` into a failed result."""
+    t0 = time.perf_counter()
+    try:
+        return fn(task)
+    except Exception:  # fn should catch its own; this keeps one bad task from stopping the pool
+        return failed_result(task, traceback.format_exc(), time.perf_counter() - t0)
+
+
+def _worker_main(env: dict[str, str], threads: int, fn: Callable[[dict], dict], conn: Any) -> None:
+    """Loop of one worker process: apply ``env`` and the thread limit, then run the tasks received
+    on ``conn`` until it receives ``None``, sending each result back on the same pipe.
+
+    One pipe per worker (not a shared queue): a worker killed mid-write cannot leave a lock held
+    that would block the others.
+    """
+    os.environ.update(env)
+    import torch
+
+    torch.set_num_threads(threads)
+    while True:
+        try:
+            item = conn.recv()
+        except EOFError:  # the parent went away
+            return
+        if item is None:
+            return
+        index, task = item
+        conn.send((index, _call_safely(fn, task)))
+
+
+class LocalExecutor(Executor):
+    """``workers`` processes on this machine, each limited to its share of the CPU threads (or one
+    GPU each when several are visible).
+
+    Parameters
+    ----------
+    workers : int
+        Trainings run at once. ``1`` runs the tasks in this process (no isolation, easiest to
+        debug) unless ``in_process=False``.
+    threads : int, optional
+        Torch/OpenMP threads per worker; default ``max(1, cpus // workers)``.
+    gpus : list of int, optional
+        GPU indices to hand out round-robin (``CUDA_VISIBLE_DEVICES`` of each worker). Default:
+        every visible GPU when more than one is visible, else none (workers share what they see).
+    retries : int
+        Further attempts of a task whose worker process died (not of a task that raised: those
+        are deterministic failures and are recorded once).
+    start_method : str
+        ``"spawn"`` (default) or ``"forkserver"``; never ``fork`` after torch started threads.
+    in_process : bool, optional
+        Run in the calling process; default ``workers == 1``.
+    """
+
+    def __init__(self, workers: int = 1, *, threads: int | None = None,
+                 gpus: list[int] | None = None, retries: int = 0, start_method: str = "spawn",
+                 in_process: bool | None = None) -> None:
+        if int(workers) < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        if start_method not in ("spawn", "forkserver"):
+            raise ValueError(f"start_method must be 'spawn' or 'forkserver', got {start_method!r}")
+        self.workers = int(workers)
+        self.threads = int(threads) if threads else max(1, available_cpus() // self.workers)
+        self.gpus = gpus
+        self.retries = int(retries)
+        self.start_method = start_method
+        self.in_process = self.workers == 1 if in_process is None else bool(in_process)
+
+    def _gpu_list(self) -> list[int]:
+        if self.gpus is not None:
+            return list(self.gpus)
+        try:
+            import torch
+
+            n = torch.cuda.device_count()  # NVML query; does not initialise CUDA here
+        except Exception:  # a broken CUDA install must not stop CPU runs
+            n = 0
+        return list(range(n)) if n > 1 else []
+
+    def _worker_env(self, slot: int, gpus: list[int]) -> dict[str, str]:
+        env = {k: str(self.threads) for k in
+               ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(gpus[slot % len(gpus)])
+        return env
+
+    def run(self, tasks: list[dict], fn: Callable[[dict], dict], *,
+            on_event: Callable[[dict], None] | None = None) -> list[dict]:
+        progress = _Progress(len(tasks), on_event)
+        if self.in_process:
+            results = []
+            for task in tasks:
+                progress.started()
+                results.append(_call_safely(fn, task))
+                progress.finished(results[-1])
+            return results
+        return self._run_pool(tasks, fn, progress)
+
+    def _run_pool(self, tasks: list[dict], fn: Callable[[dict], dict],
+                  progress: _Progress) -> list[dict]:
+        import multiprocessing as mp
+        from multiprocessing.connection import wait
+
+        ctx = mp.get_context(self.start_method)
+        gpus = self._gpu_list()
+        results: list[dict | None] = [None] * len(tasks)
+        attempts = [0] * len(tasks)
+        todo = list(range(len(tasks)))[::-1]  # a stack: pop() gives task order
+        workers: dict[int, _Worker] = {}
+
+        def start_worker(slot: int) -> None:
+            parent_conn, child_conn = ctx.Pipe(duplex=True)
+            proc = ctx.Process(
+                target=_worker_main, name=f"ageest-worker-{slot}", daemon=True,
+                args=(self._worker_env(slot, gpus), self.threads, fn, child_conn),
+            )
+            proc.start()
+            child_conn.close()  # the parent keeps only its end, so EOF means the worker died
+            workers[slot] = _Worker(proc, parent_conn)
+
+        def dispatch(slot: int) -> None:
+            w = workers[slot]
+            if todo and w.index is None:
+                w.index, w.t0 = todo.pop(), time.perf_counter()
+                attempts[w.index] += 1
+                w.conn.send((w.index, tasks[w.index]))
+                progress.started()
+
+        def worker_died(slot: int) -> None:
+            w = workers.pop(slot)
+            w.proc.join(timeout=5)
+            index, w.index = w.index, None
+            if attempts[index] <= self.retries:
+                progress.running -= 1
+                todo.append(index)
+            else:
+                results[index] = failed_result(
+                    tasks[index],
+                    f"worker process {w.proc.name} (pid {w.proc.pid}) died with exit code "
+                    f"{w.proc.exitcode} while running this task (a negative code is the signal "
+                    f"number: -9 = SIGKILL, often the out-of-memory killer)",
+                    time.perf_counter() - w.t0,
+                )
+                progress.finished(results[index])
+            if todo:
+                start_worker(slot)
+
+        try:
+            for slot in range(min(self.workers, len(tasks))):
+                start_worker(slot)
+                dispatch(slot)
+            while any(w.index is not None for w in workers.values()):
+                by_conn = {w.conn: slot for slot, w in workers.items() if w.index is not None}
+                for conn in wait(list(by_conn), timeout=1.0):
+                    slot = by_conn[conn]
+                    try:
+                        index, result = conn.recv()
+                    except (EOFError, OSError):
+                        worker_died(slot)
+                        continue
+                    workers[slot].index = None
+                    results[index] = result
+                    progress.finished(result)
+                for slot in list(workers):
+                    dispatch(slot)
+        finally:
+            for w in workers.values():
+                try:
+                    w.conn.send(None)
+                except OSError:
+                    pass
+            for w in workers.values():
+                w.proc.join(timeout=10)
+                if w.proc.is_alive():
+                    w.proc.terminate()
+                    w.proc.join(timeout=5)
+                w.conn.close()
+        return [r for r in results if r is not None]
+
+
+class _Worker:
+    """A worker process, its pipe, and the task it is running (``index``, started at ``t0``)."""
+
+    def __init__(self, proc: Any, conn: Any) -> None:
+        self.proc, self.conn = proc, conn
+        self.index: int | None = None
+        self.t0 = 0.0
