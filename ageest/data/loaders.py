@@ -124,10 +124,11 @@ def _age_problem(age: Any, age_range: tuple[int, int] | None) -> str | None:
         return f"age {age!r} is not a number"
     if not math.isfinite(a):
         return f"age {age!r} is not finite"
+    shown = f"{a:g}"  # 40.0 -> "40", 24.5 -> "24.5"
     if a < 0:
-        return f"age {age!r} is negative"
+        return f"age {shown} is negative"
     if age_range is not None and not (age_range[0] - 0.5 <= a <= age_range[1] + 0.5):
-        return f"age {age!r} is outside the declared range {age_range[0]}-{age_range[1]}"
+        return f"age {shown} is outside the declared range {age_range[0]}-{age_range[1]}"
     return None
 
 
@@ -264,6 +265,7 @@ def load_fgnet(
             continue
         seen[image_id] = p
         rows.append(_row(p, age, subject=subject, image_id=image_id, suffix=suffix))
+    rows.sort(key=lambda r: r["image_id"])  # canonical order, whatever the names' case
     df = _finish(rows, bad, source=str(root), attrs={"ignored_files": ignored})
     _check_expected(df, FGNET_EXPECTED if expected is None else expected, f"FG-NET {root}")
     return df

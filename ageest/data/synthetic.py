@@ -26,9 +26,12 @@ box-downsampled (anti-aliasing); 1,000 images at 64 px take a few seconds on one
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -367,27 +370,30 @@ def fgnet_like_table(seed: int = 0, n_subjects: int = 82, n_images: int = 1002,
     return pd.DataFrame(rows)
 
 
-def _atomic_dir(root: Path):
-    """Write into a sibling temp folder, then rename: an interrupted write never looks done."""
-    import tempfile
+@contextlib.contextmanager
+def _staging(root: Path):
+    """Yield a sibling temp folder to write into, then rename it to ``root``.
 
+    An interrupted or failed generation removes its temp folder and never leaves ``root``
+    looking complete. If another process published ``root`` first (same seed and size, hence
+    the same bytes), its copy is kept and ours discarded.
+    """
     root.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
-
-
-def _publish(tmp: Path, root: Path) -> Path:
-    import shutil
-
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
     try:
-        os.rename(tmp, root)  # atomic; fails if another process published a non-empty root
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if root.exists() and not any(root.iterdir()):
+        root.rmdir()
+    try:
+        os.rename(tmp, root)  # atomic on one file system
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if root.is_dir() and any(root.iterdir()):
-            # Another process finished the same generation first; its copy is identical.
-            return root
-        raise FileExistsError(f"{root}: cannot publish the generated dataset ({exc}); "
-                              "remove the folder and retry") from exc
-    return root
+        if not (root.is_dir() and any(root.iterdir())):
+            raise FileExistsError(f"{root}: cannot publish the generated dataset ({exc}); "
+                                  "remove the folder and retry") from exc
 
 
 GENERATOR_VERSION = 1
@@ -446,18 +452,16 @@ def write_fgnet_like(
     root = Path(root)
     _check_target(root)
     table = fgnet_like_table(seed, n_subjects, n_images)
-    tmp = _atomic_dir(root)
     idents = {s: Identity.sample(_rng(seed, 2, int(s))) for s in table["subject"].unique()}
-    for k, rec in enumerate(table.itertuples(index=False)):
-        ident = idents[rec.subject]
-        rng = _rng(seed, 3, k)
-        img = render_face(ident, appearance_age(rec.age, ident.rate), rng, size)
-        (tmp / rec.file_name).write_bytes(_jpeg_bytes(img, rng))
-    _write_marker(tmp, kind="fgnet-like", seed=seed, size=size, n_subjects=n_subjects,
-                  n_images=n_images)
-    if root.exists():
-        root.rmdir()  # empty (checked above)
-    return _publish(tmp, root)
+    with _staging(root) as tmp:
+        for k, rec in enumerate(table.itertuples(index=False)):
+            ident = idents[rec.subject]
+            rng = _rng(seed, 3, k)
+            img = render_face(ident, appearance_age(rec.age, ident.rate), rng, size)
+            (tmp / rec.file_name).write_bytes(_jpeg_bytes(img, rng))
+        _write_marker(tmp, kind="fgnet-like", seed=seed, size=size, n_subjects=n_subjects,
+                      n_images=n_images)
+    return root
 
 
 # --------------------------------------------------------------------------------------------
@@ -539,41 +543,39 @@ def write_clap_like(
                                                                        - n_valid)
     n_bad = int(round(bad_train_fraction * n_train))
     bad = set(rng.choice(n_train, size=n_bad, replace=False).tolist()) if n_bad else set()
-    tmp = _atomic_dir(root)
-    tables: dict[str, list[dict]] = {k: [] for k in CLAP_SPLIT_FRACTIONS}
-    ignore = []
-    for k in range(n_images):
-        split = split_of[k]
-        (tmp / split).mkdir(exist_ok=True)
-        r = _rng(seed, 11, k)
-        ident = Identity.sample(r)
-        # Keep the appearance within CLAP2016's 0-100 label range even for fast agers.
-        app = min(appearance_age(float(ages[k]), ident.rate), 96.0)
-        mean, std, n_r = rate_apparent_age(app, r)
-        name = f"{k:06d}.jpg"
-        # Draw once at a wide framing; the face crop is the central region of the same drawing.
-        wide = render_face(ident, app, r, 2 * size if face_crops else size,
-                           face_scale=0.62 if face_crops else 1.0, occlude=k in bad)
-        if face_crops:
-            c = 2 * size * 0.19  # the face spans the central ~62% of the wide image
-            crop = wide.crop((int(c), int(c), int(2 * size - c), int(2 * size - c)))
-            (tmp / split / f"{name}_face.jpg").write_bytes(
-                _jpeg_bytes(crop.resize((size, size), Image.BILINEAR), r))
-            wide = wide.reduce(2)
-        (tmp / split / name).write_bytes(_jpeg_bytes(wide, r))
-        tables[split].append({"file_name": name, "num_ratings": n_r,
-                              "apparent_age_avg": round(mean, 6),
-                              "apparent_age_std": round(std, 6), "real_age": int(ages[k])})
-        if k in bad:
-            ignore.append(name)
-    for split, rows in tables.items():
-        pd.DataFrame(rows).to_csv(tmp / f"gt_avg_{split}.csv", index=False)
-    pd.DataFrame({"file_name": sorted(ignore)}).to_csv(tmp / "ignore_list.csv", index=False)
-    _write_marker(tmp, kind="clap-like", seed=seed, size=size, n_images=n_images,
-                  face_crops=face_crops, bad_train_fraction=bad_train_fraction)
-    if root.exists():
-        root.rmdir()
-    return _publish(tmp, root)
+    with _staging(root) as tmp:
+        tables: dict[str, list[dict]] = {k: [] for k in CLAP_SPLIT_FRACTIONS}
+        ignore = []
+        for k in range(n_images):
+            split = split_of[k]
+            (tmp / split).mkdir(exist_ok=True)
+            r = _rng(seed, 11, k)
+            ident = Identity.sample(r)
+            # Keep the appearance within CLAP2016's 0-100 label range even for fast agers.
+            app = min(appearance_age(float(ages[k]), ident.rate), 96.0)
+            mean, std, n_r = rate_apparent_age(app, r)
+            name = f"{k:06d}.jpg"
+            # Draw once at a wide framing; the face crop is the central region of the same drawing.
+            wide = render_face(ident, app, r, 2 * size if face_crops else size,
+                               face_scale=0.62 if face_crops else 1.0, occlude=k in bad)
+            if face_crops:
+                c = 2 * size * 0.19  # the face spans the central ~62% of the wide image
+                crop = wide.crop((int(c), int(c), int(2 * size - c), int(2 * size - c)))
+                (tmp / split / f"{name}_face.jpg").write_bytes(
+                    _jpeg_bytes(crop.resize((size, size), Image.BILINEAR), r))
+                wide = wide.reduce(2)
+            (tmp / split / name).write_bytes(_jpeg_bytes(wide, r))
+            tables[split].append({"file_name": name, "num_ratings": n_r,
+                                  "apparent_age_avg": round(mean, 6),
+                                  "apparent_age_std": round(std, 6), "real_age": int(ages[k])})
+            if k in bad:
+                ignore.append(name)
+        for split, rows in tables.items():
+            pd.DataFrame(rows).to_csv(tmp / f"gt_avg_{split}.csv", index=False)
+        pd.DataFrame({"file_name": sorted(ignore)}).to_csv(tmp / "ignore_list.csv", index=False)
+        _write_marker(tmp, kind="clap-like", seed=seed, size=size, n_images=n_images,
+                      face_crops=face_crops, bad_train_fraction=bad_train_fraction)
+    return root
 
 
 # --------------------------------------------------------------------------------------------
