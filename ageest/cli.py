@@ -14,6 +14,8 @@ from ageest import __version__
 # or when --help needs its arguments, so `ageest --help` stays fast.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "info": ("ageest.envinfo", "Print versions, device and paths of this installation."),
+    "data": ("ageest.data.prepare", "Load or generate a dataset, check it, write its manifest."),
+    "run": ("ageest.runner", "Train a grid of runs (dataset x protocol x loss x k x seed x fold); resumable."),
     "reproduce": ("ageest.reproduce", "Execute the notebooks of a profile with papermill; write REPORT.md."),
 }
 

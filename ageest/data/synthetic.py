@@ -95,8 +95,8 @@ def appearance_age(age: float, rate: float) -> float:
 
     >>> appearance_age(10, 1.3) < appearance_age(10, 1.0) + 1.0
     True
-    >>> round(appearance_age(60, 1.2), 1)
-    68.0
+    >>> round(appearance_age(60, 1.2), 1)  # 20 * 1.03 + 40 * 1.2
+    68.6
     """
     if age <= 20:
         return age * (1 + 0.15 * (rate - 1))
@@ -555,7 +555,7 @@ def write_clap_like(
             app = min(appearance_age(float(ages[k]), ident.rate), 96.0)
             mean, std, n_r = rate_apparent_age(app, r)
             name = f"{k:06d}.jpg"
-            # Draw once at a wide framing; the face crop is the central region of the same drawing.
+            # Draw once at a wide framing; the face crop is the central part of that drawing.
             wide = render_face(ident, app, r, 2 * size if face_crops else size,
                                face_scale=0.62 if face_crops else 1.0, occlude=k in bad)
             if face_crops:
