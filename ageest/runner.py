@@ -1,0 +1,809 @@
+"""Grids of training runs: expansion, run directories, resume, parallel execution, aggregation.
+
+``ageest run`` (and :func:`run_grid` from notebooks) expands a grid
+
+    dataset x protocol x loss x k x seed x fold
+
+into run specifications, skips those already finished, runs the rest through an executor
+(:mod:`ageest.executors`: ``local`` process pool or ``ray``), prints a summary of done / skipped /
+failed / pending runs, and aggregates every finished fold into one table per
+(dataset, protocol, loss, k, selection).
+
+Run directories
+---------------
+``<results>/runs/<dataset>-<protocol>-<loss>-k<k|adaptive>-seed<seed>[-<selection>]/fold-<id>/``
+(:mod:`ageest.store` lists the files). ``k`` is the fixed top-K of ``mean_residue``; the adaptive
+loss ``amr`` and losses without a K are written ``kadaptive`` (and ``k: null`` in params.yaml).
+The ``-<selection>`` suffix appears only for a selection other than the default ``val_best``
+(e.g. ``-test_best_epoch_official``), so clean and official runs never share a folder.
+Fold ids come from :func:`ageest.data.make_folds`: the subject under ``lopo``, ``0..n-1`` under
+``group-kfold``, ``official`` for the official split. ``--folds 0,3`` selects folds by their
+*position* in make_folds' order (for ``lopo``: the 1st and 4th subject in sorted order).
+
+Parameters and resume
+---------------------
+Every run's parameters are written to ``params.yaml`` together with ``params_hash``, a short hash
+of everything that changes its numbers (not: ``quiet``, ``threads``, ``keep_checkpoints``, and the
+data *location* keys ``data_dir``/``csv``/``json``/``image_root``, so a moved dataset does not
+invalidate finished work).
+
+- A finished run (``metrics.json`` present) with the same hash is skipped.
+- A finished run with a *different* hash is never reused and never overwritten: the grid stops
+  before training anything with :class:`StaleRunError`, naming the folders; choose another
+  ``--results-dir`` or delete them.
+- An unfinished run (killed, even by SIGKILL, or failed) continues from its last completed epoch
+  (``checkpoints/last.pt``, same hash) or starts from scratch (different hash: its partial files
+  are deleted first). Every file is written atomically, and ``metrics.json`` last, so partial
+  output never looks finished.
+- A failed run writes ``error.txt`` (the traceback) and the others go on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ageest import __version__, store
+from ageest.train import OFFICIAL_SELECTION, SELECTIONS, TrainConfig
+
+# ---------------------------------------------------------------------------------------------
+# the grid: keys, defaults, validation
+
+#: grid keys that are lists (axes of the grid)
+AXES = ("dataset", "protocol", "losses", "k", "seeds", "selection")
+#: every key a grid YAML may hold, with its default (CLI flags mirror them: ``n_folds`` ->
+#: ``--n-folds``)
+GRID_DEFAULTS: dict[str, Any] = {
+    # axes
+    "dataset": ["synthetic-fgnet"],
+    "protocol": [],  # empty: each dataset's default protocol
+    "losses": ["amr"],
+    "k": [],  # fixed top-K values of mean_residue; "adaptive" adds the amr loss
+    "seeds": [0],
+    "selection": ["val_best"],
+    # folds
+    "folds": None,  # None: every fold; else positions in make_folds order
+    "n_folds": 5,
+    "val_fraction": 0.15,
+    "split_seed": 0,
+    # data
+    "data_dir": None,
+    "csv": None,
+    "json": None,
+    "image_root": None,
+    "synthetic_size": 64,
+    # training (TrainConfig fields)
+    "model": "small_cnn",
+    "pretrained": False,
+    "loss_kwargs": {},  # {loss name: {argument: value}}
+    "optimizer": "adamw",
+    "lr": 1e-3,
+    "momentum": 0.9,
+    "weight_decay": None,
+    "milestones": [],
+    "gamma": 0.1,
+    "epochs": 10,
+    "batch_size": 32,
+    "grad_clip": None,
+    "device": "cpu",
+    "amp": None,
+    "channels_last": False,
+    "num_workers": 0,
+    "transforms": "light",
+    "image_size": 64,
+    "normalize": False,
+    "eval_batch_size": None,
+    "keep_checkpoints": "best",
+    # execution (not part of a run's parameters)
+    "results_dir": None,
+    "executor": "local",
+    "workers": 1,
+    "threads": None,
+    "retries": 0,
+    "address": None,
+    "quiet": None,
+}
+EXECUTION_KEYS = ("results_dir", "executor", "workers", "threads", "retries", "address", "quiet")
+#: run parameters left out of the hash (they do not change the numbers)
+UNHASHED = ("quiet", "threads", "keep_checkpoints", "data_dir", "csv", "json", "image_root",
+            "params_hash", "ageest_version")
+KEEP_CHECKPOINTS = ("best", "all", "none")
+
+
+class StaleRunError(RuntimeError):
+    """A finished run folder holds results of different parameters than the grid asks for."""
+
+
+def load_grid_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a grid YAML (keys of :data:`GRID_DEFAULTS`); an unknown key is an error naming it."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config {path}: no such file")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of grid keys to values")
+    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    unknown = sorted(set(values) - set(GRID_DEFAULTS))
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {unknown}; valid keys: {sorted(GRID_DEFAULTS)}")
+    return values
+
+
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def normalize_grid(grid: dict[str, Any]) -> dict[str, Any]:
+    """Fill defaults, turn comma strings into lists and check values; unknown keys are errors."""
+    unknown = sorted(set(grid) - set(GRID_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown grid key(s) {unknown}; valid keys: {sorted(GRID_DEFAULTS)}")
+    g = {**GRID_DEFAULTS, **{k: v for k, v in grid.items() if v is not None}}
+    for axis in AXES:
+        g[axis] = _as_list(g[axis])
+    g["seeds"] = [int(s) for s in g["seeds"]]
+    ks: list[int | str] = []
+    for k in g["k"]:
+        if str(k).lower() == "adaptive":
+            ks.append("adaptive")
+        else:
+            try:
+                ks.append(int(k))
+            except ValueError as exc:
+                raise ValueError(f"k={k!r}: expected an integer or 'adaptive'") from exc
+    g["k"] = ks
+    g["folds"] = None if g["folds"] in (None, "", []) else [int(f) for f in _as_list(g["folds"])]
+    g["milestones"] = [int(m) for m in _as_list(g["milestones"])]
+    for sel in g["selection"]:
+        if sel not in SELECTIONS:
+            raise ValueError(f"selection={sel!r}: expected one of {SELECTIONS}")
+    if g["keep_checkpoints"] not in KEEP_CHECKPOINTS:
+        raise ValueError(f"keep_checkpoints={g['keep_checkpoints']!r}: expected one of "
+                         f"{KEEP_CHECKPOINTS}")
+    if not isinstance(g["loss_kwargs"], dict):
+        raise ValueError("loss_kwargs must map a loss name to its arguments, e.g. "
+                         "{amr: {lambda_mean: 0.2}}")
+    return g
+
+
+def _loss_runs(losses: Sequence[str], ks: Sequence[int | str]) -> list[tuple[str, int | None]]:
+    """(loss, k) pairs: ``mean_residue`` once per integer K; ``amr`` and K-less losses with
+    ``k=None``; ``"adaptive"`` in ``ks`` adds ``amr``."""
+    from ageest.losses import list_losses
+
+    int_ks = [k for k in ks if k != "adaptive"]
+    names = list(dict.fromkeys(list(losses) + (["amr"] if "adaptive" in ks else [])))
+    out: list[tuple[str, int | None]] = []
+    for loss in names:
+        if loss not in list_losses():
+            raise ValueError(f"unknown loss {loss!r}; choose from {list_losses()}")
+        if loss == "mean_residue":
+            if not int_ks:
+                raise ValueError("loss mean_residue (fixed top-K) needs integer K values: "
+                                 "--k 1,2,4 (or use amr for the adaptive K)")
+            out += [(loss, int(k)) for k in int_ks]
+        else:
+            out.append((loss, None))
+    return out
+
+
+def params_hash(params: dict[str, Any]) -> str:
+    """12 hex digits of the SHA-256 of the run parameters that change its numbers.
+
+    >>> params_hash({"lr": 0.001, "quiet": True}) == params_hash({"lr": 0.001, "quiet": False})
+    True
+    """
+    kept = {k: v for k, v in params.items() if k not in UNHASHED}
+    blob = json.dumps(kept, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
+
+
+def run_name(params: dict[str, Any]) -> str:
+    """``<dataset>-<protocol>-<loss>-k<k|adaptive>-seed<seed>[-<selection>]``.
+
+    >>> run_name({"dataset": "fgnet", "protocol": "lopo", "loss": "amr", "k": None, "seed": 0,
+    ...           "selection": "val_best"})
+    'fgnet-lopo-amr-kadaptive-seed0'
+    """
+    k = "adaptive" if params.get("k") is None else params["k"]
+    name = f"{params['dataset']}-{params['protocol']}-{params['loss']}-k{k}-seed{params['seed']}"
+    if params.get("selection", "val_best") != "val_best":
+        name += f"-{params['selection']}"
+    return name
+
+
+def _safe(text: str) -> str:
+    """A fold id usable as a folder name (subjects are digits/letters in every loader)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(text))
+
+
+def run_dir_for(results_dir: str | os.PathLike, params: dict[str, Any]) -> Path:
+    return Path(results_dir) / "runs" / run_name(params) / f"fold-{_safe(params['fold'])}"
+
+
+def _load_data(params: dict[str, Any]):
+    from ageest.data import get_dataset
+
+    return get_dataset(params["dataset"], data_dir=params.get("data_dir"),
+                       csv=params.get("csv"), json=params.get("json"),
+                       image_root=params.get("image_root"),
+                       size=int(params.get("synthetic_size", 64)))
+
+
+def _folds(df: pd.DataFrame, params: dict[str, Any]):
+    from ageest.data import make_folds
+
+    return make_folds(df, params["protocol"], n_folds=int(params["n_folds"]),
+                      val_fraction=float(params["val_fraction"]), seed=int(params["split_seed"]))
+
+
+def expand_grid(grid: dict[str, Any], results_dir: str | os.PathLike | None = None
+                ) -> list[dict[str, Any]]:
+    """Expand a grid into run tasks ``{"run_dir", "params", "device"}`` (JSON-able).
+
+    Loads each dataset once (generating synthetic data on first use) to enumerate its folds.
+    ``results_dir`` overrides ``grid["results_dir"]``. Order: dataset, protocol, loss/k, seed,
+    selection, fold.
+    """
+    g = normalize_grid(grid)
+    results_dir = Path(results_dir or g["results_dir"] or "results")
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {
+        "seed", "loss", "loss_kwargs", "selection", "threads", "quiet"}
+    tasks: list[dict[str, Any]] = []
+    for dataset in g["dataset"]:
+        base = {"dataset": dataset, **{k: g[k] for k in ("data_dir", "csv", "json",
+                                                          "image_root", "synthetic_size")}}
+        df, info = _load_data(base)
+        protocols = g["protocol"] or [info.default_protocol]
+        for protocol in protocols:
+            if protocol == "official" and not info.has_official_split:
+                raise ValueError(f"dataset {dataset!r} has no official split; use protocol "
+                                 "lopo or group-kfold")
+            split = {"protocol": protocol, "n_folds": int(g["n_folds"]),
+                     "val_fraction": float(g["val_fraction"]), "split_seed": int(g["split_seed"])}
+            folds = _folds(df, split)
+            chosen = range(len(folds)) if g["folds"] is None else g["folds"]
+            for i in chosen:
+                if not 0 <= i < len(folds):
+                    raise ValueError(f"--folds {i}: {dataset}/{protocol} has {len(folds)} "
+                                     f"folds (positions 0..{len(folds) - 1})")
+            for loss, k in _loss_runs(g["losses"], g["k"]):
+                loss_kwargs = dict(g["loss_kwargs"].get(loss, {}) or {})
+                if k is not None:
+                    loss_kwargs["k"] = k
+                for seed in g["seeds"]:
+                    for selection in g["selection"]:
+                        for i in chosen:
+                            params: dict[str, Any] = {
+                                **base, **split, "loss": loss, "k": k, "seed": seed,
+                                "selection": selection,
+                                "test_selected": selection == OFFICIAL_SELECTION,
+                                "fold": folds[i].fold_id, "fold_index": int(i),
+                                "start_age": int(info.start_age), "end_age": int(info.end_age),
+                                **{f: g[f] for f in sorted(train_fields)},
+                                "loss_kwargs": loss_kwargs,
+                                "keep_checkpoints": g["keep_checkpoints"],
+                                "quiet": bool(g["quiet"]) if g["quiet"] is not None
+                                else int(g["workers"]) > 1,
+                                "threads": g["threads"],
+                                "ageest_version": __version__,
+                            }
+                            params = store._plain(params)
+                            params["params_hash"] = params_hash(params)
+                            tasks.append({"run_dir": str(run_dir_for(results_dir, params)),
+                                          "params": params, "device": params["device"]})
+    return tasks
+
+
+def check_stale(tasks: Sequence[dict[str, Any]]) -> None:
+    """Raise :class:`StaleRunError` when a finished run folder holds other parameters."""
+    stale = []
+    for task in tasks:
+        run_dir = Path(task["run_dir"])
+        if store.is_finished(run_dir):
+            old = store.read_params(run_dir).get("params_hash")
+            if old != task["params"]["params_hash"]:
+                stale.append(f"{run_dir} (finished with params_hash {old}, the grid asks for "
+                             f"{task['params']['params_hash']})")
+    if stale:
+        raise StaleRunError(
+            "finished runs were trained with other parameters and are never overwritten:\n  "
+            + "\n  ".join(stale[:20]) + ("\n  ..." if len(stale) > 20 else "")
+            + "\nUse another --results-dir, or delete these folders to retrain them. "
+            "Compare their params.yaml with the grid to see what changed."
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# one run
+
+
+def train_run(params: dict[str, Any], run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Train one run described by ``params`` (a run's params.yaml) into ``run_dir``.
+
+    Loads the dataset, rebuilds the folds and checks the fold id, trains (continuing from
+    ``checkpoints/last.pt`` when present), and on rank 0 writes ``history.csv``,
+    ``predictions.parquet``, ``manifest.json`` and finally ``metrics.json``. Returns the metrics.
+    """
+    from ageest import distributed as dist
+    from ageest import metrics as M
+    from ageest.artifacts import atomic_write_text, write_manifest
+    from ageest.train import train
+
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir)
+    params = dict(params)
+    params.setdefault("params_hash", params_hash(params))
+    if dist.is_main_process() and not (run_dir / store.PARAMS).is_file():
+        store.write_params(run_dir, params)
+    df, info = _load_data(params)
+    folds = _folds(df, params)
+    index = int(params.get("fold_index", 0))
+    if not 0 <= index < len(folds) or folds[index].fold_id != str(params["fold"]):
+        raise ValueError(
+            f"fold {params['fold']!r} is not at position {index} of the {len(folds)} folds of "
+            f"{params['dataset']}/{params['protocol']}: the dataset or split parameters changed "
+            "since the grid was expanded; delete this run folder and rerun the grid"
+        )
+    fold = folds[index]
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig.from_dict({k: v for k, v in params.items() if k in fields})
+    result = train(config, df, fold, start_age=int(info.start_age), end_age=int(info.end_age),
+                   ckpt_dir=run_dir / store.CHECKPOINTS, resume=True)
+
+    pred = result.predictions
+    expected = pred["expected_age"].to_numpy()
+    truth = pred["age_mean"].to_numpy(dtype=np.float64)
+    probs = np.stack(pred["probs"].to_list()) if len(pred) else np.zeros((0, 1))
+    start = int(info.start_age)
+    out: dict[str, Any] = {
+        "status": "done",
+        "run": run_name(params),
+        "fold": str(params["fold"]),
+        "seed": int(params["seed"]),
+        "params_hash": params["params_hash"],
+        "selection": config.selection,
+        "selected_by": result.selected_by,
+        "test_selected": bool(result.test_selected),
+        "best_epoch": result.best_epoch,
+        "epochs": config.epochs,
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(fold.test),
+        "mae": M.mae(expected, truth),
+        "mae_rounded": M.mae(M.predict_age(probs, "rounded", start_age=start), truth),
+        "cs": {str(t): float(v) for t, v in
+               M.cumulative_score(expected, truth, thetas=range(11)).items()},
+        "epsilon": None,
+        "wall_time_s": None,
+    }
+    std = pred["std"].to_numpy(dtype=np.float64)
+    if len(std) and np.isfinite(std).all() and (std > 0).all():
+        out["epsilon"] = M.epsilon_error(expected, truth, std)
+    if result.test_selected:
+        out["note"] = ("official protocol: the epoch was selected on the TEST set "
+                       "(test_best_epoch_official); optimistic, not a clean estimate")
+    if dist.is_main_process():
+        atomic_write_text(run_dir / store.HISTORY, result.history.to_csv(index=False))
+        store.write_predictions(run_dir, pred, fold=str(params["fold"]), seed=int(params["seed"]),
+                                test_selected=result.test_selected)
+        ckpts = run_dir / store.CHECKPOINTS
+        keep = params.get("keep_checkpoints", "best")
+        if keep != "all":
+            (ckpts / "last.pt").unlink(missing_ok=True)
+        if keep == "none":
+            shutil.rmtree(ckpts, ignore_errors=True)
+        out["wall_time_s"] = time.perf_counter() - t0
+        write_manifest(run_dir, parameters=params, seeds={"seed": int(params["seed"]),
+                       "split_seed": int(params["split_seed"])},
+                       wall_time_s=out["wall_time_s"],
+                       extra={"test_selected": bool(result.test_selected)})
+        store.write_metrics(run_dir, out)  # last: marks the run finished
+    dist.barrier()
+    return out
+
+
+class _RunLock:
+    """``run.lock`` (O_EXCL) holding host and pid, so two runners never train the same folder at
+    once; a lock left by a killed process (same host, pid gone) is taken over."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / "run.lock"
+        self.held = False
+
+    def acquire(self) -> str | None:
+        """Take the lock; return ``None`` or a message naming the live holder."""
+        me = f"{socket.gethostname()} {os.getpid()}"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    host, pid = self.path.read_text().split()
+                except (OSError, ValueError):
+                    host, pid = "", "0"
+                if host == socket.gethostname() and not _pid_alive(int(pid)):
+                    self.path.unlink(missing_ok=True)  # stale: its process is gone
+                    continue
+                return f"{self.path} is held by process {pid} on {host or '?'}"
+            with os.fdopen(fd, "w") as fh:
+                fh.write(me)
+            self.held = True
+            return None
+        return f"{self.path}: could not take the lock"
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def execute_run(task: dict[str, Any]) -> dict[str, Any]:
+    """Executor entry point: run one task, never raising.
+
+    Returns ``{"run_dir", "status": "done"|"skipped"|"failed", "error", "wall_time_s"}`` plus
+    ``mae`` for finished runs. Finished runs with the same hash are skipped; unfinished ones
+    resume or restart (see the module docstring); failures write ``error.txt``.
+    """
+    t0 = time.perf_counter()
+    run_dir = Path(task["run_dir"])
+    params = task["params"]
+    result: dict[str, Any] = {"run_dir": str(run_dir), "status": "failed", "error": None,
+                              "wall_time_s": 0.0}
+    lock = None
+    try:
+        if store.is_finished(run_dir):
+            old = store.read_params(run_dir).get("params_hash")
+            if old == params["params_hash"]:
+                result.update(status="skipped", mae=store.read_metrics(run_dir).get("mae"))
+                return result
+            raise StaleRunError(f"{run_dir} finished with params_hash {old}, not "
+                                f"{params['params_hash']}; it is not overwritten")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = _RunLock(run_dir)
+        held_by = lock.acquire()
+        if held_by:
+            raise RuntimeError(f"{run_dir} is being trained by another process ({held_by})")
+        old_params = run_dir / store.PARAMS
+        if old_params.is_file() and store.read_params(run_dir).get("params_hash") != \
+                params["params_hash"]:
+            # unfinished work of other parameters: start over (nothing finished is lost)
+            for child in run_dir.iterdir():
+                if child.name != lock.path.name:
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+        (run_dir / store.ERROR).unlink(missing_ok=True)
+        store.write_params(run_dir, params)
+        metrics = train_run(params, run_dir)
+        result.update(status="done", mae=metrics.get("mae"))
+    except Exception:
+        result["error"] = traceback.format_exc()
+        try:
+            from ageest.artifacts import atomic_write_text
+
+            atomic_write_text(run_dir / store.ERROR, result["error"])
+        except OSError:
+            pass  # the traceback is still in the result
+    finally:
+        if lock is not None:
+            lock.release()
+        result["wall_time_s"] = time.perf_counter() - t0
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# a whole grid
+
+
+def _progress_printer(quiet: bool) -> Callable[[dict], None]:
+    def on_event(ev: dict) -> None:
+        last = ev.get("last")
+        if quiet or last is None:
+            return
+        name = os.sep.join(Path(last["run_dir"]).parts[-2:])
+        err = ""
+        if last.get("status") == "failed" and last.get("error"):
+            err = ": " + last["error"].strip().splitlines()[-1][:200]
+        mae = f" MAE {last['mae']:.3f}" if isinstance(last.get("mae"), (int, float)) else ""
+        print(f"[{ev['done'] + ev['failed']}/{ev['total']}] {last['status']:7s} {name}{mae} "
+              f"({last.get('wall_time_s', 0):.1f} s){err}", flush=True)
+
+    return on_event
+
+
+def make_executor(g: dict[str, Any]):
+    """The executor named by the grid's ``executor`` key, with its execution options."""
+    from ageest.executors import get_executor
+
+    if g["executor"] == "local":
+        return get_executor("local", workers=int(g["workers"]), threads=g["threads"],
+                            retries=int(g["retries"]))
+    if g["executor"] == "ray":
+        return get_executor("ray", address=g["address"], retries=int(g["retries"]))
+    return get_executor(g["executor"])
+
+
+def run_grid(grid: dict[str, Any] | None = None, *, results_dir: str | os.PathLike | None = None,
+             executor=None, on_event: Callable[[dict], None] | None = None,
+             aggregate_results: bool = True, **overrides: Any) -> pd.DataFrame:
+    """Expand ``grid`` (plus keyword ``overrides``), run what is not finished, return a summary.
+
+    Parameters
+    ----------
+    grid : dict, optional
+        Grid keys (see :data:`GRID_DEFAULTS`); ``overrides`` are merged on top.
+    results_dir : path-like, optional
+        Root of ``runs/`` (default: ``grid["results_dir"]``, else ``results``).
+    executor : Executor, optional
+        Default: built from the grid's ``executor``/``workers``/``threads``/``retries``.
+    on_event : callable, optional
+        Progress callback (default: one printed line per finished run unless ``quiet``).
+    aggregate_results : bool
+        Write ``tables/aggregate.*`` from all finished runs at the end.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per run: ``run_dir``, ``status`` (done / skipped / failed / pending),
+        ``wall_time_s``, ``mae``, ``error`` (last line of the traceback).
+    """
+    g = normalize_grid({**(grid or {}), **overrides})
+    results_dir = Path(results_dir or g["results_dir"] or "results")
+    tasks = expand_grid(g, results_dir)
+    check_stale(tasks)
+    todo = [t for t in tasks if not store.is_finished(t["run_dir"])]
+    quiet = bool(g["quiet"]) if g["quiet"] is not None else False
+    if not quiet:
+        print(f"{len(tasks)} runs in the grid, {len(tasks) - len(todo)} already finished, "
+              f"{len(todo)} to run with executor {g['executor']!r} "
+              f"(workers={g['workers']}) -> {results_dir / 'runs'}", flush=True)
+    results: dict[str, dict] = {}
+    if todo:
+        ex = executor or make_executor(g)
+        for r in ex.run(todo, execute_run, on_event=on_event or _progress_printer(quiet)):
+            results[str(r["run_dir"])] = r
+    rows = []
+    for t in tasks:
+        r = results.get(t["run_dir"])
+        if r is None:
+            status = "skipped" if store.is_finished(t["run_dir"]) else "pending"
+            r = {"status": status, "wall_time_s": None, "error": None}
+        mae = r.get("mae")
+        if mae is None and store.is_finished(t["run_dir"]):
+            mae = store.read_metrics(t["run_dir"]).get("mae")
+        err = r.get("error")
+        rows.append({"run_dir": t["run_dir"], "status": r["status"],
+                     "wall_time_s": r.get("wall_time_s"), "mae": mae,
+                     "error": err.strip().splitlines()[-1] if err else None})
+    summary = pd.DataFrame(rows)
+    if aggregate_results and (summary["status"].isin(["done", "skipped"])).any():
+        table = aggregate(results_dir, runs=[r["run_dir"] for r in rows
+                                             if r["status"] in ("done", "skipped")])
+        from ageest.artifacts import save_table
+
+        save_table(table, results_dir / "tables", "aggregate",
+                   caption="Test metrics aggregated over folds (runs written by ageest run). "
+                           "Rows with test_selected=True chose their epoch on the test set "
+                           "(official protocol) and are optimistic.")
+    return summary
+
+
+def format_summary(summary: pd.DataFrame) -> str:
+    """Counts of done / skipped / failed / pending runs, then the failed runs and their errors."""
+    counts = summary["status"].value_counts()
+    lines = ["runs: " + ", ".join(f"{s} {int(counts.get(s, 0))}"
+                                  for s in ("done", "skipped", "failed", "pending"))
+             + f" (total {len(summary)})"]
+    failed = summary[summary["status"] == "failed"]
+    for _, row in failed.iterrows():
+        lines.append(f"  FAILED {row['run_dir']}: {row['error']} (see error.txt)")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# aggregation
+
+
+AGGREGATE_KEYS = ("dataset", "protocol", "loss", "k", "selection")
+
+
+def aggregate(results_dir: str | os.PathLike, *, runs: Sequence[str | os.PathLike] | None = None,
+              n_boot: int = 1000, ci: float = 0.95, seed: int = 0,
+              thetas: Sequence[int] = (1, 3, 5, 10)) -> pd.DataFrame:
+    """One row per (dataset, protocol, loss, k, selection) over all finished folds and seeds.
+
+    Columns: the keys, ``test_selected``, ``seeds``, ``n_runs``, ``n_folds``, ``n_images``,
+    ``n_subjects``; ``mae_pooled`` (over images) and ``mae_subject_mean`` (mean of per-subject
+    MAEs) each with a subject-level bootstrap CI (``_low``/``_high``; images without a subject
+    are their own cluster); ``mae_seed_sd`` (sd of per-seed pooled MAE, NaN for one seed);
+    ``cs<θ>`` (cumulative score, fraction); ``epsilon`` with a subject-level bootstrap CI when
+    every image has an apparent-age std (NaN otherwise). Predictions use the expected age.
+
+    Parameters
+    ----------
+    results_dir : path-like
+        A results folder (or its ``runs/``).
+    runs : sequence of path-like, optional
+        Restrict to these run directories.
+    n_boot, ci, seed : bootstrap replicates, coverage and seed (:func:`ageest.metrics.bootstrap_mae_ci`).
+    thetas : sequence of int
+        CS(θ) columns.
+    """
+    from ageest import metrics as M
+
+    if runs is not None:
+        frames = [store.load_predictions(r) for r in runs]
+        preds = pd.concat(frames, ignore_index=True)
+    else:
+        preds = store.load_predictions(results_dir)
+    rows = []
+    for key, grp in preds.groupby(list(AGGREGATE_KEYS), sort=True, dropna=False):
+        pred = grp["expected_age"].to_numpy(dtype=np.float64)
+        true = grp["age_mean"].to_numpy(dtype=np.float64)
+        subject = grp["subject"].astype("string").fillna("image:" + grp["image_id"].astype(str))
+        lopo = M.aggregate_lopo(pred=pred, true=true, subject=subject.to_numpy(dtype=object))
+        row: dict[str, Any] = dict(zip(AGGREGATE_KEYS, key, strict=True))
+        row["test_selected"] = bool(grp["test_selected"].any())
+        row["seeds"] = ",".join(str(s) for s in sorted(grp["seed"].unique()))
+        row["n_runs"] = int(grp["run"].nunique())
+        row["n_folds"] = int(grp["fold"].nunique())
+        row["n_images"] = lopo["n_images"]
+        row["n_subjects"] = lopo["n_subjects"]
+        subj = subject.to_numpy(dtype=object)
+        for stat, name in (("pooled", "mae_pooled"), ("subject_mean", "mae_subject_mean")):
+            b = M.bootstrap_mae_ci(pred, true, subj, n_boot=n_boot, ci=ci, statistic=stat,
+                                   seed=seed)
+            row[name], row[f"{name}_low"], row[f"{name}_high"] = (
+                lopo[name], b["low"], b["high"])
+        per_seed = grp.assign(err=np.abs(pred - true)).groupby("seed")["err"].mean()
+        row["mae_seed_sd"] = float(per_seed.std(ddof=1)) if len(per_seed) > 1 else float("nan")
+        cs = M.cumulative_score(pred, true, thetas=thetas)
+        for t, v in cs.items():
+            row[f"cs{int(t)}"] = float(v)
+        std = pd.to_numeric(grp["std"], errors="coerce").to_numpy(dtype=np.float64)
+        if np.isfinite(std).all() and (std > 0).all():
+            # ε = mean_i e_i; the subject bootstrap of mean |e_i - 0| is its CI
+            e = 1.0 - np.exp(-((pred - true) ** 2) / (2.0 * std**2))
+            b = M.bootstrap_mae_ci(e, np.zeros_like(e), subj, n_boot=n_boot, ci=ci, seed=seed)
+            row["epsilon"], row["epsilon_low"], row["epsilon_high"] = (
+                M.epsilon_error(pred, true, std), b["low"], b["high"])
+        else:
+            row["epsilon"] = row["epsilon_low"] = row["epsilon_high"] = float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI: ageest run
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``ageest run``; every grid key (:data:`GRID_DEFAULTS`) has one."""
+    a = parser.add_argument
+    a("--config", help="grid YAML (keys as these flags with underscores); flags override it")
+    a("--dataset", help="dataset name(s), comma-separated (default synthetic-fgnet)")
+    a("--protocol", help="lopo, group-kfold, official (comma list; default: the dataset's)")
+    a("--losses", help="loss names, comma-separated (default amr)")
+    a("--k", help="fixed top-K values for mean_residue, comma-separated; 'adaptive' adds amr")
+    a("--seeds", help="training seeds, comma-separated (default 0)")
+    a("--selection", help="val_best, last, test_best_epoch_official (comma list)")
+    a("--folds", help="fold positions in make_folds order, e.g. 0,3 (default: all)")
+    a("--n-folds", type=int, help="folds of group-kfold (default 5)")
+    a("--val-fraction", type=float, help="share of training subjects held out for validation")
+    a("--split-seed", type=int, help="seed of the validation carve (default 0)")
+    a("--data-dir", help="dataset folder (fgnet, clap2016, utkface)")
+    a("--csv", help="label CSV (dataset csv)")
+    a("--json", help="database JSON (dataset benchmark-json)")
+    a("--image-root", help="image folder (csv, benchmark-json)")
+    a("--synthetic-size", type=int, help="image side of generated synthetic data (default 64)")
+    a("--model", help="backbone (small_cnn, resnet18, resnet50, vgg16)")
+    a("--pretrained", action=argparse.BooleanOptionalAction, default=None,
+      help="ImageNet weights from the local torch hub cache")
+    a("--loss-kwargs", help='JSON: {"loss": {"argument": value}}, e.g. {"amr": {"eps": 0}}')
+    a("--optimizer", choices=["adamw", "sgd"])
+    a("--lr", type=float)
+    a("--momentum", type=float)
+    a("--weight-decay", type=float)
+    a("--milestones", help="MultiStepLR epochs, comma-separated")
+    a("--gamma", type=float)
+    a("--epochs", type=int)
+    a("--batch-size", type=int)
+    a("--grad-clip", type=float)
+    a("--device", help="cpu, cuda, cuda:1")
+    a("--amp", choices=["bf16", "fp16"])
+    a("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    a("--num-workers", type=int, help="DataLoader workers per run")
+    a("--transforms", choices=["light", "paper", "clap"])
+    a("--image-size", type=int)
+    a("--normalize", action=argparse.BooleanOptionalAction, default=None)
+    a("--eval-batch-size", type=int)
+    a("--keep-checkpoints", choices=list(KEEP_CHECKPOINTS))
+    a("--results-dir", help="root of runs/ and tables/ (default results)")
+    a("--executor", help="local or ray")
+    a("--workers", type=int, help="runs at once (local executor)")
+    a("--threads", type=int, help="torch threads per run (default: cores / workers)")
+    a("--retries", type=int, help="resubmissions of a run whose worker process died")
+    a("--address", help="Ray cluster address (executor ray)")
+    a("--quiet", action=argparse.BooleanOptionalAction, default=None)
+    a("--dry-run", action="store_true", help="print the runs and their status; train nothing")
+    a("--no-aggregate", action="store_true", help="skip the aggregate table")
+
+
+def grid_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The grid of ``ageest run``: the ``--config`` YAML, then the flags given on top."""
+    grid = load_grid_config(args.config) if args.config else {}
+    for key in GRID_DEFAULTS:
+        value = getattr(args, key, None)
+        if value is None:
+            continue
+        if key == "loss_kwargs":
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"--loss-kwargs: not valid JSON ({exc})") from exc
+        grid[key] = value
+    return grid
+
+
+def run(args: argparse.Namespace) -> int:
+    grid = grid_from_args(args)
+    if args.dry_run:
+        tasks = expand_grid(grid, args.results_dir)
+        check_stale(tasks)
+        for t in tasks:
+            print(f"{store.run_status(t['run_dir']):8s} {t['run_dir']}  "
+                  f"(params_hash {t['params']['params_hash']})")
+        print(f"{len(tasks)} runs")
+        return 0
+    summary = run_grid(grid, aggregate_results=not args.no_aggregate)
+    print(format_summary(summary))
+    results_dir = Path(grid.get("results_dir") or "results")
+    table_path = results_dir / "tables" / "aggregate.md"
+    if not args.no_aggregate and table_path.is_file():
+        print(table_path.read_text(encoding="utf-8"))
+    return 1 if (summary["status"] == "failed").any() else 0
+
+
+if __name__ == "__main__":
+    from ageest.cli import main
+
+    sys.exit(main(["run", *sys.argv[1:]]))

@@ -1,0 +1,581 @@
+"""The training loop: one model, one loss, one fold, top to bottom (after nanoGPT's ``train.py``).
+
+:func:`train` takes a :class:`TrainConfig`, a dataset table and a :class:`~ageest.data.Fold`, and
+returns the per-epoch history, the test predictions (full probability vectors) and the selected
+epoch. It writes only checkpoints (``best.pt``, ``last.pt``, atomically) into ``ckpt_dir``; the
+run directory files (``predictions.parquet``, ``history.csv``, ``metrics.json`` ...) are written
+by :func:`ageest.runner.train_run` through :mod:`ageest.store`.
+
+Model selection
+---------------
+- ``"val_best"`` (default): the epoch with the best validation score (MAE of the expected age; the
+  ε-error when every validation image has an apparent-age std, as CLAP2016's official script
+  does). A fold without validation images falls back to the last epoch, and says so.
+- ``"last"``: the last epoch.
+- ``"test_best_epoch_official"``: the official code's behaviour, reproduced as a named option:
+  the test split is evaluated after every epoch and the best test epoch is reported. This is
+  selection on the test set; every output of such a run carries ``test_selected = True``.
+
+In the clean modes the test split is read exactly once, after training, with the selected weights.
+
+Distributed
+-----------
+The same code runs under ``torchrun --nproc_per_node N -m ageest.train --params params.yaml
+--out DIR``: :mod:`ageest.distributed` initialises the process group, wraps the model in DDP
+(with synchronised batch norm), a ``DistributedSampler`` splits each epoch and ``batch_size`` stays
+the *global* batch. Every rank evaluates the full validation/test sets (so all ranks take the same
+selection decision without communication); only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import io
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ageest import distributed as dist
+from ageest.artifacts import atomic_write_bytes
+
+SELECTIONS = ("val_best", "last", "test_best_epoch_official")
+OFFICIAL_SELECTION = "test_best_epoch_official"
+OPTIMIZERS = ("adamw", "sgd")
+AMP_MODES = (None, "bf16", "fp16")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the message names the epoch and the batch."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides how one model is trained (one run = this + data + fold + seed).
+
+    Attributes
+    ----------
+    model : str
+        A name from :func:`ageest.models.list_models`.
+    pretrained : bool
+        ImageNet weights from the local torch hub cache (see :mod:`ageest.models`).
+    loss : str
+        A name from :func:`ageest.losses.list_losses`.
+    loss_kwargs : dict
+        Extra loss arguments (``k``, ``lambda_mean`` ...); ``start_age``/``end_age`` are added.
+    optimizer : {"adamw", "sgd"}
+        AdamW (official FG-NET script) or SGD with momentum (official CLAP2016 script).
+    lr, momentum : float
+        Learning rate; SGD momentum.
+    weight_decay : float, optional
+        Default: 0.01 for AdamW (torch's default, used by the FG-NET script), 1e-4 for SGD.
+    milestones : list of int
+        MultiStepLR epochs at which lr is multiplied by ``gamma`` (paper: 15, 30, ..., 90).
+    gamma : float
+    epochs, batch_size : int
+        ``batch_size`` is the global batch (split over ranks under torchrun).
+    grad_clip : float, optional
+        Clip the global gradient norm to this value (CLAP2016 script: 5).
+    device : str
+        ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
+    amp : {None, "bf16", "fp16"}
+        Autocast dtype; ``fp16`` on CUDA uses a gradient scaler.
+    channels_last : bool
+        NHWC memory format (faster convolutions on recent GPUs and oneDNN).
+    num_workers : int
+        DataLoader worker processes (0 = load in the training process; each worker is seeded).
+    seed : int
+        Passed to :func:`seed_everything`; also seeds the DataLoader's generator.
+    selection : {"val_best", "last", "test_best_epoch_official"}
+        See the module docstring.
+    transforms : {"light", "paper", "clap"}
+        :func:`ageest.data.build_transforms` family; ``image_size`` is the network input side.
+    normalize : bool
+        ImageNet mean/std normalisation of the inputs.
+    eval_batch_size : int, optional
+        Batch size of evaluation passes (default: ``2 * batch_size``).
+    threads : int, optional
+        ``torch.set_num_threads`` for this run (default: leave as is).
+    quiet : bool
+        No tqdm progress bars (batch runs).
+    """
+
+    model: str = "small_cnn"
+    pretrained: bool = False
+    loss: str = "amr"
+    loss_kwargs: dict[str, Any] = field(default_factory=dict)
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float | None = None
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    epochs: int = 10
+    batch_size: int = 32
+    grad_clip: float | None = None
+    device: str = "cpu"
+    amp: str | None = None
+    channels_last: bool = False
+    num_workers: int = 0
+    seed: int = 0
+    selection: str = "val_best"
+    transforms: str = "light"
+    image_size: int = 64
+    normalize: bool = False
+    eval_batch_size: int | None = None
+    threads: int | None = None
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer={self.optimizer!r}: expected one of {OPTIMIZERS}")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection={self.selection!r}: expected one of {SELECTIONS}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp={self.amp!r}: expected one of {AMP_MODES}")
+        for name in ("epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive finite number, got {self.lr}")
+        self.milestones = sorted(int(m) for m in self.milestones)
+        self.loss_kwargs = dict(self.loss_kwargs or {})
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a dict, raising ``ValueError`` naming unknown keys."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig key(s) {unknown}; valid keys: {sorted(names)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    ``predictions`` has one row per test image: the table columns ``image_id``, ``subject``,
+    ``age``, ``age_mean``, ``std``, plus ``expected_age`` and ``probs`` ((C,) float32 arrays).
+    """
+
+    history: pd.DataFrame
+    predictions: pd.DataFrame
+    best_epoch: int
+    selected_by: str
+    test_selected: bool
+    wall_time_s: float
+    resumed_from_epoch: int | None = None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (CPU and every CUDA device). Call once per run."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def _seed_worker(worker_id: int) -> None:
+    """DataLoader worker init: derive numpy/random seeds from the worker's torch seed (itself
+    drawn from the loader's generator), so augmentation in workers is reproducible."""
+    s = torch.initial_seed() % 2**32
+    np.random.seed(s)
+    random.seed(s)
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """``torch.save`` through a temporary file and a rename: a killed run never leaves a
+    truncated checkpoint under the final name."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` (tensors only: ``weights_only``)."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise RuntimeError(f"{path}: cannot load checkpoint ({exc}); delete it to retrain") from exc
+
+
+def _autocast(device: str, amp: str | None):
+    if amp is None:
+        return torch.autocast(device_type=torch.device(device).type, enabled=False)
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+@torch.no_grad()
+def predict_probs(model: torch.nn.Module, loader, device: str, *, amp: str | None = None,
+                  channels_last: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities of every item of ``loader`` in eval mode.
+
+    Returns ``(probs, index)``: (N, C) float32 and the items' row positions (N,).
+    """
+    was_training = model.training
+    model.eval()
+    probs, index = [], []
+    for x, _, idx in loader:
+        x = x.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, amp):
+            logits = model(x)  # (B, C)
+        probs.append(torch.softmax(logits.float(), dim=1).cpu())
+        index.append(torch.as_tensor(idx))
+    model.train(was_training)
+    if not probs:
+        return np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.int64)
+    return torch.cat(probs).numpy(), torch.cat(index).numpy()
+
+
+def _score(probs: np.ndarray, table: pd.DataFrame, start_age: int) -> dict[str, float]:
+    """MAE of the expected age against ``age_mean`` and, when every std is known and > 0, the
+    ε-error; ``table`` rows are aligned with ``probs``."""
+    from ageest import metrics
+
+    if len(table) == 0:
+        return {"mae": float("nan"), "epsilon": float("nan")}
+    pred = metrics.expected_age(probs, start_age=start_age)
+    truth = table["age_mean"].to_numpy(dtype=np.float64)
+    out = {"mae": metrics.mae(pred, truth), "epsilon": float("nan")}
+    std = pd.to_numeric(table["std"], errors="coerce").to_numpy(dtype=np.float64)
+    if np.isfinite(std).all() and (std > 0).all():
+        out["epsilon"] = metrics.epsilon_error(pred, truth, std)
+    return out
+
+
+def _selection_key(table: pd.DataFrame) -> str:
+    """``"epsilon"`` when every image of ``table`` has a positive std (CLAP-style), else ``"mae"``."""
+    if len(table) == 0:
+        return "mae"
+    std = pd.to_numeric(table["std"], errors="coerce").to_numpy(dtype=np.float64)
+    return "epsilon" if np.isfinite(std).all() and (std > 0).all() else "mae"
+
+
+def _prepare_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The dataset table with the columns the trainer reads, filling optional ones."""
+    missing = [c for c in ("path", "age") if c not in df.columns]
+    if missing:
+        raise ValueError(f"dataset table lacks column(s) {missing}; see ageest.data.loaders")
+    table = df.reset_index(drop=True).copy()
+    if "age_mean" not in table:
+        table["age_mean"] = table["age"].astype(float)
+    for col in ("subject", "std", "image_id"):
+        if col not in table:
+            table[col] = pd.NA if col != "image_id" else table.index.astype(str)
+    return table
+
+
+def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_age: int,
+          ckpt_dir: str | os.PathLike | None = None, resume: bool = True) -> TrainResult:
+    """Train ``config.model`` with ``config.loss`` on one fold and predict its test images.
+
+    Parameters
+    ----------
+    config : TrainConfig
+    df : pandas.DataFrame
+        The dataset table (``path``, ``age``, ``age_mean``, ``subject``, ``std``, ``image_id``).
+    fold : ageest.data.Fold
+        Positions of the train/val/test rows in ``df``.
+    start_age, end_age : int
+        Label range; the model has ``end_age - start_age + 1`` outputs.
+    ckpt_dir : path-like, optional
+        Where ``best.pt`` and ``last.pt`` go (rank 0 only); ``None``: no checkpoints.
+    resume : bool
+        Continue from ``ckpt_dir/last.pt`` when it exists (a killed run restarts at the epoch
+        after the last completed one, with its optimizer, scheduler, RNG and history).
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    NonFiniteLossError
+        When a training loss is NaN/inf (names the epoch and batch; ``last.pt`` of the last
+        completed epoch is kept).
+    """
+    from torch.utils.data import DataLoader
+    from torch.utils.data.distributed import DistributedSampler
+
+    from ageest.data import AgeDataset, build_transforms, cache_size
+    from ageest.losses import get_loss
+    from ageest.models import get_model
+
+    t_start = time.perf_counter()
+    cfg = config
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    device = dist.init(cfg.device)
+    world, is_main = dist.world_size(), dist.is_main_process()
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the number of "
+                         f"processes ({world})")
+    seed_everything(cfg.seed + dist.rank())  # per-rank augmentation streams; weights broadcast by DDP
+    official = cfg.selection == OFFICIAL_SELECTION
+    table = _prepare_table(df)
+    num_classes = end_age - start_age + 1
+    ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else None
+
+    # --- data: decoded once into uint8 caches; the test set only when it will be read
+    csize = cache_size(cfg.transforms, size=cfg.image_size)
+    tf_kw = {"size": cfg.image_size, "normalize": cfg.normalize}
+
+    def dataset(rows: np.ndarray, train_mode: bool) -> AgeDataset:
+        tf = build_transforms(cfg.transforms, train=train_mode, **tf_kw)
+        return AgeDataset(table.iloc[rows], start_age=start_age, transform=tf, size=csize)
+
+    train_rows, val_rows, test_rows = (np.asarray(a, dtype=np.int64)
+                                       for a in (fold.train, fold.val, fold.test))
+    if len(train_rows) == 0:
+        raise ValueError(f"fold {fold.fold_id!r} has no training images")
+    train_ds = dataset(train_rows, True).preload()
+    val_ds = dataset(val_rows, False).preload() if len(val_rows) else None
+    train_table, val_table = table.iloc[train_rows], table.iloc[val_rows]
+    test_table = table.iloc[test_rows]
+    # per-sample apparent-age std for losses that use it (CLAP-style data), else None
+    train_std = pd.to_numeric(train_table["std"], errors="coerce").to_numpy(dtype=np.float32)
+    std_all = torch.from_numpy(train_std) if np.isfinite(train_std).all() else None
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    per_rank_batch = cfg.batch_size // world
+    sampler = (DistributedSampler(train_ds, shuffle=True, seed=cfg.seed, drop_last=False)
+               if dist.is_distributed() else None)
+    loader_kw = {"num_workers": cfg.num_workers, "pin_memory": device.startswith("cuda"),
+                 "worker_init_fn": _seed_worker if cfg.num_workers else None,
+                 "persistent_workers": cfg.num_workers > 0}
+    train_dl = DataLoader(train_ds, batch_size=per_rank_batch, shuffle=sampler is None,
+                          sampler=sampler, generator=gen, drop_last=False, **loader_kw)
+    eval_bs = cfg.eval_batch_size or 2 * cfg.batch_size
+    eval_kw = {"num_workers": 0, "pin_memory": loader_kw["pin_memory"]}
+    val_dl = DataLoader(val_ds, batch_size=eval_bs, shuffle=False, **eval_kw) if val_ds else None
+
+    # --- model, loss, optimizer, schedule
+    model = get_model(cfg.model, num_classes, pretrained=cfg.pretrained).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = dist.wrap_model(model, device)
+    raw_model = dist.unwrap_model(model)
+    loss_fn = get_loss(cfg.loss, start_age=start_age, end_age=end_age, **cfg.loss_kwargs)
+    wd = cfg.weight_decay if cfg.weight_decay is not None else (
+        0.01 if cfg.optimizer == "adamw" else 1e-4)
+    if cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=wd)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                              weight_decay=wd)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=cfg.milestones, gamma=cfg.gamma)
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16" and device.startswith("cuda"))
+    ages_axis = torch.arange(start_age, end_age + 1, device=device, dtype=torch.float32)  # (C,)
+
+    # selection on validation (clean) or on test (official, labelled); none: last epoch
+    if official:
+        test_ds = dataset(test_rows, False).preload()
+        select_dl, select_table = (DataLoader(test_ds, batch_size=eval_bs, shuffle=False,
+                                              **eval_kw), test_table)
+        selected_by = "test (official: best test epoch)"
+    elif cfg.selection == "val_best" and val_dl is not None:
+        select_dl, select_table = val_dl, val_table
+        selected_by = "validation"
+    else:
+        select_dl, select_table = None, None
+        selected_by = "last epoch" + (" (no validation images)" if cfg.selection == "val_best"
+                                      else "")
+    select_key = _selection_key(select_table) if select_table is not None else "mae"
+    if select_dl is not None:
+        selected_by += f" {select_key}"
+
+    history: list[dict[str, Any]] = []
+    best_score, best_epoch, best_state = math.inf, 0, None
+    start_epoch, resumed_from = 1, None
+    last_path = ckpt_dir / "last.pt" if ckpt_dir else None
+    best_path = ckpt_dir / "best.pt" if ckpt_dir else None
+    if resume and last_path is not None and last_path.is_file():
+        ck = load_checkpoint(last_path, device)
+        raw_model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        scaler.load_state_dict(ck["scaler"])
+        gen.set_state(ck["loader_generator"])
+        torch.set_rng_state(ck["torch_rng"])
+        history = [dict(zip(ck["history_columns"], row, strict=True))
+                   for row in ck["history_values"].tolist()]
+        best_score, best_epoch = float(ck["best_score"]), int(ck["best_epoch"])
+        if best_path is not None and best_path.is_file():
+            best_state = load_checkpoint(best_path, device)["model"]
+        start_epoch = resumed_from = int(ck["epoch"]) + 1
+
+    # --- the loop
+    model.train()
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        sums: dict[str, float] = {}
+        n_seen, abs_err = 0, 0.0
+        batches = train_dl
+        if not cfg.quiet and is_main:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(train_dl, desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
+                           file=sys.stderr)
+        for it, (x, ages, idx) in enumerate(batches):
+            x = x.to(device, non_blocking=True)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            ages = ages.to(device, non_blocking=True)
+            std = std_all[idx].to(device) if std_all is not None else None
+            with _autocast(device, cfg.amp):
+                logits = model(x)  # (B, C)
+            loss = loss_fn(logits.float(), ages, std=std)
+            comps = loss_fn.last_components  # floats, one host sync per batch
+            if not math.isfinite(comps.get("total", float(loss))):
+                raise NonFiniteLossError(
+                    f"non-finite training loss ({comps.get('total')}) at epoch {epoch}, batch "
+                    f"{it} (loss {cfg.loss}, lr {sched.get_last_lr()[0]:g}); "
+                    + (f"the last good checkpoint is {last_path}" if last_path and
+                       last_path.is_file() else "no checkpoint was written before it")
+                    + ". Lower the learning rate or set grad_clip."
+                )
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            # running sums for the epoch's history (batch-size weighted)
+            b = x.shape[0]
+            for k, v in comps.items():
+                sums[k] = sums.get(k, 0.0) + v * b
+            with torch.no_grad():
+                m = torch.softmax(logits.detach().float(), dim=1) @ ages_axis  # (B,)
+                abs_err += float((m - ages.float()).abs().sum())
+            n_seen += b
+        train_time = time.perf_counter() - t0
+        sched.step()
+        # sum over ranks: [n, abs_err, component sums...]
+        names = sorted(sums)
+        totals = dist.all_reduce_sum(torch.tensor([n_seen, abs_err] + [sums[k] for k in names],
+                                                  dtype=torch.float64))
+        n_total = float(totals[0])
+        row: dict[str, Any] = {"epoch": epoch, "lr": opt.param_groups[0]["lr"]}
+        row.update({f"train_{k}": float(v) / n_total for k, v in zip(names, totals[2:],
+                                                                     strict=True)})
+        row["train_mae"] = float(totals[1]) / n_total
+        if val_dl is not None:
+            probs, _ = predict_probs(model, val_dl, device, amp=cfg.amp,
+                                     channels_last=cfg.channels_last)
+            val = _score(probs, val_table, start_age)
+            row["val_mae"], row["val_epsilon"] = val["mae"], val["epsilon"]
+        if official:
+            probs, _ = predict_probs(model, select_dl, device, amp=cfg.amp,
+                                     channels_last=cfg.channels_last)
+            test = _score(probs, test_table, start_age)
+            row["test_mae"], row["test_epsilon"] = test["mae"], test["epsilon"]
+            score = test[select_key]
+        elif select_dl is not None:
+            score = row[f"val_{select_key}"]
+        else:
+            score = -float(epoch)  # "last": every epoch beats the previous one
+        if score < best_score:
+            best_score, best_epoch = score, epoch
+            best_state = copy.deepcopy(raw_model.state_dict())
+            if is_main and best_path is not None:
+                save_checkpoint(best_path, {"model": best_state, "epoch": epoch,
+                                            "score": score})
+        elapsed = time.perf_counter() - t0
+        row["epoch_time_s"] = elapsed
+        row["images_per_s"] = n_total / train_time  # training throughput (evaluation excluded)
+        row["selected"] = False
+        history.append(row)
+        if is_main and last_path is not None:
+            hist = pd.DataFrame(history)
+            save_checkpoint(last_path, {
+                "model": raw_model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                "loader_generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch,
+                "history_columns": list(hist.columns),
+                "history_values": torch.tensor(hist.astype(float).to_numpy()),
+            })
+        if not cfg.quiet and is_main:
+            shown = {k: round(v, 4) for k, v in row.items()
+                     if k in ("train_total", "train_mae", "val_mae", "test_mae", "train_k_mean")}
+            print(f"epoch {epoch}: {shown} ({row['images_per_s']:.0f} img/s)", file=sys.stderr)
+
+    # --- the selected weights, then the test split read once (official: already evaluated)
+    if best_state is None:  # resumed after the final epoch, or no epoch improved a NaN score
+        best_state = raw_model.state_dict()
+        best_epoch = best_epoch or cfg.epochs
+    raw_model.load_state_dict(best_state)
+    if not official:
+        test_ds = dataset(test_rows, False).preload()
+    test_dl = DataLoader(test_ds, batch_size=eval_bs, shuffle=False, **eval_kw)
+    probs, index = predict_probs(raw_model, test_dl, device, amp=cfg.amp,
+                                 channels_last=cfg.channels_last)
+    from ageest import metrics
+
+    rows = test_table.iloc[index]
+    predictions = pd.DataFrame({
+        "image_id": rows["image_id"].astype(str).to_numpy(),
+        "subject": rows["subject"].astype("string").to_numpy(),
+        "age": rows["age"].to_numpy(dtype=np.int64),
+        "age_mean": rows["age_mean"].to_numpy(dtype=np.float64),
+        "std": pd.to_numeric(rows["std"], errors="coerce").to_numpy(dtype=np.float64),
+        "expected_age": metrics.expected_age(probs, start_age=start_age),
+    })
+    predictions["probs"] = list(probs.astype(np.float32))
+    hist = pd.DataFrame(history)
+    hist["selected"] = hist["epoch"] == best_epoch
+    return TrainResult(history=hist, predictions=predictions, best_epoch=int(best_epoch),
+                       selected_by=selected_by, test_selected=official,
+                       wall_time_s=time.perf_counter() - t_start, resumed_from_epoch=resumed_from)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ageest.train --params params.yaml --out DIR``: one run from a params YAML
+    (the keys of a run's ``params.yaml``; see :func:`ageest.runner.train_run`). Works under
+    ``torchrun --nproc_per_node N``."""
+    import yaml
+
+    from ageest import runner
+
+    parser = argparse.ArgumentParser(prog="python -m ageest.train", description=main.__doc__)
+    parser.add_argument("--params", required=True, help="params YAML (a run's params.yaml)")
+    parser.add_argument("--out", required=True, help="run directory to write")
+    args = parser.parse_args(argv)
+    path = Path(args.params)
+    if not path.is_file():
+        raise SystemExit(f"--params {path}: no such file")
+    params = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(params, dict):
+        raise SystemExit(f"--params {path}: expected a mapping of parameter names to values")
+    try:
+        metrics = runner.train_run(params, args.out)
+    finally:
+        dist.shutdown()
+    if dist.is_main_process():
+        print(f"{args.out}: test MAE {metrics['mae']:.3f} (epoch {metrics['best_epoch']}, "
+              f"selected by {metrics['selected_by']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
