@@ -282,6 +282,14 @@ def _prepare_table(df: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def _nonfinite_message(what: str, epoch: int, batch: int, cfg: TrainConfig, sched,
+                       last_path: Path | None) -> str:
+    kept = (f"the last good checkpoint is {last_path}" if last_path is not None
+            and last_path.is_file() else "no checkpoint was written before it")
+    return (f"non-finite {what} at epoch {epoch}, batch {batch} (loss {cfg.loss}, lr "
+            f"{sched.get_last_lr()[0]:g}); {kept}. Lower the learning rate or set grad_clip.")
+
+
 def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_age: int,
           ckpt_dir: str | os.PathLike | None = None, resume: bool = True) -> TrainResult:
     """Train ``config.model`` with ``config.loss`` on one fold and predict its test images.
@@ -443,16 +451,18 @@ def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_ag
             std = std_all[idx].to(device) if std_all is not None else None
             with _autocast(device, cfg.amp):
                 logits = model(x)  # (B, C)
-            loss = loss_fn(logits.float(), ages, std=std)
+            try:
+                loss = loss_fn(logits.float(), ages, std=std)
+            except ValueError as exc:  # the losses reject non-finite logits themselves
+                if bool(torch.isfinite(logits).all()):
+                    raise
+                raise NonFiniteLossError(_nonfinite_message(
+                    "model output (logits)", epoch, it, cfg, sched, last_path)) from exc
             comps = loss_fn.last_components  # floats, one host sync per batch
-            if not math.isfinite(comps.get("total", float(loss))):
-                raise NonFiniteLossError(
-                    f"non-finite training loss ({comps.get('total')}) at epoch {epoch}, batch "
-                    f"{it} (loss {cfg.loss}, lr {sched.get_last_lr()[0]:g}); "
-                    + (f"the last good checkpoint is {last_path}" if last_path and
-                       last_path.is_file() else "no checkpoint was written before it")
-                    + ". Lower the learning rate or set grad_clip."
-                )
+            total = comps["total"] if "total" in comps else float(loss.detach())
+            if not math.isfinite(total):
+                raise NonFiniteLossError(_nonfinite_message(
+                    f"training loss ({total})", epoch, it, cfg, sched, last_path))
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.grad_clip:

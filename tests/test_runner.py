@@ -1,0 +1,299 @@
+"""The grid runner: expansion and naming, the run-directory store, resume (including after a
+SIGKILL), changed-configuration handling, failures, parallel workers, aggregation, the CLI and the
+``python -m ageest.train`` entry point. Tiny data: 12 subjects, 120 images, 32 px, 1-3 epochs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from ageest import runner, store
+from ageest.cli import main as cli_main
+from ageest.data.synthetic import write_fgnet_like
+from ageest.executors import EXECUTORS, Executor, LocalExecutor, get_executor
+
+pytestmark = pytest.mark.filterwarnings("ignore:FG-NET .* differs from the release manifest")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return write_fgnet_like(tmp_path_factory.mktemp("data") / "fg", seed=0, size=32,
+                            n_subjects=12, n_images=120)
+
+
+def _grid(data_dir, results, **kw):
+    g = {"dataset": "fgnet", "data_dir": str(data_dir), "protocol": "group-kfold",
+         "n_folds": 3, "folds": [0], "losses": ["amr"], "epochs": 1, "batch_size": 16,
+         "image_size": 32, "results_dir": str(results), "quiet": True, "threads": 1}
+    return {**g, **kw}
+
+
+def _cli_args(data_dir, results, *extra):
+    return ["run", "--dataset", "fgnet", "--data-dir", str(data_dir), "--protocol",
+            "group-kfold", "--n-folds", "3", "--image-size", "32", "--batch-size", "16",
+            "--results-dir", str(results), "--quiet", "--threads", "1", *extra]
+
+
+# ---------------------------------------------------------------------------------------------
+# grid expansion
+
+
+def test_expand_grid_names_k_handling_and_fold_subset(data_dir, tmp_path):
+    tasks = runner.expand_grid(_grid(data_dir, tmp_path, losses=["ce", "mean_residue"],
+                                     k=[1, 3, "adaptive"], seeds=[0, 1], folds=[0, 2]))
+    names = sorted({Path(t["run_dir"]).parent.name for t in tasks})
+    assert names == sorted(f"fgnet-group-kfold-{n}-seed{s}" for n in
+                           ("ce-kadaptive", "mean_residue-k1", "mean_residue-k3",
+                            "amr-kadaptive") for s in (0, 1))
+    assert len(tasks) == 4 * 2 * 2
+    assert {Path(t["run_dir"]).name for t in tasks} == {"fold-0", "fold-2"}
+    one = next(t for t in tasks if "mean_residue-k3-seed1" in t["run_dir"])
+    p = one["params"]
+    assert p["loss_kwargs"] == {"k": 3} and p["k"] == 3 and p["fold_index"] in (0, 2)
+    assert p["start_age"] == 0 and p["end_age"] == 69
+    assert json.loads(json.dumps(one)) == one  # JSON-able run specs (executor contract)
+    assert len({t["params"]["params_hash"] for t in tasks}) == len(tasks)
+
+
+def test_official_selection_gets_its_own_folder(data_dir, tmp_path):
+    tasks = runner.expand_grid(_grid(data_dir, tmp_path,
+                                     selection=["val_best", "test_best_epoch_official"]))
+    dirs = sorted(Path(t["run_dir"]).parent.name for t in tasks)
+    assert dirs == ["fgnet-group-kfold-amr-kadaptive-seed0",
+                    "fgnet-group-kfold-amr-kadaptive-seed0-test_best_epoch_official"]
+
+
+def test_grid_errors(data_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"unknown grid key\(s\) \['epochz'\]"):
+        runner.expand_grid(_grid(data_dir, tmp_path, epochz=3))
+    with pytest.raises(ValueError, match="mean_residue .* needs integer K"):
+        runner.expand_grid(_grid(data_dir, tmp_path, losses=["mean_residue"]))
+    with pytest.raises(ValueError, match=r"--folds 7: .* has 3 folds"):
+        runner.expand_grid(_grid(data_dir, tmp_path, folds=[7]))
+    with pytest.raises(ValueError, match="has no official split"):
+        runner.expand_grid(_grid(data_dir, tmp_path, protocol="official"))
+    cfg = tmp_path / "grid.yaml"
+    cfg.write_text("losses: [amr]\nlearning_rate: 0.1\n")
+    with pytest.raises(ValueError, match=r"grid.yaml: unknown key\(s\) \['learning_rate'\]"):
+        runner.load_grid_config(cfg)
+    with pytest.raises(ValueError, match="learning_rate"):
+        cli_main(_cli_args(data_dir, tmp_path, "--config", str(cfg)))
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end through the CLI, resume, changed parameters
+
+
+def test_cli_end_to_end_store_resume_and_stale(data_dir, tmp_path, capsys):
+    res = tmp_path / "res"
+    cfg = tmp_path / "grid.yaml"
+    cfg.write_text(yaml.safe_dump({"losses": "amr,ce", "folds": "0,1", "epochs": 1,
+                                   "selection": ["val_best", "test_best_epoch_official"]}))
+    assert cli_main(_cli_args(data_dir, res, "--config", str(cfg))) == 0
+    out = capsys.readouterr().out
+    assert "runs: done 8, skipped 0, failed 0, pending 0 (total 8)" in out
+    run_dirs = store.find_run_dirs(res)
+    assert len(run_dirs) == 8
+    for d in run_dirs:
+        for name in ("params.yaml", "history.csv", "predictions.parquet", "metrics.json",
+                     "manifest.json", "checkpoints/best.pt"):
+            assert (d / name).is_file(), d / name
+        assert not (d / "checkpoints" / "last.pt").exists()  # keep_checkpoints=best
+        m = store.read_metrics(d)
+        assert np.isfinite(m["mae"]) and m["status"] == "done"
+        official = d.parent.name.endswith("test_best_epoch_official")
+        assert m["test_selected"] is official
+        assert store.read_params(d)["test_selected"] is official
+        assert store.read_predictions(d)["test_selected"].all() == official
+        assert json.loads((d / "manifest.json").read_text())["test_selected"] is official
+
+    # predictions of the whole grid, in the frame ageest.evaluation expects
+    from ageest import evaluation
+
+    preds = store.load_predictions(res)
+    evaluation.check_predictions(preds)
+    assert preds.groupby("run")["image_id"].count().min() > 0
+    assert set(preds["k"]) == {"adaptive"} and set(preds["loss"]) == {"amr", "ce"}
+    table = runner.aggregate(res, n_boot=200)
+    assert len(table) == 4  # (amr, ce) x (val_best, official)
+    assert table.loc[table["selection"] == "test_best_epoch_official", "test_selected"].all()
+    assert (table["mae_pooled_low"] <= table["mae_pooled"]).all()
+    assert (table["mae_pooled"] <= table["mae_pooled_high"]).all()
+    assert table["n_folds"].eq(2).all() and table["epsilon"].isna().all()
+    assert (res / "tables" / "aggregate.csv").is_file()
+
+    # rerun: everything is skipped, nothing retrained
+    before = {d: (d / "metrics.json").stat().st_mtime_ns for d in run_dirs}
+    assert cli_main(_cli_args(data_dir, res, "--config", str(cfg))) == 0
+    assert "runs: done 0, skipped 8" in capsys.readouterr().out
+    assert before == {d: (d / "metrics.json").stat().st_mtime_ns for d in run_dirs}
+
+    # a changed parameter never reuses or overwrites finished runs
+    with pytest.raises(runner.StaleRunError, match=r"fold-0 \(finished with params_hash"):
+        cli_main(_cli_args(data_dir, res, "--config", str(cfg), "--epochs", "2"))
+    assert before == {d: (d / "metrics.json").stat().st_mtime_ns for d in run_dirs}
+    # ... but presentation-only options (quiet, threads) keep the hash
+    assert cli_main(_cli_args(data_dir, res, "--config", str(cfg), "--threads", "2")) == 0
+
+
+def test_unfinished_run_with_other_parameters_restarts(data_dir, tmp_path):
+    res = tmp_path / "res"
+    task = runner.expand_grid(_grid(data_dir, res, epochs=2))[0]
+    run_dir = Path(task["run_dir"])
+    run_dir.mkdir(parents=True)
+    store.write_params(run_dir, {**task["params"], "lr": 9.0, "params_hash": "000000000000"})
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"partial garbage of the old config")
+    assert store.run_status(run_dir) == "partial"
+    result = runner.execute_run(task)
+    assert result["status"] == "done", result["error"]
+    assert store.read_params(run_dir)["params_hash"] == task["params"]["params_hash"]
+    assert store.read_metrics(run_dir)["resumed_from_epoch"] is None
+
+
+def test_failed_run_is_recorded_and_others_continue(data_dir, tmp_path):
+    res = tmp_path / "res"
+    summary = runner.run_grid(_grid(data_dir, res, losses=["ce", "amr"],
+                                    loss_kwargs={"ce": {"lambda_mean": 0.3}}),
+                              aggregate_results=True)
+    by_loss = {Path(r).parent.name.split("-")[3]: s
+               for r, s in zip(summary["run_dir"], summary["status"], strict=True)}
+    assert by_loss == {"ce": "failed", "amr": "done"}
+    failed = Path(summary.loc[summary["status"] == "failed", "run_dir"].iloc[0])
+    assert "does not take lambda_mean" in (failed / "error.txt").read_text()
+    assert not (failed / "metrics.json").exists() and store.run_status(failed) == "failed"
+    assert "FAILED" in runner.format_summary(summary)
+    # fixing the configuration reruns it (the old hash's partial folder is cleared)
+    summary = runner.run_grid(_grid(data_dir, res, losses=["ce", "amr"]))
+    assert sorted(summary["status"]) == ["done", "skipped"]
+    assert not (failed / "error.txt").exists()
+
+
+def _finished(res: Path) -> list[Path]:
+    return [p.parent for p in res.rglob("metrics.json")]
+
+
+def test_sigkill_mid_run_then_resume(data_dir, tmp_path):
+    """Kill `ageest run` with SIGKILL while a run is half trained; the rerun skips the finished
+    runs and completes the killed one from its last checkpoint."""
+    res = tmp_path / "res"
+    args = _cli_args(data_dir, res, "--losses", "amr,ce,l1", "--folds", "0",
+                     "--epochs", "6", "--batch-size", "8", "--keep-checkpoints", "best")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "ageest", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    killed_dir = None
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            done = _finished(res)
+            partial = [p.parent.parent for p in res.rglob("checkpoints/last.pt")
+                       if not (p.parent.parent / "metrics.json").exists()]
+            if done and partial:
+                os.kill(proc.pid, signal.SIGKILL)
+                killed_dir = partial[0]
+                break
+            time.sleep(0.005)
+    finally:
+        if proc.poll() is None and killed_dir is None:
+            proc.kill()
+        proc.wait(timeout=30)
+    assert killed_dir is not None, "the grid finished before it could be killed mid-run: " + \
+        proc.stderr.read().decode()[-2000:]
+    assert proc.returncode == -signal.SIGKILL
+    finished_before = set(_finished(res))
+    assert killed_dir not in finished_before and store.run_status(killed_dir) == "partial"
+    assert (killed_dir / "run.lock").exists()  # left behind by the killed process
+
+    summary = runner.run_grid(_grid(data_dir, res, losses=["amr", "ce", "l1"], epochs=6,
+                                    batch_size=8))
+    status = dict(zip(map(Path, summary["run_dir"]), summary["status"], strict=True))
+    assert all(status[d] == "skipped" for d in finished_before)
+    assert status[killed_dir] == "done"
+    assert set(status.values()) <= {"done", "skipped"}
+    m = store.read_metrics(killed_dir)
+    assert m["resumed_from_epoch"] is not None and m["resumed_from_epoch"] >= 2
+    assert len(store.read_predictions(killed_dir)) == m["n_test"]
+    assert not (killed_dir / "run.lock").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# executors
+
+
+def test_parallel_workers_two_processes(data_dir, tmp_path):
+    res = tmp_path / "res"
+    events = []
+    summary = runner.run_grid(_grid(data_dir, res, losses=["amr", "ce"], folds=[0, 1],
+                                    workers=2, threads=None), on_event=events.append)
+    assert (summary["status"] == "done").all() and len(summary) == 4
+    assert events[-1]["done"] == 4 and events[-1]["pending"] == 0
+    assert max(e["running"] for e in events) == 2
+    threads = set()
+    for d in map(Path, summary["run_dir"]):
+        man = json.loads((d / "manifest.json").read_text())
+        threads.add(man["device"]["torch_threads"])
+    assert threads == {max(1, (os.cpu_count() or 1) // 2)}
+
+
+def _self_kill(task):
+    if task.get("die"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    if task.get("raise"):
+        raise RuntimeError("task raised")
+    return {"run_dir": task["run_dir"], "status": "done", "error": None, "wall_time_s": 0.0,
+            "pid": os.getpid()}
+
+
+def test_local_executor_survives_killed_worker_and_escaped_exception():
+    tasks = [{"run_dir": f"r{i}"} for i in range(5)]
+    tasks[1]["die"] = True
+    tasks[3]["raise"] = True
+    events = []
+    out = LocalExecutor(workers=2, retries=1).run(tasks, _self_kill, on_event=events.append)
+    assert [r["run_dir"] for r in out] == [t["run_dir"] for t in tasks]
+    assert [r["status"] for r in out] == ["done", "failed", "done", "failed", "done"]
+    assert "exit code -9" in out[1]["error"]
+    assert "task raised" in out[3]["error"]
+    assert events[-1] | {"last": None} == {"done": 3, "skipped": 0, "failed": 2, "running": 0,
+                                           "pending": 0, "total": 5, "last": None}
+
+
+def test_executor_registry_and_interface():
+    assert EXECUTORS == {"local": "ageest.executors:LocalExecutor",
+                         "ray": "ageest.ray_executor:RayExecutor"}
+    ex = get_executor("local", workers=1)
+    assert isinstance(ex, Executor) and ex.in_process
+    out = ex.run([{"run_dir": "a", "raise": True}, {"run_dir": "b"}], _self_kill)
+    assert [r["status"] for r in out] == ["failed", "done"]
+    with pytest.raises(ValueError, match="unknown executor 'slurm'"):
+        get_executor("slurm")
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        LocalExecutor(workers=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# python -m ageest.train
+
+
+def test_train_module_entry_point_from_params_yaml(data_dir, tmp_path):
+    task = runner.expand_grid(_grid(data_dir, tmp_path / "grid"))[0]
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(task["params"]))
+    out = tmp_path / "one-run"
+    proc = subprocess.run([sys.executable, "-m", "ageest.train", "--params", str(params),
+                           "--out", str(out)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "test MAE" in proc.stdout
+    assert store.is_finished(out)
+    assert store.read_params(out)["params_hash"] == task["params"]["params_hash"]

@@ -1,0 +1,165 @@
+"""The trainer on a tiny FG-NET-format synthetic dataset (12 subjects, 120 images, 32 px):
+history, predictions, determinism, resume from a checkpoint, model selection (incl. the
+test-selected official mode), the non-finite-loss error and the params-YAML entry point."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ageest import losses
+from ageest.data import get_dataset, make_folds
+from ageest.data.synthetic import write_fgnet_like
+from ageest.train import NonFiniteLossError, TrainConfig, load_checkpoint, train
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(table, info, folds) of a 12-subject FG-NET-like set, 3 subject-disjoint folds."""
+    root = write_fgnet_like(tmp_path_factory.mktemp("data") / "fg", seed=0, size=32,
+                            n_subjects=12, n_images=120)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "differs from the release manifest": intended
+        df, info = get_dataset("fgnet", data_dir=root)
+    return df, info, make_folds(df, "group-kfold", n_folds=3, val_fraction=0.25, seed=0)
+
+
+@pytest.fixture(autouse=True)
+def _two_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(model="small_cnn", loss="amr", epochs=2, batch_size=16, image_size=32,
+                quiet=True, seed=0)
+    return TrainConfig(**{**base, **kw})
+
+
+def _train(tiny, cfg, **kw):
+    df, info, folds = tiny
+    return train(cfg, df, folds[0], start_age=info.start_age, end_age=info.end_age, **kw)
+
+
+def test_end_to_end_history_and_predictions(tiny):
+    df, info, folds = tiny
+    res = _train(tiny, _cfg())
+    h = res.history
+    for col in ("epoch", "lr", "train_total", "train_ce", "train_mean", "train_residue",
+                "train_k_mean", "train_mae", "val_mae", "epoch_time_s", "images_per_s",
+                "selected"):
+        assert col in h.columns, col
+    assert h["epoch"].tolist() == [1, 2]
+    assert np.isfinite(h[["train_total", "train_mae", "val_mae", "images_per_s"]]).all().all()
+    assert h["selected"].sum() == 1 and res.best_epoch == int(h.loc[h["selected"], "epoch"].iloc[0])
+    # selection on validation: the selected epoch has the lowest validation MAE
+    assert res.best_epoch == int(h.loc[h["val_mae"].idxmin(), "epoch"])
+    assert res.selected_by == "validation mae" and not res.test_selected
+    assert "test_mae" not in h.columns  # the clean protocol never looks at test during training
+    p = res.predictions
+    test_ids = set(df.iloc[folds[0].test]["image_id"])
+    assert set(p["image_id"]) == test_ids and len(p) == len(folds[0].test)
+    probs = np.stack(p["probs"].to_list())
+    assert probs.shape == (len(p), info.num_classes)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    ages = np.arange(info.start_age, info.end_age + 1)
+    np.testing.assert_allclose(p["expected_age"], probs @ ages, rtol=1e-5)
+
+
+def test_same_seed_gives_identical_predictions(tiny):
+    a = _train(tiny, _cfg(epochs=1))
+    b = _train(tiny, _cfg(epochs=1))
+    c = _train(tiny, _cfg(epochs=1, seed=1))
+    pa, pb = np.stack(a.predictions["probs"]), np.stack(b.predictions["probs"])
+    assert np.array_equal(pa, pb)
+    pd.testing.assert_frame_equal(a.history.drop(columns=["epoch_time_s", "images_per_s"]),
+                                  b.history.drop(columns=["epoch_time_s", "images_per_s"]))
+    assert not np.array_equal(pa, np.stack(c.predictions["probs"]))
+
+
+def test_resume_from_last_checkpoint_equals_uninterrupted(tiny, tmp_path):
+    straight = _train(tiny, _cfg(epochs=3), ckpt_dir=tmp_path / "a")
+    # "killed" after epoch 2: train 2 epochs, then continue the same run to 3
+    _train(tiny, _cfg(epochs=2), ckpt_dir=tmp_path / "b")
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["epoch"] == 2
+    resumed = _train(tiny, _cfg(epochs=3), ckpt_dir=tmp_path / "b")
+    assert resumed.resumed_from_epoch == 3
+    assert resumed.history["epoch"].tolist() == [1, 2, 3]
+    assert np.array_equal(np.stack(straight.predictions["probs"]),
+                          np.stack(resumed.predictions["probs"]))
+    assert resumed.best_epoch == straight.best_epoch
+
+
+def test_official_selection_reads_test_every_epoch_and_is_marked(tiny):
+    res = _train(tiny, _cfg(epochs=3, selection="test_best_epoch_official"))
+    h = res.history
+    assert res.test_selected
+    assert "test_mae" in h.columns and h["test_mae"].notna().all()
+    assert res.best_epoch == int(h.loc[h["test_mae"].idxmin(), "epoch"])
+    assert res.selected_by.startswith("test (official")
+    # the reported predictions are those of the test-selected epoch
+    assert res.predictions.pipe(
+        lambda p: np.mean(np.abs(p["expected_age"] - p["age_mean"]))
+    ) == pytest.approx(h["test_mae"].min(), rel=1e-6)
+
+
+def test_last_selection_and_fold_without_validation(tiny):
+    df, info, folds = tiny
+    res = _train(tiny, _cfg(selection="last"))
+    assert res.best_epoch == 2 and res.selected_by == "last epoch"
+    no_val = make_folds(df, "group-kfold", n_folds=3, val_fraction=0.0)[0]
+    assert len(no_val.val) == 0
+    res = train(_cfg(), df, no_val, start_age=info.start_age, end_age=info.end_age)
+    assert res.best_epoch == 2 and res.selected_by == "last epoch (no validation images)"
+
+
+class _NaNAfter(torch.nn.Module):
+    """Wraps a loss and returns NaN from the ``n``-th call on (counting from 0)."""
+
+    def __init__(self, inner, n):
+        super().__init__()
+        self.inner, self.n, self.calls = inner, n, 0
+        self.last_components = {}
+
+    def forward(self, logits, ages, std=None):
+        out = self.inner(logits, ages, std=std)
+        self.last_components = dict(self.inner.last_components)
+        self.calls += 1
+        if self.calls > self.n:
+            self.last_components["total"] = float("nan")
+            return out * float("nan")
+        return out
+
+
+def test_non_finite_loss_names_epoch_batch_and_keeps_last_checkpoint(tiny, tmp_path,
+                                                                     monkeypatch):
+    df, info, folds = tiny
+    n_batches = -(-len(folds[0].train) // 16)
+    real = losses.get_loss
+    # NaN at the 2nd batch of epoch 2 (batch index 1)
+    monkeypatch.setattr(losses, "get_loss",
+                        lambda *a, **k: _NaNAfter(real(*a, **k), n_batches + 1))
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, batch 1") as err:
+        _train(tiny, _cfg(epochs=3), ckpt_dir=tmp_path)
+    assert str(tmp_path / "last.pt") in str(err.value)
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1  # the last good epoch is kept
+
+
+def test_huge_learning_rate_fails_with_epoch_and_batch(tiny):
+    with pytest.raises(NonFiniteLossError, match=r"at epoch 1, batch \d+"):
+        _train(tiny, _cfg(optimizer="sgd", lr=1e30, loss="ce"))
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="selection='best'"):
+        TrainConfig(selection="best")
+    with pytest.raises(ValueError, match="optimizer='adam'"):
+        TrainConfig(optimizer="adam")
+    with pytest.raises(ValueError, match=r"unknown TrainConfig key\(s\) \['lrr'\]"):
+        TrainConfig.from_dict({"lrr": 0.1})
