@@ -281,7 +281,7 @@ def test_clap_label_without_image_duplicate_and_range(tmp_path):
 def test_clap_unlabelled_image_warns(tmp_path):
     root = build_clap(tmp_path / "appa")
     write_image(root / "train" / "000100.jpg")
-    with pytest.warns(UserWarning, match="1 image.*no label"):
+    with pytest.warns(UserWarning, match="1 file.*no label"):
         df = load_clap2016(root)
     assert df.attrs["unlabelled"] == [str(root / "train" / "000100.jpg")]
 

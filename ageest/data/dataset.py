@@ -86,9 +86,11 @@ class RandomShiftFlip(torch.nn.Module):
     """Random translation with edge replication plus random horizontal flip, in one gather.
 
     Equivalent to ``v2.RandomCrop(size, padding=pad, padding_mode="edge")`` followed by
-    ``v2.RandomHorizontalFlip()`` on a ``(3, size, size)`` image (same output for the same
-    offsets), at ~20 us per 64 px image instead of 0.1-2 ms. Randomness comes from torch's
-    global generator, so ``torch.manual_seed`` and DataLoader worker seeding apply.
+    ``v2.RandomHorizontalFlip()`` on a ``(C, H, W)`` image (same output for the same offsets),
+    at ~10-20 us per 64 px image instead of 0.1-2 ms: the ``(2 pad + 1)^2 x 2`` possible
+    outcomes are flat gather indices, built once per image size and reused. Randomness comes
+    from torch's global generator, so ``torch.manual_seed`` and DataLoader worker seeding
+    apply.
 
     Parameters
     ----------
@@ -102,20 +104,31 @@ class RandomShiftFlip(torch.nn.Module):
         super().__init__()
         self.pad = int(pad)
         self.flip_p = float(flip_p)
+        self._index: dict[tuple[int, int, int, int, bool], np.ndarray] = {}
+
+    def _flat_index(self, h: int, w: int, dy: int, dx: int, flip: bool) -> np.ndarray:
+        key = (h, w, dy, dx, flip)
+        idx = self._index.get(key)
+        if idx is None:
+            # Output pixel (i, j) reads input (clamp(i + dy), clamp(j + dx)): a crop of the
+            # edge-padded image at offset (pad + dy, pad + dx); flipping reverses the columns.
+            iy = np.clip(np.arange(h) + dy, 0, h - 1)
+            ix = np.clip(np.arange(w) + dx, 0, w - 1)
+            if flip:
+                ix = ix[::-1]
+            idx = self._index[key] = (iy[:, None] * w + ix[None, :]).ravel()  # (H*W,)
+        return idx
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
-        h, w = img.shape[-2:]
+        c, h, w = img.shape
         r = torch.rand(3).tolist()  # one RNG call per item: dy, dx, flip
         p = self.pad
         dy = min(int(r[0] * (2 * p + 1)), 2 * p) - p
         dx = min(int(r[1] * (2 * p + 1)), 2 * p) - p
-        # Output pixel (i, j) reads input (clamp(i + dy), clamp(j + dx)): a crop of the
-        # edge-padded image at offset (p + dy, p + dx).
-        iy = (torch.arange(h) + dy).clamp_(0, h - 1)
-        ix = (torch.arange(w) + dx).clamp_(0, w - 1)
-        if r[2] < self.flip_p:
-            ix = ix.flip(0)
-        return img.index_select(-2, iy).index_select(-1, ix)  # (3, H, W)
+        idx = self._flat_index(h, w, dy, dx, r[2] < self.flip_p)
+        # numpy's take on the (C, H*W) view costs a few us; torch's index_select ~10 us here.
+        out = np.take(img.numpy().reshape(c, h * w), idx, axis=1)  # (C, H*W)
+        return torch.from_numpy(out).view(c, h, w)
 
     def extra_repr(self) -> str:
         return f"pad={self.pad}, flip_p={self.flip_p}"
@@ -127,7 +140,7 @@ class ToFloat(torch.nn.Module):
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         if img.dtype == torch.uint8:
-            return img.to(torch.float32).div_(255.0)
+            return img.to(torch.float32).mul_(1.0 / 255.0)
         return img.to(torch.float32)
 
 

@@ -432,7 +432,7 @@ def load_clap2016(
                 continue
             unlabelled.append(str(p))
     if unlabelled:
-        warnings.warn(f"CLAP2016 {root}: {len(unlabelled)} image(s) have no label in "
+        warnings.warn(f"CLAP2016 {root}: {len(unlabelled)} file(s) have no label in "
                       f"gt_avg_*.csv and are not used, e.g. {unlabelled[:5]} "
                       "(listed in df.attrs['unlabelled'])", stacklevel=2)
     if crop_missing:
