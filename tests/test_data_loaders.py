@@ -362,6 +362,26 @@ def test_csv_loader(tmp_path):
     assert np.isnan(df["std"].iloc[1]) and df["std"].iloc[2] == 1.5
 
 
+def test_csv_subject_ids_stay_text(tmp_path):
+    for name in ("x.jpg", "y.jpg", "z.jpg"):
+        write_image(tmp_path / name)
+    (tmp_path / "l.csv").write_text("path,age,subject\nx.jpg,3,007\ny.jpg,4,\nz.jpg,5,12\n")
+    df = load_csv(tmp_path / "l.csv")
+    assert df["subject"].tolist()[0] == "007" and df["subject"].tolist()[2] == "12"
+    assert df["subject"].isna().tolist() == [False, True, False]
+
+
+def test_csv_non_image_and_zero_byte_files(tmp_path):
+    write_image(tmp_path / "ok.jpg")
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "l.csv").write_text("path,age\nok.jpg,3\nnotes.txt,4\nempty.jpg,5\n")
+    with pytest.raises(DataError) as err:
+        load_csv(tmp_path / "l.csv")
+    assert "notes.txt: not an image file" in str(err.value)
+    assert "empty.jpg: zero-byte file" in str(err.value)
+
+
 def test_csv_paths_default_to_the_csv_folder(tmp_path):
     write_image(tmp_path / "x.jpg")
     (tmp_path / "l.csv").write_text("path,age\nx.jpg,33\n")

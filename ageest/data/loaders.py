@@ -292,7 +292,9 @@ _CLAP_COLUMNS = ("file_name", "apparent_age_avg", "apparent_age_std")
 
 def _read_csv_checked(path: Path, required: Iterable[str], fix: str) -> pd.DataFrame:
     try:
-        table = pd.read_csv(path)
+        # Identifiers stay text: subject 007 must not become 7.0 because another row is empty.
+        table = pd.read_csv(path, dtype={"path": str, "file_name": str, "subject": str,
+                                         "split": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot be read as CSV ({exc}); {fix}") from exc
     table.columns = [str(c).strip() for c in table.columns]
