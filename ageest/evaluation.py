@@ -15,7 +15,6 @@ the test set) keep that label in every table as ``official (test-selected epoch)
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -432,26 +431,56 @@ def k_ablation(preds: pd.DataFrame, *, readout: str = "expectation", n_boot: int
 
 
 # ---------------------------------------------------------------------------------------------
-# reading the run store
+# choosing predictions and histories
 
 
-def read_history(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
-    """Concatenate ``history.csv`` of each run folder, with the run's parameters
-    (``loss``, ``k``, ``seed``, ``fold``, ``selection``, ``dataset``) added from ``params.yaml``."""
-    import yaml
+def is_synthetic(preds: pd.DataFrame) -> bool:
+    """Whether any run in ``preds`` (or a history table) used a synthetic dataset."""
+    from ageest.data import DATASETS
 
-    frames = []
-    for run_dir in map(Path, run_dirs):
-        hist, params = run_dir / "history.csv", run_dir / "params.yaml"
-        if not hist.is_file():
-            raise FileNotFoundError(f"{hist} is missing: the run did not finish; rerun it")
-        frame = pd.read_csv(hist)
-        meta = yaml.safe_load(params.read_text()) if params.is_file() else {}
-        for key in ("dataset", "protocol", "loss", "k", "seed", "fold", "selection"):
-            value = meta.get(key, pd.NA)
-            frame[key] = "adaptive" if key == "k" and value is None else value
-        frame["run"] = str(run_dir)
-        frames.append(frame)
-    if not frames:
-        raise ValueError("no run folders given")
-    return pd.concat(frames, ignore_index=True)
+    return any(DATASETS[name].synthetic if name in DATASETS else False
+               for name in preds["dataset"].unique())
+
+
+def by_format(preds: pd.DataFrame, kind: str, *, losses: str | Sequence[str] = "") -> pd.DataFrame:
+    """The predictions of the FG-NET-format (``kind="fgnet"``) or CLAP2016-format
+    (``kind="clap"``) runs, real or synthetic, restricted to ``losses`` (comma list or
+    sequence; "" = every loss except the fixed-K ``mean_residue`` runs of the K ablation).
+
+    Raises ``ValueError`` when there are none, or when both the real dataset and its synthetic
+    stand-in are present (their numbers must not be pooled).
+    """
+    from ageest.dataprep import KINDS
+
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
+    names = [n for n in KINDS[kind] if n in set(preds["dataset"])]
+    if not names:
+        raise ValueError(f"no {kind} runs among the stored predictions (datasets present: "
+                         f"{sorted(preds['dataset'].unique())}); train them in notebook 02")
+    if len(names) > 1:
+        raise ValueError(f"the results folder holds runs of both {names[0]!r} and {names[1]!r}; "
+                         "use a separate results_dir for real and synthetic data")
+    chosen = preds[preds["dataset"] == names[0]]
+    wanted = [x.strip() for x in losses.split(",") if x.strip()] if isinstance(losses, str) \
+        else list(losses)
+    if wanted:
+        missing = sorted(set(wanted) - set(chosen["loss"]))
+        if missing:
+            raise ValueError(f"losses {missing} have no {kind} runs; trained: "
+                             f"{sorted(chosen['loss'].unique())}")
+        return chosen[chosen["loss"].isin(wanted)]
+    return chosen[chosen["loss"] != "mean_residue"]
+
+
+def adaptive_k_history(history: pd.DataFrame, *, column: str = "train_k_mean") -> pd.DataFrame:
+    """Per loss and epoch, the mean adaptive K of the runs (folds × seeds): ``k_mean`` (mean over
+    runs), ``k_min``, ``k_max``, ``n_runs``; from the runs' ``history.csv``."""
+    if column not in history:
+        raise ValueError(f"history has no {column!r} column; columns: {list(history.columns)}")
+    part = history[history[column].notna()]
+    if part.empty:
+        raise ValueError(f"no run logged {column!r}")
+    table = part.groupby(["loss", "k", "epoch"])[column].agg(
+        k_mean="mean", k_min="min", k_max="max", n_runs="size").reset_index()
+    return table

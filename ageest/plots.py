@@ -12,8 +12,11 @@ from collections.abc import Mapping
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
 SYNTHETIC_TAG = " (synthetic data)"
+#: panel order of the learning curves (loss components as logged by ageest.train)
+COMPONENT_ORDER = ("total", "ce", "mean", "residue", "variance", "kl", "l1", "mae")
 
 
 def _title(text: str, synthetic: bool) -> str:
@@ -59,10 +62,11 @@ def learning_curves(history: pd.DataFrame, *, components: tuple[str, ...] | None
     if "selection" in history:
         history.loc[history["selection"] == "test_best_epoch_official", "method"] += " [official]"
     if components is None:
-        components = tuple(c for c in history.columns if c.startswith("train_")
-                           and pd.api.types.is_numeric_dtype(history[c])
-                           and history[c].notna().any()
-                           and not c.endswith(("k_mean", "images_per_s", "time_s")))
+        found = [c for c in history.columns if c.startswith("train_")
+                 and pd.api.types.is_numeric_dtype(history[c]) and history[c].notna().any()
+                 and not c.endswith(("k_mean", "images_per_s", "time_s"))]
+        order = {f"train_{c}": i for i, c in enumerate(COMPONENT_ORDER)}
+        components = tuple(sorted(found, key=lambda c: (order.get(c, len(order)), c)))
     panels = list(components) + [c for c in ("val_mae", "test_mae") if c in history
                                  and history[c].notna().any()]
     if not panels:
@@ -77,6 +81,7 @@ def learning_curves(history: pd.DataFrame, *, components: tuple[str, ...] | None
                     **_official_style(method))
         ax.set_title(col, fontsize=10)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in axes.ravel()[len(panels):]:
         ax.axis("off")
     axes[0, 0].legend(fontsize=7)
