@@ -245,6 +245,21 @@ def test_synthetic_is_generated_once_then_reused(data_root, monkeypatch, tmp_pat
         get_dataset("synthetic-fgnet", data_dir=tmp_path / "foreign")
 
 
+def test_concurrent_generation_publishes_one_complete_copy(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ageest.data.registry import ensure_synthetic
+
+    root = tmp_path / "shared" / "synthetic-fgnet"
+    kw = {"size": 16, "n_subjects": 6, "n_images": 36}
+    with ThreadPoolExecutor(3) as pool:
+        roots = list(pool.map(lambda _: ensure_synthetic("synthetic-fgnet", root, **kw),
+                              range(3)))
+    assert roots == [root] * 3
+    assert len(list(root.glob("*.JPG"))) == 36 and synthetic.read_marker(root)["n_images"] == 36
+    assert [p.name for p in root.parent.iterdir()] == ["synthetic-fgnet"]  # no temp left
+
+
 def test_get_dataset_writes_then_verifies_a_manifest(tmp_path, fgnet32):
     manifest = tmp_path / "results" / "dataset.json"
     _, info = get_dataset("fgnet", data_dir=fgnet32, manifest=manifest)

@@ -125,20 +125,26 @@ def ensure_synthetic(name: str, root: str | os.PathLike, *, size: int = 64, seed
     }
     kind, writer = writers[name]
     root = Path(root)
-    if root.is_dir() and any(root.iterdir()):
-        marker = synthetic.read_marker(root)
-        want = {"kind": kind, "size": size, "seed": seed,
-                "generator_version": synthetic.GENERATOR_VERSION, **kwargs}
-        if marker is None:
-            raise DataError(f"{root} exists but was not written by the synthetic generator "
-                            f"(no {synthetic.MARKER}); delete it or choose another --data-dir")
-        diff = {k: (marker.get(k), v) for k, v in want.items() if marker.get(k) != v}
-        if diff:
-            raise DataError(f"{root} holds a synthetic dataset generated with other "
-                            f"parameters {diff} (found, wanted); delete the folder to "
-                            "regenerate it")
-        return root
-    return writer(root, seed=seed, size=size, **kwargs)
+    if not (root.is_dir() and any(root.iterdir())):
+        try:
+            return writer(root, seed=seed, size=size, **kwargs)
+        except FileExistsError:
+            # Another process (e.g. a parallel run of the same grid) published it meanwhile;
+            # fall through and check its marker like any existing copy.
+            if not (root.is_dir() and any(root.iterdir())):
+                raise
+    marker = synthetic.read_marker(root)
+    want = {"kind": kind, "size": size, "seed": seed,
+            "generator_version": synthetic.GENERATOR_VERSION, **kwargs}
+    if marker is None:
+        raise DataError(f"{root} exists but was not written by the synthetic generator "
+                        f"(no {synthetic.MARKER}); delete it or choose another --data-dir")
+    diff = {k: (marker.get(k), v) for k, v in want.items() if marker.get(k) != v}
+    if diff:
+        raise DataError(f"{root} holds a synthetic dataset generated with other "
+                        f"parameters {diff} (found, wanted); delete the folder to "
+                        "regenerate it")
+    return root
 
 
 def get_dataset(
