@@ -11,8 +11,10 @@ Transforms (:func:`build_transforms`):
     CPU variant at a configurable ``size``: random translation by up to ``size // 16`` pixels
     with edge replication (= random crop of the edge-padded image) and horizontal flip for
     training; nothing but the float conversion for evaluation. Implemented as one gather
-    (:class:`RandomShiftFlip`) because torchvision's edge-padded ``RandomCrop`` costs
-    0.1-2 ms per 64 px image on a loaded CPU, more than a small CNN's training step.
+    (:class:`RandomShiftFlip`, 11-16 us per 64 px image) because torchvision's edge-padded
+    ``RandomCrop`` + flip took 50 us with one torch thread and 0.26-5 ms with two on a shared
+    CPU (its replicate padding goes parallel on a tiny tensor) -- as much as a small CNN's
+    training step per image.
 ``paper``
     The paper's: resize to 256x256 (scaled as ``size * 256 / 227`` when ``size`` < 224),
     random crop ``size`` (227 for VGG, 224 for ResNet), horizontal flip; evaluation uses the
@@ -87,7 +89,7 @@ class RandomShiftFlip(torch.nn.Module):
 
     Equivalent to ``v2.RandomCrop(size, padding=pad, padding_mode="edge")`` followed by
     ``v2.RandomHorizontalFlip()`` on a ``(C, H, W)`` image (same output for the same offsets),
-    at ~10-20 us per 64 px image instead of 0.1-2 ms: the ``(2 pad + 1)^2 x 2`` possible
+    at ~10-20 us per 64 px image instead of 0.05-5 ms: the ``(2 pad + 1)^2 x 2`` possible
     outcomes are flat gather indices, built once per image size and reused. Randomness comes
     from torch's global generator, so ``torch.manual_seed`` and DataLoader worker seeding
     apply.
