@@ -15,6 +15,7 @@ Outputs under ``<results>/<profile>/`` (or ``--results-dir``): ``executed/NN_nam
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import sys
 import time
@@ -105,9 +106,15 @@ def declared_parameters(notebook: str | Path) -> dict[str, dict[str, Any]]:
     ``help``). A notebook without a ``parameters`` cell is an error: the pipeline cannot pass it
     anything.
     """
+    notebook = Path(notebook).resolve()
+    return dict(_inspect(notebook, notebook.stat().st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=64)
+def _inspect(notebook: Path, mtime_ns: int) -> dict[str, dict[str, Any]]:
+    """papermill's inspection of one notebook version (cached: it is slow and asked often)."""
     import papermill
 
-    notebook = Path(notebook)
     params = papermill.inspect_notebook(str(notebook))
     if not params:
         raise ReproduceError(
