@@ -275,6 +275,9 @@ def execute_notebook(notebook: Path, executed: Path, parameters: Mapping[str, An
             str(notebook), str(executed), parameters=dict(parameters), kernel_name=kernel_name,
             cwd=str(notebook.parent), progress_bar=False, log_output=False,
             execution_timeout=timeout_s,
+            # the kernel process's own log (ipykernel warns that its localhost TCP channel is
+            # unencrypted) would interleave with the progress lines; cell errors still surface
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
         )
     except PapermillExecutionError as exc:
         raise NotebookFailed(notebook, exc.cell_index, exc.ename, exc.evalue, executed,
