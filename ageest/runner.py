@@ -359,9 +359,14 @@ def train_run(params: dict[str, Any], run_dir: str | os.PathLike) -> dict[str, A
     run_dir = Path(run_dir)
     params = dict(params)
     params.setdefault("params_hash", params_hash(params))
+    dist.init(str(params.get("device", "cpu")))  # under torchrun; a no-op in one process
     if dist.is_main_process() and not (run_dir / store.PARAMS).is_file():
         store.write_params(run_dir, params)
-    df, info = _load_data(params)
+    if dist.is_main_process():  # rank 0 first: a synthetic dataset is generated only once
+        df, info = _load_data(params)
+    dist.barrier()
+    if not dist.is_main_process():
+        df, info = _load_data(params)
     folds = _folds(df, params)
     index = int(params.get("fold_index", 0))
     if not 0 <= index < len(folds) or folds[index].fold_id != str(params["fold"]):

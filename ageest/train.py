@@ -331,6 +331,8 @@ def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_ag
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     device = dist.init(cfg.device)
+    if dist.is_distributed() and device == "cuda":  # initialised earlier: this rank's GPU
+        device = f"cuda:{torch.cuda.current_device()}"
     world, is_main = dist.world_size(), dist.is_main_process()
     if cfg.batch_size % world:
         raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the number of "
@@ -489,13 +491,14 @@ def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_ag
         row.update({f"train_{k}": float(v) / n_total for k, v in zip(names, totals[2:],
                                                                      strict=True)})
         row["train_mae"] = float(totals[1]) / n_total
+        # evaluation on the unwrapped model: no DDP collectives, the same result on every rank
         if val_dl is not None:
-            probs, _ = predict_probs(model, val_dl, device, amp=cfg.amp,
+            probs, _ = predict_probs(raw_model, val_dl, device, amp=cfg.amp,
                                      channels_last=cfg.channels_last)
             val = _score(probs, val_table, start_age)
             row["val_mae"], row["val_epsilon"] = val["mae"], val["epsilon"]
         if official:
-            probs, _ = predict_probs(model, select_dl, device, amp=cfg.amp,
+            probs, _ = predict_probs(raw_model, select_dl, device, amp=cfg.amp,
                                      channels_last=cfg.channels_last)
             test = _score(probs, test_table, start_age)
             row["test_mae"], row["test_epsilon"] = test["mae"], test["epsilon"]
