@@ -582,9 +582,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--params {path}: expected a mapping of parameter names to values")
     try:
         metrics = runner.train_run(params, args.out)
+        is_main = dist.is_main_process()
     finally:
         dist.shutdown()
-    if dist.is_main_process():
+    if is_main:
         print(f"{args.out}: test MAE {metrics['mae']:.3f} (epoch {metrics['best_epoch']}, "
               f"selected by {metrics['selected_by']})")
     return 0
