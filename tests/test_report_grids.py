@@ -1,0 +1,98 @@
+"""The pipeline's training grids (ageest.experiments) and dataset choice (ageest.dataprep): what
+notebooks 02 and 04 ask the runner for, checked without training anything."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from ageest import dataprep, experiments
+from ageest.runner import expand_grid, normalize_grid
+
+SETTINGS = dict(model="small_cnn", pretrained=False, optimizer="adamw", lr=1e-3,
+                milestones="6", epochs=2, batch_size=32, image_size=64, transforms="light",
+                normalize=False, grad_clip=0.0, lambda_mean=0.2, lambda_second=0.05,
+                seeds="0,1", device="cpu", workers=2, executor="local", synthetic_size=64,
+                val_fraction=0.15, split_seed=0)
+
+
+def test_dataset_choice(tmp_path):
+    assert dataprep.dataset_choice("fgnet", "") == ("synthetic-fgnet", None)
+    assert dataprep.dataset_choice("clap", str(tmp_path)) == ("clap2016", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="fgnet_dir='/no/such'"):
+        dataprep.dataset_choice("fgnet", "/no/such")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        dataprep.dataset_choice("utk", "")
+
+
+def test_training_settings_are_runner_grid_keys():
+    s = experiments.training_settings(**SETTINGS)
+    g = normalize_grid(s)  # raises on an unknown key
+    assert g["milestones"] == [6] and g["seeds"] == [0, 1] and g["grad_clip"] is None
+    assert s["loss_kwargs"]["amr"] == {"lambda_mean": 0.2, "lambda_residue": 0.05}
+    assert s["loss_kwargs"]["mean_variance"] == {"lambda_mean": 0.2, "lambda_variance": 0.05}
+
+
+def test_comparison_grids_official_and_clap_switches():
+    s = experiments.training_settings(**SETTINGS)
+    clap = experiments.clap_overrides(optimizer="sgd", epochs=3, grad_clip=5.0,
+                                      transforms="clap", normalize=True)
+    grids = experiments.comparison_grids(s, fgnet_dir="", clap_dir="", protocol="group-kfold",
+                                         n_folds=5, folds="0,2", losses="amr,ce",
+                                         official=True, clap_losses="amr",
+                                         clap_settings=clap)
+    assert list(grids) == ["fgnet", "fgnet_official", "clap"]
+    assert grids["fgnet"]["folds"] == [0, 2] and grids["fgnet"]["selection"] == ["val_best"]
+    assert grids["fgnet_official"]["losses"] == ["amr"]
+    assert grids["fgnet_official"]["selection"] == ["test_best_epoch_official"]
+    assert grids["clap"]["dataset"] == ["synthetic-clap"]
+    assert grids["clap"]["protocol"] == ["official"]
+    assert (grids["clap"]["optimizer"], grids["clap"]["epochs"], grids["clap"]["grad_clip"]) \
+        == ("sgd", 3, 5.0)
+    assert grids["fgnet"]["optimizer"] == "adamw" and grids["fgnet"]["epochs"] == 2
+    for grid in grids.values():
+        normalize_grid(grid)
+    only = experiments.comparison_grids(s, fgnet_dir="", clap_dir="", protocol="lopo",
+                                        n_folds=5, folds="", losses="ce", official=False,
+                                        clap_losses="")
+    assert list(only) == ["fgnet"] and only["fgnet"]["folds"] is None
+    with pytest.raises(ValueError, match="losses is empty"):
+        experiments.comparison_grids(s, fgnet_dir="", clap_dir="", protocol="lopo", n_folds=5,
+                                     folds="", losses="", official=False, clap_losses="")
+
+
+def test_k_ablation_reuses_the_adaptive_runs_of_the_comparison(tmp_path):
+    """The AMR runs of notebook 04's grid are exactly notebook 02's (same run folder, same
+    parameter hash), so the runner skips them instead of retraining."""
+    s = experiments.training_settings(**SETTINGS)
+    comparison = experiments.comparison_grids(s, fgnet_dir="", clap_dir="",
+                                              protocol="group-kfold", n_folds=5, folds="0",
+                                              losses="amr,ce", official=False, clap_losses="")
+    ablation = experiments.k_ablation_grid(s, fgnet_dir="", protocol="group-kfold", n_folds=5,
+                                           folds="0", ks="1,3")
+    a = {t["run_dir"]: t["params"]["params_hash"]
+         for t in expand_grid(comparison["fgnet"], tmp_path)}
+    b = {t["run_dir"]: t["params"]["params_hash"]
+         for t in expand_grid(ablation["k_ablation"], tmp_path)}
+    shared = set(a) & set(b)
+    assert len(shared) == 2  # amr, seeds 0 and 1
+    assert all(a[d] == b[d] for d in shared)
+    assert {t["params"]["k"] for t in expand_grid(ablation["k_ablation"], tmp_path)} \
+        == {1, 3, None}
+    with pytest.raises(ValueError, match="ks is empty"):
+        experiments.k_ablation_grid(s, fgnet_dir="", protocol="lopo", n_folds=5, folds="",
+                                    ks="")
+
+
+def test_failed_runs_are_listed(monkeypatch, tmp_path):
+    def fake_run_grid(grid, results_dir, aggregate_results):
+        return pd.DataFrame([
+            {"run_dir": "runs/a/fold-0", "status": "done", "wall_time_s": 1.0, "mae": 3.0,
+             "error": None},
+            {"run_dir": "runs/b/fold-0", "status": "failed", "wall_time_s": 1.0, "mae": None,
+             "error": "ValueError: boom"}])
+
+    monkeypatch.setattr("ageest.runner.run_grid", fake_run_grid)
+    with pytest.raises(experiments.RunsFailed, match=r"1 of 2 runs failed[\s\S]*runs/b/fold-0: "
+                                                     "ValueError: boom"):
+        experiments.run_grids({"g": {}}, tmp_path)
