@@ -213,6 +213,15 @@ def cs_curves(preds: pd.DataFrame, *, readout: str = "expectation",
     return pd.DataFrame(rows)
 
 
+def cs_wide(cs: pd.DataFrame) -> pd.DataFrame:
+    """The long CS table of :func:`cs_curves` as one row per method and a ``cs<θ>`` column per θ
+    (the layout of the paper's CS figure read off as numbers)."""
+    wide = cs.pivot_table(index=["method", "protocol", "readout"], columns="theta", values="cs",
+                          sort=False)
+    wide.columns = [f"cs{int(t)}" for t in wide.columns]
+    return wide.reset_index()
+
+
 def age_group_mae(preds: pd.DataFrame, *, bins: Sequence[float] | int = 10,
                   readout: str = "expectation") -> pd.DataFrame:
     """MAE per true-age group and method (long format: ``method``, ``protocol``, ``group``,

@@ -193,3 +193,9 @@ def test_figures_from_tables():
                 plots.dual_protocol(ev.dual_protocol(df))):
         assert fig.axes
         plt.close(fig)
+
+
+def test_cs_wide_layout():
+    wide = ev.cs_wide(ev.cs_curves(grid(), thetas=[0, 1, 2]))
+    assert list(wide.columns) == ["method", "protocol", "readout", "cs0", "cs1", "cs2"]
+    assert wide.set_index("method").loc["amr", "cs1"] == pytest.approx(1.0)
