@@ -629,13 +629,23 @@ def run_grid(grid: dict[str, Any] | None = None, *, results_dir: str | os.PathLi
 
 
 def format_summary(summary: pd.DataFrame) -> str:
-    """Counts of done / skipped / failed / pending runs, then the failed runs and their errors."""
+    """A table of run groups (rows) by status (done / skipped / failed / pending counts), the
+    totals line, then each failed run with the last line of its error.
+
+    >>> s = pd.DataFrame({"run_dir": ["r/runs/a/fold-0", "r/runs/a/fold-1"],
+    ...                   "status": ["done", "failed"], "error": [None, "ValueError: bad"]})
+    >>> print(format_summary(s).splitlines()[-2])
+    runs: done 1, skipped 0, failed 1, pending 0 (total 2)
+    """
+    statuses = ["done", "skipped", "failed", "pending"]
+    group = summary["run_dir"].map(lambda d: Path(d).parent.name)
+    table = (pd.crosstab(group.rename("run"), summary["status"])
+             .reindex(columns=statuses, fill_value=0))
     counts = summary["status"].value_counts()
-    lines = ["runs: " + ", ".join(f"{s} {int(counts.get(s, 0))}"
-                                  for s in ("done", "skipped", "failed", "pending"))
+    lines = [table.to_markdown(), "",
+             "runs: " + ", ".join(f"{s} {int(counts.get(s, 0))}" for s in statuses)
              + f" (total {len(summary)})"]
-    failed = summary[summary["status"] == "failed"]
-    for _, row in failed.iterrows():
+    for _, row in summary[summary["status"] == "failed"].iterrows():
         lines.append(f"  FAILED {row['run_dir']}: {row['error']} (see error.txt)")
     return "\n".join(lines)
 

@@ -38,6 +38,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -416,8 +417,18 @@ def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_ag
     start_epoch, resumed_from = 1, None
     last_path = ckpt_dir / "last.pt" if ckpt_dir else None
     best_path = ckpt_dir / "best.pt" if ckpt_dir else None
-    if resume and last_path is not None and last_path.is_file():
-        ck = load_checkpoint(last_path, device)
+    ck = load_checkpoint(last_path, device) if (
+        resume and last_path is not None and last_path.is_file()) else None
+    if ck is not None and int(ck["best_epoch"]) > 0:
+        best_ck = load_checkpoint(best_path, device) if best_path.is_file() else None
+        if best_ck is None or int(best_ck["epoch"]) != int(ck["best_epoch"]):
+            # killed between writing best.pt and last.pt: the pair disagrees, start over
+            warnings.warn(f"{ckpt_dir}: best.pt and last.pt disagree on the best epoch; "
+                          "restarting this run from scratch", stacklevel=2)
+            ck = None
+        else:
+            best_state = best_ck["model"]
+    if ck is not None:
         raw_model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
@@ -427,8 +438,6 @@ def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_ag
         history = [dict(zip(ck["history_columns"], row, strict=True))
                    for row in ck["history_values"].tolist()]
         best_score, best_epoch = float(ck["best_score"]), int(ck["best_epoch"])
-        if best_path is not None and best_path.is_file():
-            best_state = load_checkpoint(best_path, device)["model"]
         start_epoch = resumed_from = int(ck["epoch"]) + 1
 
     # --- the loop

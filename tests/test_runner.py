@@ -297,3 +297,12 @@ def test_train_module_entry_point_from_params_yaml(data_dir, tmp_path):
     assert "test MAE" in proc.stdout
     assert store.is_finished(out)
     assert store.read_params(out)["params_hash"] == task["params"]["params_hash"]
+
+
+def test_local_executor_thread_share_and_gpu_round_robin():
+    ex = LocalExecutor(workers=2, threads=3, gpus=[0, 1])
+    envs = [ex._worker_env(slot, ex._gpu_list()) for slot in range(3)]
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "1", "0"]
+    assert {e["OMP_NUM_THREADS"] for e in envs} == {"3"}
+    assert LocalExecutor(workers=2, gpus=[])._worker_env(0, []).get("CUDA_VISIBLE_DEVICES") is None
+    assert LocalExecutor(workers=4).threads >= 1

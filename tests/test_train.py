@@ -163,3 +163,15 @@ def test_config_validation():
         TrainConfig(optimizer="adam")
     with pytest.raises(ValueError, match=r"unknown TrainConfig key\(s\) \['lrr'\]"):
         TrainConfig.from_dict({"lrr": 0.1})
+
+
+def test_resume_with_inconsistent_checkpoints_restarts(tiny, tmp_path):
+    """A kill between writing best.pt and last.pt leaves them disagreeing: start over."""
+    from ageest.train import save_checkpoint
+
+    _train(tiny, _cfg(epochs=2, selection="last"), ckpt_dir=tmp_path)
+    best = load_checkpoint(tmp_path / "best.pt")
+    save_checkpoint(tmp_path / "best.pt", {**best, "epoch": 1})
+    with pytest.warns(UserWarning, match="disagree on the best epoch"):
+        res = _train(tiny, _cfg(epochs=3, selection="last"), ckpt_dir=tmp_path)
+    assert res.resumed_from_epoch is None and res.history["epoch"].tolist() == [1, 2, 3]
