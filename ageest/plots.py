@@ -52,15 +52,32 @@ def age_histograms(datasets: Mapping[str, pd.DataFrame], *, synthetic: bool = Fa
     return fig
 
 
+def _epoch_ticks(ax, epochs: pd.Series) -> None:
+    """Integer epoch ticks: every epoch when there are few, else matplotlib's integer choice."""
+    unique = sorted(pd.unique(epochs))
+    if len(unique) <= 12:
+        ax.set_xticks(unique)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _method_column(history: pd.DataFrame) -> pd.Series:
+    """``loss``, `` K=<k>`` for fixed K, `` [official]`` for test-selected runs."""
+    method = history["loss"].astype(str) + np.where(
+        history["k"].astype(str) == "adaptive", "", " K=" + history["k"].astype(str))
+    if "selection" in history:
+        official = history["selection"] == "test_best_epoch_official"
+        method = method.where(~official, method + " [official]")
+    return method
+
+
 def learning_curves(history: pd.DataFrame, *, components: tuple[str, ...] | None = None,
                     synthetic: bool = False) -> plt.Figure:
     """One panel per loss component (``train_<component>`` columns of ``history.csv``) plus
-    validation MAE when present; one line per loss, averaged over folds and seeds."""
-    history = history.copy()
-    history["method"] = history["loss"].astype(str) + np.where(
-        history["k"].astype(str) == "adaptive", "", " K=" + history["k"].astype(str))
-    if "selection" in history:
-        history.loc[history["selection"] == "test_best_epoch_official", "method"] += " [official]"
+    validation MAE, and test MAE where logged (official-protocol runs); one line per dataset and
+    method (colour: method; marker: dataset; dashed: official protocol), averaged over folds and
+    seeds."""
+    history = history.assign(method=_method_column(history))
     if components is None:
         found = [c for c in history.columns if c.startswith("train_")
                  and pd.api.types.is_numeric_dtype(history[c]) and history[c].notna().any()
@@ -71,41 +88,57 @@ def learning_curves(history: pd.DataFrame, *, components: tuple[str, ...] | None
                                  and history[c].notna().any()]
     if not panels:
         raise ValueError(f"history has no train_* or val_mae columns: {list(history.columns)}")
+    methods = list(dict.fromkeys(history["method"]))
+    colours = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+    markers = {d: "os^dv"[i % 5] for i, d in enumerate(dict.fromkeys(history["dataset"]))}
     ncols = min(3, len(panels))
     nrows = int(np.ceil(len(panels) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.0 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.1 * nrows), squeeze=False)
     for ax, col in zip(axes.ravel(), panels, strict=False):
-        curves = history.groupby(["method", "epoch"])[col].mean().unstack(0)
-        for method in curves.columns:
-            ax.plot(curves.index, curves[method], marker=".", label=method,
+        curves = history.groupby(["dataset", "method", "epoch"])[col].mean()
+        for (dataset, method), curve in curves.groupby(level=[0, 1], sort=False):
+            if curve.isna().all():
+                continue
+            epochs = curve.index.get_level_values("epoch")
+            ax.plot(epochs, curve.to_numpy(), marker=markers[dataset], ms=3,
+                    color=colours[method], label=f"{dataset}: {method}",
                     **_official_style(method))
         ax.set_title(col, fontsize=10)
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _epoch_ticks(ax, history["epoch"])
     for ax in axes.ravel()[len(panels):]:
         ax.axis("off")
-    axes[0, 0].legend(fontsize=7)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="lower center",
+               ncol=min(4, max(1, len(labels))), bbox_to_anchor=(0.5, -0.02))
     fig.suptitle(_title("Learning curves (mean over folds and seeds)", synthetic), fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04 + 0.025 * int(np.ceil(len(labels) / 4)), 1, 1))
     return fig
 
 
 def adaptive_k_per_epoch(history: pd.DataFrame, *, column: str = "train_k_mean",
                          synthetic: bool = False) -> plt.Figure:
-    """Mean adaptive K per epoch for every run that logs it (one line per loss, band = range
+    """Mean adaptive K per epoch, one panel per dataset and one line per method (band = range
     over folds and seeds)."""
     if column not in history or history[column].notna().sum() == 0:
-        raise ValueError(f"history has no {column!r} values (only losses with a residue term "
-                         "log the adaptive K)")
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    for loss, part in history[history[column].notna()].groupby("loss"):
-        stats = part.groupby("epoch")[column].agg(["mean", "min", "max"])
-        ax.plot(stats.index, stats["mean"], marker=".", label=str(loss))
-        ax.fill_between(stats.index, stats["min"], stats["max"], alpha=0.2)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("mean adaptive K")
-    ax.legend(fontsize=8)
-    ax.set_title(_title("Adaptive K during training", synthetic), fontsize=10)
+        raise ValueError(f"history has no {column!r} values")
+    history = history[history[column].notna()].assign(method=_method_column(history))
+    datasets = list(dict.fromkeys(history["dataset"]))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.2 * len(datasets), 3.5),
+                             squeeze=False)
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        part = history[history["dataset"] == dataset]
+        for method, runs in part.groupby("method", sort=False):
+            stats = runs.groupby("epoch")[column].agg(["mean", "min", "max"])
+            ax.plot(stats.index, stats["mean"], marker=".", label=method,
+                    **_official_style(method))
+            ax.fill_between(stats.index, stats["min"], stats["max"], alpha=0.2)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("mean adaptive K")
+        _epoch_ticks(ax, part["epoch"])
+        ax.set_title(dataset, fontsize=10)
+        ax.legend(fontsize=7)
+    fig.suptitle(_title("Adaptive K during training", synthetic), fontsize=11)
     fig.tight_layout()
     return fig
 
