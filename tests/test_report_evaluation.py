@@ -199,3 +199,36 @@ def test_cs_wide_layout():
     wide = ev.cs_wide(ev.cs_curves(grid(), thetas=[0, 1, 2]))
     assert list(wide.columns) == ["method", "protocol", "readout", "cs0", "cs1", "cs2"]
     assert wide.set_index("method").loc["amr", "cs1"] == pytest.approx(1.0)
+
+
+def fake_history():
+    rows = []
+    for dataset in ("synthetic-fgnet", "synthetic-clap"):
+        for loss, k, sel in (("amr", "adaptive", "val_best"), ("ce", "adaptive", "val_best"),
+                             ("amr", "adaptive", OFFICIAL), ("mean_residue", "2", "val_best")):
+            for fold in ("0", "1"):
+                for epoch in (1, 2, 3):
+                    rows.append(dict(dataset=dataset, loss=loss, k=k, selection=sel, fold=fold,
+                                     seed=0, epoch=epoch, train_total=5.0 - epoch,
+                                     train_ce=4.0 - epoch / 2, train_k_mean=30.0 / epoch + int(fold),
+                                     val_mae=10.0 - epoch,
+                                     test_mae=9.0 - epoch if sel == OFFICIAL else np.nan))
+    return pd.DataFrame(rows)
+
+
+def test_history_figures_and_adaptive_k_table():
+    history = fake_history()
+    fig = plots.learning_curves(history, synthetic=True)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["train_total", "train_ce", "val_mae", "test_mae"]
+    plt.close(fig)
+    fig = plots.adaptive_k_per_epoch(history)
+    assert [ax.get_title() for ax in fig.axes] == ["synthetic-fgnet", "synthetic-clap"]
+    plt.close(fig)
+    amr = history[(history.loss == "amr") & (history.dataset == "synthetic-fgnet")
+                  & (history.selection == "val_best")]
+    table = ev.adaptive_k_history(amr)
+    assert table["k_mean"].tolist() == pytest.approx([30.5, 15.5, 10.5])
+    assert table["n_runs"].tolist() == [2, 2, 2]
+    fig = plots.adaptive_k_distribution(amr)
+    plt.close(fig)
