@@ -64,6 +64,22 @@ def _lost_worker_errors() -> tuple[type[BaseException], ...]:
             rex.ObjectLostError, rex.OwnerDiedError, rex.OutOfMemoryError)
 
 
+def _release_lock_of(run_dir: str | None, host: str | None, pid: int | None) -> bool:
+    """Remove ``run_dir/run.lock`` when it names exactly the lost worker (``"<host> <pid>"``, as
+    :class:`ageest.runner._RunLock` writes it), so the redone run, possibly on another node, is
+    not refused as "being trained by another process". True when removed."""
+    if not run_dir or host is None or pid is None:
+        return False
+    lock = Path(run_dir) / "run.lock"
+    try:
+        if lock.read_text().split() == [host, str(pid)]:
+            lock.unlink(missing_ok=True)
+            return True
+    except OSError:  # no lock, or it vanished meanwhile
+        pass
+    return False
+
+
 class _Tracker:
     """Ray actor that records which tasks have started and where (host, pid, attempt)."""
 
@@ -283,7 +299,14 @@ class RayExecutor(Executor):
 
     def resources(self, task: dict) -> tuple[float, float]:
         """(num_cpus, num_gpus) the Ray task of ``task`` asks for."""
-        cuda = self._device(task).startswith("cuda")
+        device = self._device(task)
+        cuda = device.startswith("cuda")
+        if cuda and device not in ("cuda", "cuda:0"):
+            raise ValueError(
+                f"run {task.get('run_dir')}: device {device!r}; with the Ray executor use "
+                f"device 'cuda': Ray gives each run its own GPU(s) through CUDA_VISIBLE_DEVICES, "
+                f"where they are numbered from 0"
+            )
         gpus = self.num_gpus_per_task if self.num_gpus_per_task is not None else (1 if cuda else 0)
         default_cpus = DEFAULT_CPUS_PER_GPU_TASK if gpus else 1
         cpus = self.num_cpus_per_task if self.num_cpus_per_task is not None else default_cpus
@@ -397,6 +420,8 @@ class RayExecutor(Executor):
                                    f"{exc}")
                         state["running"].pop(i, None)
                         if attempts[i] <= self.retries:
+                            _release_lock_of(tasks[i].get("run_dir"), where.get("host"),
+                                             where.get("pid"))
                             submit(i)
                             emit("retry", force=True, run_dir=tasks[i].get("run_dir"),
                                  attempt=attempts[i], error=message)
