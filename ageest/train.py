@@ -443,7 +443,7 @@ def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_ag
     # --- the loop
     model.train()
     for epoch in range(start_epoch, cfg.epochs + 1):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         if sampler is not None:
             sampler.set_epoch(epoch)
         sums: dict[str, float] = {}
@@ -489,7 +489,7 @@ def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_ag
                 m = torch.softmax(logits.detach().float(), dim=1) @ ages_axis  # (B,)
                 abs_err += float((m - ages.float()).abs().sum())
             n_seen += b
-        train_time = time.perf_counter() - t0
+        train_time, train_cpu = time.perf_counter() - t0, time.process_time() - c0
         sched.step()
         # sum over ranks: [n, abs_err, component sums...]
         names = sorted(sums)
@@ -525,6 +525,8 @@ def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_ag
         elapsed = time.perf_counter() - t0
         row["epoch_time_s"] = elapsed
         row["images_per_s"] = n_total / train_time  # training throughput (evaluation excluded)
+        # CPU time of this process over the same part (not DataLoader workers): load-independent
+        row["train_cpu_s"] = train_cpu
         row["selected"] = False
         history.append(row)
         if is_main and last_path is not None:
