@@ -433,8 +433,10 @@ def train_run(params: dict[str, Any], run_dir: str | os.PathLike) -> dict[str, A
 
 
 class _RunLock:
-    """``run.lock`` (O_EXCL) holding host and pid, so two runners never train the same folder at
-    once; a lock left by a killed process (same host, pid gone) is taken over."""
+    """``run.lock`` (O_EXCL) holding host and pid, so two runners on one machine never train the
+    same folder at once. A lock left by a killed process (same host, pid gone) is taken over, and
+    so is one written on another host: its process cannot be checked from here, and the usual
+    cause is a lost cluster node whose run the executor resubmitted."""
 
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / "run.lock"
@@ -451,8 +453,8 @@ class _RunLock:
                     host, pid = self.path.read_text().split()
                 except (OSError, ValueError):
                     host, pid = "", "0"
-                if host == socket.gethostname() and not _pid_alive(int(pid)):
-                    self.path.unlink(missing_ok=True)  # stale: its process is gone
+                if host != socket.gethostname() or not _pid_alive(int(pid)):
+                    self.path.unlink(missing_ok=True)  # stale (process gone) or unverifiable
                     continue
                 return f"{self.path} is held by process {pid} on {host or '?'}"
             with os.fdopen(fd, "w") as fh:
