@@ -306,3 +306,15 @@ def test_local_executor_thread_share_and_gpu_round_robin():
     assert {e["OMP_NUM_THREADS"] for e in envs} == {"3"}
     assert LocalExecutor(workers=2, gpus=[])._worker_env(0, []).get("CUDA_VISIBLE_DEVICES") is None
     assert LocalExecutor(workers=4).threads >= 1
+
+
+def test_live_lock_blocks_a_second_runner(data_dir, tmp_path):
+    import socket
+
+    task = runner.expand_grid(_grid(data_dir, tmp_path))[0]
+    run_dir = Path(task["run_dir"])
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.lock").write_text(f"{socket.gethostname()} {os.getpid()}")  # alive: us
+    result = runner.execute_run(task)
+    assert result["status"] == "failed" and "being trained by another process" in result["error"]
+    assert (run_dir / "run.lock").exists() and not store.is_finished(run_dir)
