@@ -339,12 +339,14 @@ def reproduce(profile: str, *, fgnet: str | None = None, clap: str | None = None
               results_dir: str | Path | None = None, only: str | None = None,
               notebooks_dir: str | Path | None = None, params_dir: str | Path | None = None,
               kernel_name: str = KERNEL_NAME, html: bool = True, report: bool = True,
-              log: Callable[[str], None] = print) -> PipelineResult:
+              log: Callable[[str], None] | None = None) -> PipelineResult:
     """Execute the pipeline's notebooks for ``profile`` (see the module docstring).
 
     Every notebook's parameters are checked before the first one runs, so a typo in a YAML file
-    fails in seconds, not after an hour of training. One progress line is logged per notebook.
+    fails in seconds, not after an hour of training. One progress line is logged per notebook
+    (``log``; default: printed and flushed at once, so redirected output shows progress live).
     """
+    log = log or functools.partial(print, flush=True)
     if profile not in PROFILES and not (Path(params_dir or paths.PARAMS) / profile).is_dir():
         raise ReproduceError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
     _check_data_dirs(profile, fgnet, clap)
