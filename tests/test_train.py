@@ -175,3 +175,11 @@ def test_resume_with_inconsistent_checkpoints_restarts(tiny, tmp_path):
     with pytest.warns(UserWarning, match="disagree on the best epoch"):
         res = _train(tiny, _cfg(epochs=3, selection="last"), ckpt_dir=tmp_path)
     assert res.resumed_from_epoch is None and res.history["epoch"].tolist() == [1, 2, 3]
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_autocast_and_channels_last_on_cpu(tiny, amp):
+    res = _train(tiny, _cfg(epochs=1, amp=amp, channels_last=True, loss="mean_variance"))
+    probs = np.stack(res.predictions["probs"])
+    assert probs.dtype == np.float32 and np.isfinite(probs).all()
+    assert np.isfinite(res.history[["train_total", "train_variance", "val_mae"]]).all().all()
