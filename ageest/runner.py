@@ -281,9 +281,11 @@ def expand_grid(grid: dict[str, Any], results_dir: str | os.PathLike | None = No
         df, info = _load_data(base)
         protocols = g["protocol"] or [info.default_protocol]
         for protocol in protocols:
-            if protocol == "official" and not info.has_official_split:
-                raise ValueError(f"dataset {dataset!r} has no official split; use protocol "
-                                 "lopo or group-kfold")
+            has_split = info.has_official_split or (
+                "split" in df.columns and bool(df["split"].notna().any()))  # e.g. csv's column
+            if protocol == "official" and not has_split:
+                raise ValueError(f"dataset {dataset!r} has no official split (no split column); "
+                                 "use protocol lopo or group-kfold")
             split = {"protocol": protocol, "n_folds": int(g["n_folds"]),
                      "val_fraction": float(g["val_fraction"]), "split_seed": int(g["split_seed"])}
             folds = _folds(df, split)

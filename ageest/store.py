@@ -113,7 +113,8 @@ def write_predictions(run_dir: str | os.PathLike, predictions: pd.DataFrame, *, 
     n, c = probs.shape
     cols: dict[str, Any] = {
         "image_id": pa.array(predictions["image_id"].astype(str).tolist(), type=pa.string()),
-        "subject": pa.array(predictions["subject"].astype("string").tolist(), type=pa.string()),
+        "subject": pa.array(predictions["subject"].astype("string")
+                            .to_numpy(dtype=object, na_value=None), type=pa.string()),
         "fold": pa.array([str(fold)] * n, type=pa.string()),
         "seed": pa.array([int(seed)] * n, type=pa.int64()),
         "age": pa.array(predictions["age"].to_numpy(dtype=np.int64)),

@@ -318,3 +318,35 @@ def test_live_lock_blocks_a_second_runner(data_dir, tmp_path):
     result = runner.execute_run(task)
     assert result["status"] == "failed" and "being trained by another process" in result["error"]
     assert (run_dir / "run.lock").exists() and not store.is_finished(run_dir)
+
+
+def test_official_split_with_std_and_unknown_subjects(data_dir, tmp_path):
+    """CLAP-style data through the csv dataset: official split column, apparent-age std, no
+    subjects; the ε-error is computed per run and in the aggregate, subjects stay NA."""
+    import pandas as pd
+
+    files = sorted(p.name for p in data_dir.glob("*.JPG"))
+    rng = np.random.default_rng(0)
+    labels = pd.DataFrame({
+        "path": files, "age": [int(f[4:6]) for f in files],
+        "std": rng.uniform(1.0, 5.0, len(files)).round(2),
+        "split": np.resize(["train", "train", "train", "valid", "test"], len(files)),
+    })
+    csv = tmp_path / "labels.csv"
+    labels.to_csv(csv, index=False)
+    res = tmp_path / "res"
+    summary = runner.run_grid({"dataset": "csv", "csv": str(csv), "image_root": str(data_dir),
+                               "protocol": "official", "losses": ["dldl"], "epochs": 1,
+                               "batch_size": 16, "image_size": 32, "quiet": True,
+                               "results_dir": str(res)})
+    assert (summary["status"] == "done").all(), summary["error"].tolist()
+    run_dir = Path(summary["run_dir"].iloc[0])
+    assert run_dir.name == "fold-official"
+    m = store.read_metrics(run_dir)
+    assert 0.0 <= m["epsilon"] <= 1.0 and m["selected_by"] == "validation epsilon"
+    preds = store.read_predictions(run_dir)
+    assert preds["subject"].isna().all() and preds["std"].notna().all()
+    table = runner.aggregate(res, n_boot=100)
+    row = table.iloc[0]
+    assert row["epsilon_low"] <= row["epsilon"] <= row["epsilon_high"]
+    assert row["n_subjects"] == row["n_images"]  # each image its own bootstrap cluster
