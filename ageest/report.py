@@ -317,11 +317,11 @@ def build_report(out: str | Path, *, profile: str | None = None) -> str:
         "ICME 2022, arXiv 2203.17156). Sections follow the paper's order, then what ageest adds.",
         "",
         "**Paper numbers.** Only numbers with a source are shown: "
-        + "; ".join(f"{r.dataset} {r.protocol} {r.metric} of `{r.method}` = {r.value:g} "
+        + "; ".join(f"{r.dataset} {r.protocol} {r.metric} of `{r.method}` = {r.value:.2f} "
                     f"({r.source})" for r in sourced.itertuples())
-        + f". Every other paper value is *{NOT_AVAILABLE}*. The paper's numbers come from the "
-        "official protocol (test-selected epoch), so compare them with our rows labelled "
-        f"*{OFFICIAL_LABEL}*.",
+        + f". Every other paper value is *{NOT_AVAILABLE}*. The official code selects each "
+        "fold's epoch on the test set, so the closest of our rows to a published number is the "
+        f"one labelled *{OFFICIAL_LABEL}*; the clean rows select on validation subjects.",
         "",
         "## Notebooks", "", _notebook_table(out), "",
     ]

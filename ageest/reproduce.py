@@ -276,8 +276,9 @@ def execute_notebook(notebook: Path, executed: Path, parameters: Mapping[str, An
             cwd=str(notebook.parent), progress_bar=False, log_output=False,
             execution_timeout=timeout_s,
             # the kernel process's own log (ipykernel warns that its localhost TCP channel is
-            # unencrypted) would interleave with the progress lines; cell errors still surface
-            extra_arguments=["--IPKernelApp.log_level=ERROR"],
+            # unencrypted, and logs the interrupt papermill sends at shutdown) would interleave
+            # with the progress lines; errors in cells still surface as NotebookFailed
+            extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
         )
     except PapermillExecutionError as exc:
         raise NotebookFailed(notebook, exc.cell_index, exc.ename, exc.evalue, executed,
