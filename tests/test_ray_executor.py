@@ -237,15 +237,18 @@ def test_ray_grid_survives_a_killed_worker_and_matches_local(ray_head, data_dir,
 
 
 def test_cli_runs_through_ray_and_storage_errors_are_clear(ray_head, data_dir, tmp_path,
-                                                            capsys):
+                                                            capsys, monkeypatch):
     from ageest.cli import main as cli_main
     from ageest.ray_executor import RayExecutor, SharedStorageError, check_shared_storage
 
+    # `--address auto` finds a cluster started by `ray start` through RAY_ADDRESS (or Ray's
+    # temp dir, which this test's head does not use)
+    monkeypatch.setenv("RAY_ADDRESS", ray_head)
     code = cli_main(["run", "--dataset", "fgnet", "--data-dir", str(data_dir), "--protocol",
                      "group-kfold", "--n-folds", "3", "--folds", "2", "--losses", "ce",
                      "--epochs", "1", "--image-size", "32", "--batch-size", "16", "--threads",
                      "1", "--results-dir", str(tmp_path / "cli"), "--executor", "ray",
-                     "--address", ray_head, "--no-aggregate"])
+                     "--address", "auto", "--no-aggregate"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "executor 'ray'" in out and "runs: done 1, skipped 0, failed 0" in out
@@ -254,6 +257,7 @@ def test_cli_runs_through_ray_and_storage_errors_are_clear(ray_head, data_dir, t
     # a results directory that cannot be created: the error names the path and the requirement
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
+    monkeypatch.delenv("RAY_ADDRESS")
     ray.init(address=ray_head, log_to_driver=False)
     try:
         assert [n["node_ip"] for n in check_shared_storage(tmp_path / "shared")] == ["127.0.0.1"]
