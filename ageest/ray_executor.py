@@ -26,6 +26,7 @@ rest of the package never needs it. See ``docs/cluster.md`` for starting cluster
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -36,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from ageest.executors import Executor, available_cpus, failed_result
+
+log = logging.getLogger(__name__)
 
 # Default CPUs per GPU run: data loading and augmentation of one GPU training.
 DEFAULT_CPUS_PER_GPU_TASK = 4
@@ -132,8 +135,8 @@ def _probe_storage(directory: str, token: str) -> dict:
     return where
 
 
-def check_shared_storage(directory: str | os.PathLike, *, timeout_s: float = 120.0,
-                         visibility_s: float = 10.0) -> list[dict]:
+def check_shared_storage(directory: str | os.PathLike, *, node_ids: list[str] | None = None,
+                         timeout_s: float = 120.0, visibility_s: float = 10.0) -> list[dict]:
     """Check that every alive Ray node sees ``directory`` (at the same path) and can write it.
 
     The driver writes a token file; one zero-CPU task pinned to each alive node reads the token and
@@ -144,6 +147,8 @@ def check_shared_storage(directory: str | os.PathLike, *, timeout_s: float = 120
     ----------
     directory : path
         The results directory (created by the driver when missing).
+    node_ids : list of str, optional
+        Probe these Ray nodes only (default: every alive node).
     timeout_s : float
         How long to wait for the probe tasks.
     visibility_s : float
@@ -174,7 +179,8 @@ def check_shared_storage(directory: str | os.PathLike, *, timeout_s: float = 120
             f"results directory on storage shared with every Ray node (see docs/cluster.md)."
         ) from exc
     probe = ray.remote(num_cpus=0, max_retries=0)(_probe_storage)
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    nodes = [n for n in ray.nodes() if n.get("Alive")
+             and (node_ids is None or n["NodeID"] in node_ids)]
     refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
             .remote(str(folder), token) for n in nodes]
     problems, seen_nodes, leftovers = [], [], []
@@ -245,6 +251,11 @@ class RayExecutor(Executor):
         in ``/tmp/ray/session_latest/logs`` on each node either way).
     poll_s : float
         Seconds between progress updates while no run finishes.
+    wait_for_nodes_s : float or None
+        When no alive node can hold a run (workers still joining), wait this long for one, then
+        raise naming the request and the nodes. ``None``: submit anyway (autoscaling clusters,
+        whose nodes start when runs are pending). Only nodes that can hold a run are probed
+        for the shared storage.
     init_kwargs : dict, optional
         Further keyword arguments for ``ray.init``.
     """
@@ -253,7 +264,8 @@ class RayExecutor(Executor):
                  num_gpus_per_task: float | None = None, retries: int = 3,
                  check_storage: bool = True, storage_dir: str | os.PathLike | None = None,
                  runtime_env: dict | None = None, log_to_driver: bool = False,
-                 poll_s: float = 1.0, init_kwargs: dict | None = None) -> None:
+                 poll_s: float = 1.0, wait_for_nodes_s: float | None = 300.0,
+                 init_kwargs: dict | None = None) -> None:
         for name, value in (("num_cpus_per_task", num_cpus_per_task),
                             ("num_gpus_per_task", num_gpus_per_task)):
             if value is not None and float(value) < 0:
@@ -269,6 +281,7 @@ class RayExecutor(Executor):
         self.runtime_env = runtime_env
         self.log_to_driver = bool(log_to_driver)
         self.poll_s = float(poll_s)
+        self.wait_for_nodes_s = None if wait_for_nodes_s is None else float(wait_for_nodes_s)
         self.init_kwargs = dict(init_kwargs or {})
 
     # ----------------------------------------------------------------------------- connection
@@ -312,20 +325,42 @@ class RayExecutor(Executor):
         cpus = self.num_cpus_per_task if self.num_cpus_per_task is not None else default_cpus
         return float(cpus), float(gpus)
 
-    @staticmethod
-    def _check_feasible(demands: set[tuple[float, float]]) -> None:
-        """Raise when no alive node could ever hold one run (Ray would wait forever otherwise)."""
+    def _fitting_nodes(self, demands: set[tuple[float, float]]) -> list[str]:
+        """IDs of the alive nodes that can hold one run of at least one of ``demands``; waits up
+        to ``wait_for_nodes_s`` for every demand to fit some node (workers still joining)."""
         import ray
 
-        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-        for cpus, gpus in demands:
-            if not any(r.get("CPU", 0) >= cpus and r.get("GPU", 0) >= gpus for r in nodes):
-                have = [(r.get("CPU", 0), r.get("GPU", 0)) for r in nodes]
+        deadline = time.monotonic() + (self.wait_for_nodes_s or 0.0)
+        warned = False
+        while True:
+            nodes = [n for n in ray.nodes() if n.get("Alive")]
+
+            def fits(n: dict, cpus: float, gpus: float) -> bool:
+                r = n.get("Resources", {})
+                return r.get("CPU", 0) >= cpus and r.get("GPU", 0) >= gpus
+
+            missing = [d for d in demands if not any(fits(n, *d) for n in nodes)]
+            if not missing:
+                return [n["NodeID"] for n in nodes if any(fits(n, *d) for d in demands)]
+            have = [(n.get("Resources", {}).get("CPU", 0), n.get("Resources", {}).get("GPU", 0))
+                    for n in nodes]
+            if self.wait_for_nodes_s is None:  # autoscaling: submit, nodes start on demand
+                return [n["NodeID"] for n in nodes]
+            if time.monotonic() >= deadline:
+                cpus, gpus = missing[0]
                 raise RuntimeError(
                     f"no Ray node can hold one run needing {cpus:g} CPU and {gpus:g} GPU; the "
-                    f"alive nodes have (CPU, GPU) = {have}. Lower num_cpus_per_task / "
-                    f"num_gpus_per_task, run on CPU, or add suitable worker nodes."
+                    f"alive nodes have (CPU, GPU) = {have} after waiting "
+                    f"{self.wait_for_nodes_s:g} s. Lower num_cpus_per_task / num_gpus_per_task, "
+                    f"run on CPU, add suitable worker nodes, or on an autoscaling cluster pass "
+                    f"wait_for_nodes_s=None."
                 )
+            if not warned:
+                log.warning("waiting up to %g s for a Ray node with %g CPU and %g GPU to join "
+                            "(alive nodes (CPU, GPU): %s)", self.wait_for_nodes_s, *missing[0],
+                            have)
+                warned = True
+            time.sleep(2.0)
 
     # ----------------------------------------------------------------------------- run
     def run(self, tasks: list[dict], fn: Callable[[dict], dict], *,
@@ -354,10 +389,10 @@ class RayExecutor(Executor):
     def _run(self, ray, tasks: list[dict], fn: Callable[[dict], dict],
              on_event: Callable[[dict], None] | None) -> list[dict]:
         demands = [self.resources(t) for t in tasks]
-        self._check_feasible(set(demands))
+        nodes = self._fitting_nodes(set(demands))
         storage = self._storage_dir(tasks)
         if self.check_storage and storage is not None:
-            check_shared_storage(storage)
+            check_shared_storage(storage, node_ids=nodes)
 
         lost = _lost_worker_errors()
         remote = ray.remote(max_retries=0)(_run_task)  # lost workers are resubmitted below

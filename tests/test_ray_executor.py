@@ -267,6 +267,10 @@ def test_cli_runs_through_ray_and_storage_errors_are_clear(ray_head, data_dir, t
         with pytest.raises(ValueError, match="use device 'cuda'"):
             RayExecutor().resources({"run_dir": "r", "device": "cuda:1"})
         assert RayExecutor().resources({"device": "cuda"}) == (4.0, 1.0)
+        # a run no node can hold (this head has no GPU) is an error, not an endless wait
+        with pytest.raises(RuntimeError, match=r"needing 4 CPU and 1 GPU.*\(2\.0, 0\)"):
+            RayExecutor(wait_for_nodes_s=0).run([{"run_dir": str(tmp_path / "g"),
+                                                  "device": "cuda"}], runner.execute_run)
         assert RayExecutor(num_cpus_per_task=2).resources({"device": "cpu"}) == (2.0, 0.0)
     finally:
         ray.shutdown()
