@@ -25,8 +25,12 @@ def dataset_choice(kind: str, data_dir: str | os.PathLike | None = "") -> tuple[
     """Registry name and data folder for ``kind`` (``"fgnet"`` or ``"clap"``): the real dataset
     when ``data_dir`` is given, else its synthetic stand-in (folder ``None``: the default one).
 
-    >>> dataset_choice("fgnet", ""), dataset_choice("clap", "/data/appa")
-    (('synthetic-fgnet', None), ('clap2016', '/data/appa'))
+    >>> dataset_choice("fgnet", ""), dataset_choice("clap", "")
+    (('synthetic-fgnet', None), ('synthetic-clap', None))
+    >>> dataset_choice("fgnet", "/no/such/folder")
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: fgnet_dir='/no/such/folder': no such folder; give the FG-NET format dataset folder, or '' for synthetic data
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
