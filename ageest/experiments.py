@@ -61,7 +61,9 @@ def training_settings(*, model: str, pretrained: bool, optimizer: str, lr: float
         "loss_kwargs": loss_kwargs(lambda_mean, lambda_second),
         "seeds": [int(s) for s in _csv(seeds)], "device": device, "workers": int(workers),
         "executor": executor, "synthetic_size": int(synthetic_size),
-        "val_fraction": float(val_fraction), "split_seed": int(split_seed), "quiet": True,
+        "val_fraction": float(val_fraction), "split_seed": int(split_seed),
+        # one line per finished run in the notebook; per-epoch bars only with one worker
+        "quiet": None,
     }
 
 
