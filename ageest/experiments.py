@@ -62,8 +62,9 @@ def training_settings(*, model: str, pretrained: bool, optimizer: str, lr: float
         "seeds": [int(s) for s in _csv(seeds)], "device": device, "workers": int(workers),
         "executor": executor, "synthetic_size": int(synthetic_size),
         "val_fraction": float(val_fraction), "split_seed": int(split_seed),
-        # one line per finished run in the notebook; per-epoch bars only with one worker
-        "quiet": None,
+        # several workers: one line per finished run (the runner silences their epoch bars);
+        # one worker would print a progress bar per epoch into the executed notebook
+        "quiet": None if int(workers) > 1 else True,
     }
 
 
