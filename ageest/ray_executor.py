@@ -458,6 +458,8 @@ class RayExecutor(Executor):
                             _release_lock_of(tasks[i].get("run_dir"), where.get("host"),
                                              where.get("pid"))
                             submit(i)
+                            log.warning("%s; run %s submitted again (attempt %d of %d)", message,
+                                        tasks[i].get("run_dir"), attempts[i], self.retries + 1)
                             emit("retry", force=True, run_dir=tasks[i].get("run_dir"),
                                  attempt=attempts[i], error=message)
                             continue
