@@ -62,8 +62,10 @@ def init(device: str = "cpu") -> str:
 
 
 def shutdown() -> None:
+    """Destroy the process group (and the batch-norm group made by :func:`wrap_model`)."""
     if is_distributed():
         dist.destroy_process_group()
+    GlooSyncBatchNorm._group = None
 
 
 def wrap_model(model: torch.nn.Module, device: str, *, sync_batchnorm: bool = True
