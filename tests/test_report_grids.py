@@ -96,3 +96,58 @@ def test_failed_runs_are_listed(monkeypatch, tmp_path):
     with pytest.raises(experiments.RunsFailed, match=r"1 of 2 runs failed[\s\S]*runs/b/fold-0: "
                                                      "ValueError: boom"):
         experiments.run_grids({"g": {}}, tmp_path)
+
+
+def _grids_of(profile, stem, tmp_path):
+    """Run the parameters cell, the profile's values and the derived cell of a training notebook
+    (no training: that happens in the next cell) and return its ``grids``."""
+    import nbformat
+
+    from ageest.reproduce import list_notebooks, notebook_parameters
+
+    nb_path = next(n for n in list_notebooks() if n.stem == stem)
+    cells = [c for c in nbformat.read(str(nb_path), as_version=4).cells if c.cell_type == "code"]
+    i = next(i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", []))
+    real = tmp_path / "data"
+    real.mkdir(exist_ok=True)
+    values = notebook_parameters(profile, nb_path, out=tmp_path / "out",
+                                 overrides={"fgnet_dir": str(real), "clap_dir": str(real)}
+                                 if profile == "paper" else {})
+    ns: dict = {}
+    exec("import ageest.experiments, ageest.paths", ns)  # the setup cell's imports we need
+    exec(cells[i].source, ns)
+    ns.update(values)
+    exec(cells[i + 1].source, ns)
+    return ns["grids"]
+
+
+@pytest.mark.parametrize("profile", ["smoke", "default", "paper"])
+def test_profiles_build_valid_runner_grids(profile, tmp_path):
+    grids = {**_grids_of(profile, "02_training", tmp_path),
+             **_grids_of(profile, "04_ablation_k", tmp_path)}
+    assert set(grids) == {"fgnet", "fgnet_official", "clap", "k_ablation"}
+    normalized = {name: normalize_grid(grid) for name, grid in grids.items()}
+    fg, clap, ablation = normalized["fgnet"], normalized["clap"], normalized["k_ablation"]
+    # notebook 04 trains with notebook 02's settings, so its AMR runs are reused
+    for key in ("model", "epochs", "lr", "milestones", "optimizer", "batch_size", "image_size",
+                "loss_kwargs", "seeds", "protocol", "n_folds", "val_fraction", "split_seed"):
+        assert ablation[key] == fg[key], f"{profile}: 02 and 04 differ in {key}"
+    assert set(ablation["folds"] or []) <= set(fg["folds"] or range(10_000))
+    if profile == "paper":
+        assert fg["dataset"] == ["fgnet"] and clap["dataset"] == ["clap2016"]
+        assert fg["protocol"] == ["lopo"] and fg["folds"] is None
+        assert (fg["model"], fg["pretrained"], fg["epochs"], fg["batch_size"]) == \
+            ("resnet50", True, 100, 64)
+        assert fg["milestones"] == [15, 30, 45, 60, 75, 90] and fg["lr"] == 1e-3
+        assert fg["optimizer"] == "adamw" and not fg["normalize"]
+        assert (clap["optimizer"], clap["grad_clip"], clap["normalize"], clap["transforms"]) \
+            == ("sgd", 5.0, True, "clap")
+        assert fg["loss_kwargs"]["amr"] == {"lambda_mean": 0.2, "lambda_residue": 0.05}
+        assert fg["seeds"] == [42] and fg["device"] == "cuda"
+        assert ablation["k"] == [1, 2, 3, 4, 5, 6, 8, 10, "adaptive"]
+    else:
+        assert fg["dataset"] == ["synthetic-fgnet"] and clap["dataset"] == ["synthetic-clap"]
+        assert fg["device"] == "cpu" and fg["model"] == "small_cnn"
+    if profile == "default":
+        assert ablation["k"] == [1, 2, 3, 4, 5, 6, 8, 10, "adaptive"]
+        assert set(fg["losses"]) == {"amr", "mean_variance", "ce", "dldl", "dldl_v2", "l1"}
