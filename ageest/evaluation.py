@@ -94,6 +94,12 @@ def add_readouts(preds: pd.DataFrame, readouts: Iterable[str] = metrics.READOUTS
     return out
 
 
+def _seed_sd(group: pd.DataFrame, pred: np.ndarray, true: np.ndarray) -> float:
+    """Sample std over seeds of the pooled MAE (NaN with one seed): training-noise spread."""
+    per_seed = pd.Series(np.abs(pred - true)).groupby(group["seed"].to_numpy()).mean()
+    return float(per_seed.std(ddof=1)) if len(per_seed) > 1 else float("nan")
+
+
 def _clusters(group: pd.DataFrame) -> pd.Series:
     """Subject labels for the cluster bootstrap; each image is its own cluster when unknown."""
     subject = group["subject"].astype("string")
@@ -135,7 +141,8 @@ def mae_comparison(preds: pd.DataFrame, *, readout: str = "expectation", n_boot:
 
     Columns: ``method``, ``protocol`` (clean or official), ``loss``, ``k``, ``readout``,
     ``seeds``, ``n_images``, ``n_subjects``, ``mae_pooled`` with its subject-bootstrap CI
-    (``mae_pooled_low``/``_high``), ``mae_subject_mean`` with CI, ``cs5`` (CS at θ = 5), and the
+    (``mae_pooled_low``/``_high``), ``mae_subject_mean`` with CI, ``mae_seed_sd`` (std of the
+    pooled MAE over seeds; NaN for one seed), ``cs5`` (CS at θ = 5), and the
     paper's value with its source (``paper_mae``, ``paper_source``). Official rows use the
     official readout (rounded expectation) whatever ``readout`` says, as the official code does.
     """
@@ -158,7 +165,7 @@ def mae_comparison(preds: pd.DataFrame, *, readout: str = "expectation", n_boot:
             "mae_pooled": agg["mae_pooled"], "mae_pooled_low": pooled["low"],
             "mae_pooled_high": pooled["high"], "mae_subject_mean": agg["mae_subject_mean"],
             "mae_subject_low": by_subject["low"], "mae_subject_high": by_subject["high"],
-            "cs5": float(cs5),
+            "mae_seed_sd": _seed_sd(group, pred, true), "cs5": float(cs5),
         })
     table = pd.DataFrame(rows)
     return add_paper_values(table, dataset=paper_dataset, metric="mae")
@@ -169,10 +176,11 @@ def epsilon_comparison(preds: pd.DataFrame, *, readout: str = "expectation", n_b
                        paper_dataset: str = "clap2016") -> pd.DataFrame:
     """CLAP2016-format ε-error comparison: one row per method.
 
-    ``epsilon`` is the exact ε-error of the chosen readout against the annotators' mean and σ;
+    ``epsilon`` is the exact ε-error of the chosen readout against the annotators' mean and σ,
+    with a bootstrap CI (``epsilon_low``/``_high``; by subject where known, else by image);
     ``epsilon_official`` rounds prediction and mean and adds 1e-4 to σ as the official code
-    does (official rows use the rounded readout). Also the MAE against the apparent mean with an
-    image-bootstrap CI, and the paper's ε with its source.
+    does (official rows use the rounded readout). Also the MAE against the apparent mean with a
+    bootstrap CI, and the paper's ε with its source.
     """
     preds = add_readouts(check_predictions(preds))
     if preds["std"].isna().any():
@@ -184,12 +192,22 @@ def epsilon_comparison(preds: pd.DataFrame, *, readout: str = "expectation", n_b
         pred = group[f"pred_{r}"].to_numpy()
         mean, std = group["age_mean"].to_numpy(float), group["std"].to_numpy(float)
         exact_ok = bool((std > 0).all())
-        boot = metrics.bootstrap_mae_ci(pred, mean, None, n_boot=n_boot, ci=ci, seed=seed)
+        clusters = _clusters(group)
+        boot = metrics.bootstrap_mae_ci(pred, mean, clusters, n_boot=n_boot, ci=ci, seed=seed)
+        eps, eps_low, eps_high = np.nan, np.nan, np.nan
+        if exact_ok:
+            # ε is the mean of per-image terms e_i >= 0, so the bootstrap of mean |e_i - 0|
+            # over the same clusters is its confidence interval
+            e = 1.0 - np.exp(-((pred - mean) ** 2) / (2.0 * std**2))  # (N,)
+            e_boot = metrics.bootstrap_mae_ci(e, np.zeros_like(e), clusters, n_boot=n_boot,
+                                              ci=ci, seed=seed)
+            eps, eps_low, eps_high = (metrics.epsilon_error(pred, mean, std), e_boot["low"],
+                                      e_boot["high"])
         rows.append({
             "method": method_label(loss, k, selection), "protocol": protocol_label(selection),
             "loss": loss, "k": k, "readout": r, "seeds": group["seed"].nunique(),
-            "n_images": len(group),
-            "epsilon": metrics.epsilon_error(pred, mean, std) if exact_ok else np.nan,
+            "n_images": len(group), "epsilon": eps, "epsilon_low": eps_low,
+            "epsilon_high": eps_high,
             "epsilon_official": metrics.epsilon_error(pred, mean, std, official_rounding=True),
             "mae": boot["estimate"], "mae_low": boot["low"], "mae_high": boot["high"],
         })

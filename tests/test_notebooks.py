@@ -36,7 +36,8 @@ EXPECTED = {
 FINITE = {
     "fgnet_mae_comparison": ["mae_pooled", "mae_pooled_low", "mae_pooled_high",
                              "mae_subject_mean", "cs5"],
-    "clap_epsilon_comparison": ["epsilon", "epsilon_official", "mae"],
+    "clap_epsilon_comparison": ["epsilon", "epsilon_low", "epsilon_high", "epsilon_official",
+                                "mae"],
     "cs_curves": ["cs0", "cs5", "cs10"],
     "paired_tests": ["mean_diff", "p_value"],
     "dual_protocol": ["mae_pooled", "mae_subject_mean"],

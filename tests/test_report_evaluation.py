@@ -232,3 +232,16 @@ def test_history_figures_and_adaptive_k_table():
     assert table["n_runs"].tolist() == [2, 2, 2]
     fig = plots.adaptive_k_distribution(amr)
     plt.close(fig)
+
+
+def test_seed_spread_and_epsilon_interval():
+    rows = []
+    for seed, shift in ((0, 1.0), (1, 3.0)):  # pooled MAE 1 for seed 0, 3 for seed 1
+        for iid, s, age in IMAGES:
+            rows.append(("ce", "adaptive", CLEAN, seed, iid, s, age, age + shift))
+    t = ev.mae_comparison(frame(rows), n_boot=50).iloc[0]
+    assert t.seeds == 2 and t.mae_pooled == pytest.approx(2.0, abs=1e-3)
+    assert t.mae_seed_sd == pytest.approx(np.std([1.0, 3.0], ddof=1), abs=1e-3)
+    assert np.isnan(ev.mae_comparison(grid(), n_boot=20)["mae_seed_sd"]).all()
+    e = ev.epsilon_comparison(clap_frame(), n_boot=200).set_index("method").loc["amr"]
+    assert 0 <= e.epsilon_low <= e.epsilon <= e.epsilon_high <= 1
