@@ -1,0 +1,81 @@
+"""ageest.artifacts: atomic writers, tables, figures, manifests."""
+
+import json
+import math
+import os
+import stat
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from ageest import artifacts  # noqa: E402
+
+
+def test_atomic_write_leaves_no_temp_and_uses_umask_mode(tmp_path):
+    path = artifacts.atomic_write_text(tmp_path / "sub" / "a.txt", "hello")
+    assert path.read_text() == "hello"
+    assert [p.name for p in path.parent.iterdir()] == ["a.txt"]
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    assert mode == 0o666 & ~artifacts._UMASK
+
+
+def test_atomic_write_keeps_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "keep.json"
+    artifacts.write_json(target, {"v": 1})
+
+    class Boom:
+        def tolist(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        artifacts.write_json(target, {"v": Boom()})
+    assert json.loads(target.read_text()) == {"v": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.json"]
+
+
+def test_write_json_converts_numpy_and_nonfinite(tmp_path):
+    p = artifacts.write_json(
+        tmp_path / "m.json", {"a": np.float32(1.5), "b": np.arange(3), "c": math.nan, "d": tmp_path}
+    )
+    back = artifacts.read_json(p)
+    assert back == {"a": 1.5, "b": [0, 1, 2], "c": None, "d": str(tmp_path)}
+
+
+def test_read_json_names_the_file_on_corruption(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json"):
+        artifacts.read_json(bad)
+
+
+def test_save_table_writes_csv_md_tex(tmp_path):
+    df = pd.DataFrame({"method": ["amr", "ce"], "mae": [3.14159, math.nan]})
+    out = artifacts.save_table(df, tmp_path, "t", caption="Synthetic data")
+    assert set(out) == {"csv", "md", "tex"}
+    back = pd.read_csv(out["csv"])
+    assert back["mae"].iloc[0] == pytest.approx(3.14159)
+    md = out["md"].read_text()
+    assert md.startswith("Synthetic data") and "3.142" in md
+    assert "\\caption{Synthetic data}" in out["tex"].read_text()
+
+
+def test_save_figure_writes_png_and_pdf(tmp_path):
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    out = artifacts.save_figure(fig, tmp_path, "f")
+    plt.close(fig)
+    assert out["png"].read_bytes()[:4] == b"\x89PNG"
+    assert out["pdf"].read_bytes()[:4] == b"%PDF"
+
+
+def test_manifest_records_environment_and_parameters(tmp_path):
+    p = artifacts.write_manifest(tmp_path, parameters={"lr": 0.001}, seeds=[0], wall_time_s=1.5)
+    m = artifacts.read_json(p)
+    assert m["parameters"] == {"lr": 0.001} and m["seeds"] == [0] and m["wall_time_s"] == 1.5
+    assert m["versions"]["torch"] is not None
+    assert "torch_threads" in m["device"]
