@@ -1,7 +1,7 @@
 """Comparison tables and statistics computed from stored predictions only (notebooks 03 and 04).
 
 Everything here starts from a *predictions frame*: one row per (run, test image), as written by the
-runner's prediction store and gathered by :func:`load_predictions`, with the columns
+runner's prediction store and gathered by :func:`ageest.store.load_predictions`, with the columns
 
 ``run``, ``dataset``, ``protocol``, ``loss``, ``k`` (``"adaptive"`` or an int as text), ``seed``,
 ``fold``, ``selection``, ``start_age``, ``image_id``, ``subject``, ``age``, ``age_mean``, ``std``
@@ -63,7 +63,7 @@ def check_predictions(preds: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in PRED_COLUMNS if c not in preds.columns]
     if missing:
         raise ValueError(f"predictions frame lacks columns {missing}; gather it with "
-                         "ageest.evaluation.load_predictions(runs_dir)")
+                         "ageest.store.load_predictions(runs_dir)")
     if preds.empty:
         raise ValueError("predictions frame is empty: no finished runs were found")
     return preds
