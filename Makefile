@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PROFILE ?= default
+# extra arguments for `ageest reproduce`, e.g. ARGS="--fgnet DIR --clap DIR --device cuda"
+ARGS ?=
 
 .PHONY: reproduce test test-slow lint bench clean-venv
 
@@ -22,7 +24,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	touch $(VENV)/.installed $@
 
 reproduce: $(VENV)/.installed
-	$(BIN)/ageest reproduce --profile $(PROFILE)
+	$(BIN)/ageest reproduce --profile $(PROFILE) $(ARGS)
 
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check ageest tests benchmarks
