@@ -36,6 +36,13 @@ test-slow: $(VENV)/.installed-dev
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check ageest tests benchmarks
 
+# Speed targets: each benchmark prints ratios measured within one run (not part of make test).
+bench: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/bench_losses.py
+	$(BIN)/python benchmarks/bench_train_loop.py
+	$(BIN)/python benchmarks/bench_runner.py
+	$(BIN)/python benchmarks/bench_ray.py
+
 clean-venv:
 	rm -rf $(VENV)
 
