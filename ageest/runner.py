@@ -272,8 +272,10 @@ def expand_grid(grid: dict[str, Any], results_dir: str | os.PathLike | None = No
     """
     g = normalize_grid(grid)
     results_dir = Path(results_dir or g["results_dir"] or "results")
+    # augment: a run's params.yaml may set it (python -m ageest.train); not a grid key, so the
+    # parameter hashes of existing runs stay valid
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {
-        "seed", "loss", "loss_kwargs", "selection", "threads", "quiet"}
+        "seed", "loss", "loss_kwargs", "selection", "threads", "quiet", "augment"}
     tasks: list[dict[str, Any]] = []
     for dataset in g["dataset"]:
         base = {"dataset": dataset, **{k: g[k] for k in ("data_dir", "csv", "json",

@@ -101,6 +101,10 @@ class TrainConfig:
         See the module docstring.
     transforms : {"light", "paper", "clap"}
         :func:`ageest.data.build_transforms` family; ``image_size`` is the network input side.
+    augment : bool
+        Random training augmentation of that family; ``False`` trains on the evaluation
+        transform (deterministic inputs: a run on W processes then equals the one-process run up
+        to rounding, see ``tests/test_ddp.py``).
     normalize : bool
         ImageNet mean/std normalisation of the inputs.
     eval_batch_size : int, optional
@@ -131,6 +135,7 @@ class TrainConfig:
     seed: int = 0
     selection: str = "val_best"
     transforms: str = "light"
+    augment: bool = True
     image_size: int = 64
     normalize: bool = False
     eval_batch_size: int | None = None
@@ -349,7 +354,7 @@ def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_ag
     tf_kw = {"size": cfg.image_size, "normalize": cfg.normalize}
 
     def dataset(rows: np.ndarray, train_mode: bool) -> AgeDataset:
-        tf = build_transforms(cfg.transforms, train=train_mode, **tf_kw)
+        tf = build_transforms(cfg.transforms, train=train_mode and cfg.augment, **tf_kw)
         return AgeDataset(table.iloc[rows], start_age=start_age, transform=tf, size=csize)
 
     train_rows, val_rows, test_rows = (np.asarray(a, dtype=np.int64)
@@ -366,13 +371,14 @@ def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_ag
 
     gen = torch.Generator().manual_seed(cfg.seed)
     per_rank_batch = cfg.batch_size // world
-    sampler = (DistributedSampler(train_ds, shuffle=True, seed=cfg.seed, drop_last=False)
-               if dist.is_distributed() else None)
+    # One seeded permutation per epoch for any number of processes (W = 1 included): rank r of W
+    # reads every W-th index, so the ranks' batches together are the one-process batch.
+    sampler = DistributedSampler(train_ds, num_replicas=world, rank=dist.rank(), shuffle=True,
+                                 seed=cfg.seed, drop_last=False)
     loader_kw = {"num_workers": cfg.num_workers, "pin_memory": device.startswith("cuda"),
                  "worker_init_fn": _seed_worker if cfg.num_workers else None,
                  "persistent_workers": cfg.num_workers > 0}
-    train_dl = DataLoader(train_ds, batch_size=per_rank_batch, shuffle=sampler is None,
-                          sampler=sampler, generator=gen, drop_last=False, **loader_kw)
+    train_dl = DataLoader(train_ds, batch_size=per_rank_batch, shuffle=False, sampler=sampler, generator=gen, drop_last=False, **loader_kw)
     eval_bs = cfg.eval_batch_size or 2 * cfg.batch_size
     eval_kw = {"num_workers": 0, "pin_memory": loader_kw["pin_memory"]}
     val_dl = DataLoader(val_ds, batch_size=eval_bs, shuffle=False, **eval_kw) if val_ds else None
@@ -444,8 +450,7 @@ def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_ag
     model.train()
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0, c0 = time.perf_counter(), time.process_time()
-        if sampler is not None:
-            sampler.set_epoch(epoch)
+        sampler.set_epoch(epoch)
         sums: dict[str, float] = {}
         n_seen, abs_err = 0, 0.0
         batches = train_dl
