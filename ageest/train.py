@@ -378,7 +378,8 @@ def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_ag
     loader_kw = {"num_workers": cfg.num_workers, "pin_memory": device.startswith("cuda"),
                  "worker_init_fn": _seed_worker if cfg.num_workers else None,
                  "persistent_workers": cfg.num_workers > 0}
-    train_dl = DataLoader(train_ds, batch_size=per_rank_batch, shuffle=False, sampler=sampler, generator=gen, drop_last=False, **loader_kw)
+    train_dl = DataLoader(train_ds, batch_size=per_rank_batch, shuffle=False, sampler=sampler,
+                          generator=gen, drop_last=False, **loader_kw)
     eval_bs = cfg.eval_batch_size or 2 * cfg.batch_size
     eval_kw = {"num_workers": 0, "pin_memory": loader_kw["pin_memory"]}
     val_dl = DataLoader(val_ds, batch_size=eval_bs, shuffle=False, **eval_kw) if val_ds else None
