@@ -79,8 +79,9 @@ def test_two_process_ddp_run_matches_one_process(tmp_path):
     params = _params(tmp_path)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params), encoding="utf-8")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
-           "GLOO_SOCKET_IFNAME": "lo"}  # loopback only
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    if sys.platform.startswith("linux"):
+        env["GLOO_SOCKET_IFNAME"] = "lo"  # gloo on the loopback interface only
     one, two = tmp_path / "one", tmp_path / "two"
     _run([sys.executable, "-m", "ageest.train", "--params", str(path), "--out", str(one)], env)
     torchrun = Path(sys.executable).with_name("torchrun")
