@@ -104,22 +104,21 @@ def ray_head():
     # share it through the environment; Ray's cached config is refreshed to see it.
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex}
     saved_env = {k: os.environ.get(k) for k in auth}
-    os.environ.update(auth)
+    from ray._private import ray_constants
     from ray._raylet import Config
 
-    Config.initialize("")
-    env = {**os.environ, **RAY_ENV}
+    loopback_before = ray_constants.ENABLE_RAY_CLUSTER
     cmd = [str(ray_bin), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
            "--num-cpus", "2", "--num-gpus", "0", "--include-dashboard", "false",
            "--object-store-memory", str(100 * 1024**2), "--temp-dir", temp,
            "--disable-usage-stats"]
-    # Keep this driver on loopback even when Ray was imported before the environment was set:
-    # otherwise Ray rewrites 127.0.0.1 to this machine's outward address and finds no raylet.
-    from ray._private import ray_constants
-
-    loopback_before = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False
     try:
+        os.environ.update(auth)
+        Config.initialize("")
+        # Keep this driver on loopback even when Ray was imported before the environment was
+        # set: otherwise Ray rewrites 127.0.0.1 to this machine's outward address.
+        ray_constants.ENABLE_RAY_CLUSTER = False
+        env = {**os.environ, **RAY_ENV}
         # Output to a file, not a pipe: the daemons it starts inherit the pipe and keep it open.
         with open(Path(temp) / "ray-start.log", "w") as log:
             code = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
