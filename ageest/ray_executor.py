@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import time
 import traceback
 import uuid
@@ -256,6 +257,10 @@ class RayExecutor(Executor):
         raise naming the request and the nodes. ``None``: submit anyway (autoscaling clusters,
         whose nodes start when runs are pending). Only nodes that can hold a run are probed
         for the shared storage.
+    progress_every_s : float or None
+        Also print the counts (done / running / pending / failed) to stderr at most this often
+        while they change, for long cluster jobs whose runs take hours; ``None``: only
+        ``on_event``.
     init_kwargs : dict, optional
         Further keyword arguments for ``ray.init``.
     """
@@ -265,7 +270,7 @@ class RayExecutor(Executor):
                  check_storage: bool = True, storage_dir: str | os.PathLike | None = None,
                  runtime_env: dict | None = None, log_to_driver: bool = False,
                  poll_s: float = 1.0, wait_for_nodes_s: float | None = 300.0,
-                 init_kwargs: dict | None = None) -> None:
+                 progress_every_s: float | None = 60.0, init_kwargs: dict | None = None) -> None:
         for name, value in (("num_cpus_per_task", num_cpus_per_task),
                             ("num_gpus_per_task", num_gpus_per_task)):
             if value is not None and float(value) < 0:
@@ -282,6 +287,7 @@ class RayExecutor(Executor):
         self.log_to_driver = bool(log_to_driver)
         self.poll_s = float(poll_s)
         self.wait_for_nodes_s = None if wait_for_nodes_s is None else float(wait_for_nodes_s)
+        self.progress_every_s = progress_every_s
         self.init_kwargs = dict(init_kwargs or {})
 
     # ----------------------------------------------------------------------------- connection
@@ -402,7 +408,8 @@ class RayExecutor(Executor):
         attempts = [0] * total
         submit_time = [0.0] * total
         in_flight: dict[Any, int] = {}  # ObjectRef -> task index
-        state = {"running": {}, "last_counts": None}
+        state: dict[str, Any] = {"running": {}, "last_counts": None,
+                                 "printed_at": time.monotonic()}
 
         def submit(i: int) -> None:
             cpus, gpus = demands[i]
@@ -423,7 +430,14 @@ class RayExecutor(Executor):
             counts = {"done": len(finished) - failed, "skipped": skipped, "failed": failed,
                       "running": len(running), "pending": total - len(finished) - len(running),
                       "total": total}
+            if counts != state["last_counts"] and self.progress_every_s is not None and (
+                    time.monotonic() - state["printed_at"] >= self.progress_every_s):
+                state["printed_at"] = time.monotonic()
+                print(f"ray: {counts['done']} done, {counts['failed']} failed, "
+                      f"{counts['running']} running, {counts['pending']} pending of {total}",
+                      file=sys.stderr, flush=True)
             if on_event is None or (not force and counts == state["last_counts"]):
+                state["last_counts"] = counts
                 return
             state["last_counts"] = counts
             workers = [{"run_dir": tasks[i].get("run_dir"), **w} for i, w in sorted(running.items())]
