@@ -89,11 +89,24 @@ def save_table(
     out_dir = Path(out_dir)
     out: dict[str, Path] = {}
     out["csv"] = atomic_write_text(out_dir / f"{name}.csv", df.to_csv(index=index))
+    def fmt(v: float) -> str:
+        if pd.isna(v):
+            return ""
+        text = float_format.format(v)
+        # a small non-zero value (a p-value of 2e-4, say) must not print as 0.000
+        if v != 0 and float(text) == 0:
+            return f"{v:.1e}"
+        return text
+
     shown = df.copy()
     for col in shown.columns:
         if pd.api.types.is_float_dtype(shown[col]):
-            shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else float_format.format(v))
-    md = shown.to_markdown(index=index)
+            shown[col] = shown[col].map(fmt)
+    # numbers stay as formatted (tabulate would re-parse "0.060" into 0.06), right-aligned
+    align = ["right" if pd.api.types.is_numeric_dtype(df[c]) else "left" for c in df.columns]
+    if index:
+        align = ["left", *align]
+    md = shown.to_markdown(index=index, disable_numparse=True, colalign=align)
     if caption:
         md = f"{caption}\n\n{md}"
     out["md"] = atomic_write_text(out_dir / f"{name}.md", md + "\n")

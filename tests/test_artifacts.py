@@ -64,6 +64,13 @@ def test_save_table_writes_csv_md_tex(tmp_path):
     assert "\\caption{Synthetic data}" in out["tex"].read_text()
 
 
+def test_save_table_does_not_print_small_values_as_zero(tmp_path):
+    df = pd.DataFrame({"p_value": [0.0002, 0.0, 0.06]})
+    md = artifacts.save_table(df, tmp_path, "p")["md"].read_text()
+    cells = [line.strip("|").strip() for line in md.splitlines()[2:]]
+    assert cells == ["2.0e-04", "0.000", "0.060"]
+
+
 def test_save_figure_writes_png_and_pdf(tmp_path):
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])
