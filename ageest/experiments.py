@@ -50,7 +50,7 @@ def training_settings(*, model: str, pretrained: bool, optimizer: str, lr: float
                       transforms: str, normalize: bool, grad_clip: float, lambda_mean: float,
                       lambda_second: float, seeds: str, device: str, workers: int,
                       executor: str, synthetic_size: int, val_fraction: float,
-                      split_seed: int) -> dict[str, Any]:
+                      split_seed: int, address: str = "") -> dict[str, Any]:
     """Runner grid keys shared by every grid of a notebook (``grad_clip`` 0 = none)."""
     return {
         "model": model, "pretrained": bool(pretrained), "optimizer": optimizer,
@@ -60,7 +60,8 @@ def training_settings(*, model: str, pretrained: bool, optimizer: str, lr: float
         "grad_clip": float(grad_clip) if grad_clip else None,
         "loss_kwargs": loss_kwargs(lambda_mean, lambda_second),
         "seeds": [int(s) for s in _csv(seeds)], "device": device, "workers": int(workers),
-        "executor": executor, "synthetic_size": int(synthetic_size),
+        "executor": executor, "address": address or None,
+        "synthetic_size": int(synthetic_size),
         "val_fraction": float(val_fraction), "split_seed": int(split_seed),
         # several workers: one line per finished run (the runner silences their epoch bars);
         # one worker would print a progress bar per epoch into the executed notebook

@@ -113,7 +113,7 @@ GRID_DEFAULTS: dict[str, Any] = {
     "executor": "local",
     "workers": 1,
     "threads": None,
-    "retries": 0,
+    "retries": None,  # None: the executor's default (local 0, ray 3: a lost node is common there)
     "address": None,
     "quiet": None,
 }
@@ -561,11 +561,13 @@ def make_executor(g: dict[str, Any]):
     """The executor named by the grid's ``executor`` key, with its execution options."""
     from ageest.executors import get_executor
 
+    retries = {} if g["retries"] is None else {"retries": int(g["retries"])}
     if g["executor"] == "local":
-        return get_executor("local", workers=int(g["workers"]), threads=g["threads"],
-                            retries=int(g["retries"]))
+        return get_executor("local", workers=int(g["workers"]), threads=g["threads"], **retries)
     if g["executor"] == "ray":
-        return get_executor("ray", address=g["address"], retries=int(g["retries"]))
+        # --threads is each run's CPU share on the cluster (Ray schedules by it)
+        cpus = {} if g["threads"] is None else {"num_cpus_per_task": float(g["threads"])}
+        return get_executor("ray", address=g["address"], **retries, **cpus)
     return get_executor(g["executor"])
 
 
@@ -781,8 +783,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--results-dir", help="root of runs/ and tables/ (default results)")
     a("--executor", help="local or ray")
     a("--workers", type=int, help="runs at once (local executor)")
-    a("--threads", type=int, help="torch threads per run (default: cores / workers)")
-    a("--retries", type=int, help="resubmissions of a run whose worker process died")
+    a("--threads", type=int,
+      help="torch threads per run (default: cores / workers); with ray, CPUs per run")
+    a("--retries", type=int,
+      help="resubmissions of a run whose worker process died (default: local 0, ray 3)")
     a("--address", help="Ray cluster address (executor ray)")
     a("--quiet", action=argparse.BooleanOptionalAction, default=None)
     a("--dry-run", action="store_true", help="print the runs and their status; train nothing")
