@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils import benchmark
 
 from ageest.losses import MeanResidueLoss
+from ageest.models import get_model
 
 
 class OfficialStyleAMR(nn.Module):
@@ -70,37 +71,6 @@ class OfficialStyleAMR(nn.Module):
         self.last_k = float(((pos_no_k == 0).sum() / n).item())  # host read, as logged
         ce = F.cross_entropy(logits, target)
         return ce + self.lambda_1 * mean_loss + self.lambda_2 * residue
-
-
-class _InlineSmallCNN(nn.Module):
-    """Fallback when ageest.models is not available: four stride-2 conv-BN-ReLU blocks."""
-
-    def __init__(self, num_classes: int, width: int = 32) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        c_in = 3
-        for i in range(4):
-            c_out = width * 2**i
-            layers += [
-                nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(c_out),
-                nn.ReLU(inplace=True),
-            ]
-            c_in = c_out
-        self.net = nn.Sequential(
-            *layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-def small_cnn(num_classes: int) -> tuple[nn.Module, str]:
-    try:
-        from ageest.models import get_model
-    except ImportError:
-        return _InlineSmallCNN(num_classes), "inline SmallCNN (ageest.models not importable)"
-    return get_model("small_cnn", num_classes=num_classes), "ageest.models small_cnn"
 
 
 def median_ms(fn, min_run_time: float) -> float:
@@ -162,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     t = interleaved_ms({"ours": fwd_bwd(ours), "ref": fwd_bwd(ref)}, 2 * args.min_run_time)
     t_ours, t_ref = t["ours"], t["ref"]
 
-    model, model_name = small_cnn(c)
+    model, model_name = get_model("small_cnn", num_classes=c), "ageest.models small_cnn"
     model = model.to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     images = torch.rand(n, 3, args.image_size, args.image_size, generator=g).to(device)
