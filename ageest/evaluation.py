@@ -44,6 +44,19 @@ def protocol_label(selection: str) -> str:
     return OFFICIAL_LABEL if selection == OFFICIAL_SELECTION else f"clean ({selection})"
 
 
+#: losses that have a top-K at all; the prediction store writes "adaptive" for every other loss
+TOPK_LOSSES = ("amr", "mean_residue")
+
+
+def k_label(loss: str, k: object) -> str:
+    """The K shown in a table: ``"n/a"`` for a loss without a top-K (CE, mean-variance, DLDL…).
+
+    >>> k_label("amr", "adaptive"), k_label("mean_residue", 3), k_label("ce", "adaptive")
+    ('adaptive', '3', 'n/a')
+    """
+    return str(k) if loss in TOPK_LOSSES else "n/a"
+
+
 def method_label(loss: str, k: object, selection: str = "") -> str:
     """A readable method name: the loss, its fixed K when it has one, and the official marking.
 
@@ -160,7 +173,7 @@ def mae_comparison(preds: pd.DataFrame, *, readout: str = "expectation", n_boot:
         cs5 = metrics.cumulative_score(group[f"pred_{cs_readout}"], true, thetas=[5]).iloc[0]
         rows.append({
             "method": method_label(loss, k, selection), "protocol": protocol_label(selection),
-            "loss": loss, "k": k, "readout": r, "seeds": group["seed"].nunique(),
+            "loss": loss, "k": k_label(loss, k), "readout": r, "seeds": group["seed"].nunique(),
             "n_images": agg["n_images"], "n_subjects": agg["n_subjects"],
             "mae_pooled": agg["mae_pooled"], "mae_pooled_low": pooled["low"],
             "mae_pooled_high": pooled["high"], "mae_subject_mean": agg["mae_subject_mean"],
@@ -205,7 +218,7 @@ def epsilon_comparison(preds: pd.DataFrame, *, readout: str = "expectation", n_b
                                       e_boot["high"])
         rows.append({
             "method": method_label(loss, k, selection), "protocol": protocol_label(selection),
-            "loss": loss, "k": k, "readout": r, "seeds": group["seed"].nunique(),
+            "loss": loss, "k": k_label(loss, k), "readout": r, "seeds": group["seed"].nunique(),
             "n_images": len(group), "epsilon": eps, "epsilon_low": eps_low,
             "epsilon_high": eps_high,
             "epsilon_official": metrics.epsilon_error(pred, mean, std, official_rounding=True),

@@ -245,3 +245,11 @@ def test_seed_spread_and_epsilon_interval():
     assert np.isnan(ev.mae_comparison(grid(), n_boot=20)["mae_seed_sd"]).all()
     e = ev.epsilon_comparison(clap_frame(), n_boot=200).set_index("method").loc["amr"]
     assert 0 <= e.epsilon_low <= e.epsilon <= e.epsilon_high <= 1
+
+
+def test_k_column_says_n_a_for_losses_without_top_k():
+    from ageest.evaluation import k_label
+
+    assert [k_label(loss, "adaptive") for loss in ("amr", "ce", "mean_variance", "dldl")] == [
+        "adaptive", "n/a", "n/a", "n/a"]
+    assert k_label("mean_residue", 4) == "4"
