@@ -150,3 +150,15 @@ def test_transform_errors():
         build_transforms("heavy", train=True)
     with pytest.raises(ValueError, match="smaller than the crop"):
         build_transforms("paper", size=64, resize=32, train=True)
+
+
+def test_clap_augmentation_matches_the_official_script():
+    from torchvision.transforms import v2
+
+    from ageest.data import build_transforms
+
+    steps = build_transforms("clap", size=224, train=True).transforms
+    affine = next(t for t in steps if isinstance(t, v2.RandomAffine))
+    jitter = next(t for t in steps if isinstance(t, v2.ColorJitter))
+    assert affine.degrees == [-10.0, 10.0]
+    assert jitter.brightness == (0.9, 1.1) and jitter.hue == (-0.1, 0.1)

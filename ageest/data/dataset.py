@@ -22,7 +22,9 @@ Transforms (:func:`build_transforms`):
     script does not normalise; its CLAP2016 script does).
 ``clap``
     ``paper`` plus the official CLAP2016 augmentation: random affine (rotation 10 degrees,
-    shear 16) and colour jitter 0.1 (brightness, contrast, saturation; hue is not jittered).
+    shear 16) and colour jitter 0.1 on brightness, contrast, saturation and hue, as in the
+    official main_CLAP.py (which applies them at the original resolution, before the 256 px
+    resize).
 """
 
 from __future__ import annotations
@@ -194,7 +196,7 @@ def build_transforms(
         if train:
             if name == "clap":
                 steps += [v2.RandomAffine(degrees=10, shear=16),
-                          v2.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1)]
+                          v2.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.1)]
             steps += [v2.RandomCrop(size), v2.RandomHorizontalFlip()]
         else:
             steps.append(v2.CenterCrop(size))
