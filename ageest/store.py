@@ -215,6 +215,19 @@ def list_runs(root: str | os.PathLike) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _with_run_columns(df: pd.DataFrame, run_dir: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    """``df`` with ``run`` and the run's parameters ``columns`` inserted in front (``k`` as text:
+    ``"adaptive"`` when the run has none)."""
+    params = read_params(run_dir)
+    df.insert(0, "run", str(run_dir))
+    for i, col in enumerate(columns, start=1):
+        value = params.get(col)
+        if col == "k":
+            value = "adaptive" if value is None else str(value)
+        df.insert(i, col, value)
+    return df
+
+
 def load_predictions(root: str | os.PathLike, *, finished_only: bool = True) -> pd.DataFrame:
     """All test predictions of the finished runs under ``root`` in one DataFrame.
 
@@ -237,15 +250,7 @@ def load_predictions(root: str | os.PathLike, *, finished_only: bool = True) -> 
             if finished_only:
                 continue
             raise FileNotFoundError(f"{run_dir} has no {METRICS}: the run did not finish")
-        params = read_params(run_dir)
-        df = read_predictions(run_dir)
-        df.insert(0, "run", str(run_dir))
-        for i, col in enumerate(RUN_COLUMNS, start=1):
-            value = params.get(col)
-            if col == "k":
-                value = "adaptive" if value is None else str(value)
-            df.insert(i, col, value)
-        frames.append(df)
+        frames.append(_with_run_columns(read_predictions(run_dir), run_dir, RUN_COLUMNS))
     if not frames:
         raise ValueError(f"no finished runs under {root} (no run folder with {METRICS}); "
                          "train them first with `ageest run`")
@@ -260,15 +265,8 @@ def load_histories(root: str | os.PathLike) -> pd.DataFrame:
     for run_dir in find_run_dirs(root):
         if not is_finished(run_dir):
             continue
-        params = read_params(run_dir)
-        h = pd.read_csv(run_dir / HISTORY)
-        h.insert(0, "run", str(run_dir))
-        for i, col in enumerate(RUN_COLUMNS + ("seed", "fold"), start=1):
-            value = params.get(col)
-            if col == "k":
-                value = "adaptive" if value is None else str(value)
-            h.insert(i, col, value)
-        frames.append(h)
+        frames.append(_with_run_columns(pd.read_csv(run_dir / HISTORY), run_dir,
+                                        RUN_COLUMNS + ("seed", "fold")))
     if not frames:
         raise ValueError(f"no finished runs under {root}")
     return pd.concat(frames, ignore_index=True)
