@@ -8,6 +8,7 @@ Every function takes the long-format tables of :mod:`ageest.evaluation` or the d
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -160,17 +161,24 @@ def cs_curves(table: pd.DataFrame, *, synthetic: bool = False) -> plt.Figure:
     return fig
 
 
+def _grouped_bars(ax, series: list[tuple[str, Any]]) -> np.ndarray:
+    """One bar per (label, values) series side by side in each group, official series hatched.
+    Returns the group centres (for the tick labels)."""
+    x = np.arange(len(series[0][1]))
+    width = 0.8 / max(1, len(series))
+    for i, (label, values) in enumerate(series):
+        ax.bar(x + i * width - 0.4 + width / 2, values, width, label=label,
+               hatch="//" if "official" in str(label) else None)
+    return x
+
+
 def age_group_mae(table: pd.DataFrame, *, synthetic: bool = False) -> plt.Figure:
     """Grouped bars of MAE per true-age group, one bar per method."""
     wide = table.pivot_table(index="group", columns="method", values="mae", sort=False)
     order = table.drop_duplicates("group")["group"].tolist()
     wide = wide.reindex(order)
     fig, ax = plt.subplots(figsize=(max(5.5, 0.9 * len(order) + 2), 3.6))
-    width = 0.8 / max(1, wide.shape[1])
-    x = np.arange(len(wide))
-    for i, method in enumerate(wide.columns):
-        ax.bar(x + i * width - 0.4 + width / 2, wide[method], width, label=method,
-               hatch="//" if "official" in method else None)
+    x = _grouped_bars(ax, [(method, wide[method]) for method in wide.columns])
     ax.set_xticks(x, wide.index, rotation=0)
     ax.set_xlabel("true age group")
     ax.set_ylabel("MAE (years)")
@@ -185,11 +193,8 @@ def dual_protocol(table: pd.DataFrame, *, synthetic: bool = False) -> plt.Figure
     rows = table[~table["protocol"].str.startswith("optimism")]
     metrics_ = [c for c in ("mae_pooled", "mae_subject_mean") if c in rows]
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    x = np.arange(len(metrics_))
-    width = 0.8 / len(rows)
-    for i, (_, row) in enumerate(rows.iterrows()):
-        ax.bar(x + i * width - 0.4 + width / 2, [row[m] for m in metrics_], width,
-               label=row["protocol"], hatch="//" if "official" in row["protocol"] else None)
+    x = _grouped_bars(ax, [(row["protocol"], [row[m] for m in metrics_])
+                           for _, row in rows.iterrows()])
     ax.set_xticks(x, [m.replace("_", " ") for m in metrics_])
     ax.set_ylabel("MAE (years)")
     ax.legend(fontsize=8)
