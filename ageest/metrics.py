@@ -29,6 +29,8 @@ __all__ = [
     "mae",
     "cumulative_score",
     "epsilon_error",
+    "epsilon_per_image",
+    "epsilon_summary",
     "per_subject_mae",
     "aggregate_lopo",
     "bootstrap_mae_ci",
@@ -246,6 +248,58 @@ def cumulative_score(pred, true, thetas: Iterable[int] = range(11)) -> pd.Series
     return pd.Series(cs, index=index, name="cs")
 
 
+def epsilon_per_image(pred, mean, std, *, official_rounding: bool = False) -> np.ndarray:
+    r"""Per-image ε-error :math:`e_i = 1 - \exp(-(x_i - \mu_i)^2 / (2\sigma_i^2))`.
+
+    Raters who all agree give :math:`\sigma_i = 0` (real CLAP2016 labels have such images).
+    There the formula is 0/0 at :math:`x_i = \mu_i` and :math:`-\infty` in the exponent
+    otherwise, so its limit as :math:`\sigma_i \to 0^+` is used: :math:`e_i = 0` when the
+    prediction equals the mean exactly, else 1. That limit is the metric's own value (a
+    consensus label tolerates no error at all) and needs no arbitrary constant, unlike a floor on
+    σ, whose size would decide how much error those images tolerate; so it is preferred.
+    ``official_rounding=True`` is the official code instead (x and μ rounded half to even, σ +
+    1e-4, so σ = 0 needs no rule). A missing σ (NaN) gives NaN for that image.
+
+    >>> epsilon_per_image([20.0, 21.0, 20.0], [20.0, 20.0, 22.0], [0.0, 0.0, 2.0]).round(4)
+    array([0.    , 1.    , 0.3935])
+    """
+    x, mu = _pair(pred, mean, ("pred", "mean"))
+    sd = _to_numpy(std, "std").astype(np.float64).reshape(-1)
+    if sd.shape != x.shape:
+        raise ValueError(f"std must have the same length as pred, got {sd.size} and {x.size}")
+    known = np.isfinite(sd)
+    if (sd[known] < 0).any():
+        raise ValueError(f"std must be >= 0, got min {sd[known].min():g}")
+    if official_rounding:
+        x, mu, sd = np.round(x), np.round(mu), sd + 1e-4
+    e = np.full(x.shape, np.nan)
+    pos = known & (sd > 0)
+    e[pos] = 1.0 - np.exp(-((x[pos] - mu[pos]) ** 2) / (2.0 * sd[pos] ** 2))
+    zero = known & (sd == 0)
+    e[zero] = (x[zero] != mu[zero]).astype(np.float64)
+    return e
+
+
+def epsilon_summary(pred, mean, std, *, official_rounding: bool = False) -> dict[str, float | int]:
+    """The ε-error over every image whose σ is known, and how many images needed a rule.
+
+    Returns ``{"epsilon", "n", "n_sigma_zero", "n_sigma_missing"}``: ``epsilon`` is the mean of
+    :func:`epsilon_per_image` over the ``n`` images with a finite σ (NaN when there is none);
+    ``n_sigma_zero`` of them took the σ = 0 limit (0 in the official variant, which adds 1e-4);
+    ``n_sigma_missing`` images had no σ and are left out.
+
+    >>> epsilon_summary([20.0, 21.0, 30.0], [20.0, 20.0, 30.0], [0.0, 0.0, float("nan")])
+    {'epsilon': 0.5, 'n': 2, 'n_sigma_zero': 2, 'n_sigma_missing': 1}
+    """
+    e = epsilon_per_image(pred, mean, std, official_rounding=official_rounding)
+    sd = _to_numpy(std, "std").astype(np.float64).reshape(-1)
+    known = np.isfinite(sd)
+    return {"epsilon": float(np.mean(e[known])) if known.any() else float("nan"),
+            "n": int(known.sum()),
+            "n_sigma_zero": 0 if official_rounding else int((sd[known] == 0).sum()),
+            "n_sigma_missing": int((~known).sum())}
+
+
 def epsilon_error(pred, mean, std, *, official_rounding: bool = False) -> float:
     r"""ε-error of the ChaLearn LAP apparent-age challenge [2]_ (CLAP2016's metric).
 
@@ -253,15 +307,19 @@ def epsilon_error(pred, mean, std, *, official_rounding: bool = False) -> float:
               {2 \sigma_i^2}\bigr)\Bigr)
 
     with prediction :math:`x_i`, apparent-age mean :math:`\mu_i` and standard deviation
-    :math:`\sigma_i` of the raters' guesses. 0 is perfect, 1 the worst.
+    :math:`\sigma_i` of the raters' guesses. 0 is perfect, 1 the worst. An image with
+    :math:`\sigma_i = 0` contributes the formula's limit (0 for an exact prediction, else 1; see
+    :func:`epsilon_per_image`); :func:`epsilon_summary` also counts them.
 
     ``official_rounding=True`` reproduces the official code: x and μ are rounded with
     ``numpy.round`` (half to even) and σ is replaced by :math:`\sigma + 10^{-4}` (the code adds
-    1e-4 "in case var_s == 0"; it does not take a maximum). Without it every σ must be > 0.
+    1e-4 "in case var_s == 0"; it does not take a maximum).
 
     Parameters
     ----------
     pred, mean, std : array-like or torch.Tensor, shape (N,)
+        ``std`` must be known (finite) for every image; use :func:`epsilon_summary` when some
+        are missing.
     official_rounding : bool, default False
 
     Returns
@@ -277,20 +335,9 @@ def epsilon_error(pred, mean, std, *, official_rounding: bool = False) -> float:
     >>> round(epsilon_error([20.4], [20.0], [0.0], official_rounding=True), 4)
     0.0
     """
-    x, mu = _pair(pred, mean, ("pred", "mean"))
     sd = _vector(std, "std")
-    if sd.shape != x.shape:
-        raise ValueError(f"std must have the same length as pred, got {sd.size} and {x.size}")
-    if (sd < 0).any():
-        raise ValueError(f"std must be >= 0, got min {sd.min():g}")
-    if official_rounding:
-        x, mu, sd = np.round(x), np.round(mu), sd + 1e-4
-    elif (sd == 0).any():
-        raise ValueError(
-            f"std has {int((sd == 0).sum())} zero value(s); the ε-error is undefined for σ = 0 "
-            "(use official_rounding=True for the official code's σ + 1e-4)"
-        )
-    return float(np.mean(1.0 - np.exp(-((x - mu) ** 2) / (2.0 * sd**2))))
+    e = epsilon_per_image(pred, mean, sd, official_rounding=official_rounding)
+    return float(np.mean(e))
 
 
 # --------------------------------------------------------------------------------------------

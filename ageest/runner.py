@@ -58,7 +58,14 @@ import numpy as np
 import pandas as pd
 
 from ageest import __version__, store
-from ageest.train import OFFICIAL_SELECTION, SELECTIONS, TrainConfig
+from ageest.train import (
+    DTYPES,
+    LR_SCHEDULES,
+    OFFICIAL_SELECTION,
+    SELECT_METRICS,
+    SELECTIONS,
+    TrainConfig,
+)
 
 # ---------------------------------------------------------------------------------------------
 # the grid: keys, defaults, validation
@@ -86,27 +93,10 @@ GRID_DEFAULTS: dict[str, Any] = {
     "json": None,
     "image_root": None,
     "synthetic_size": 64,
-    # training (TrainConfig fields)
-    "model": "small_cnn",
-    "pretrained": False,
-    "loss_kwargs": {},  # {loss name: {argument: value}}
-    "optimizer": "adamw",
-    "lr": 1e-3,
-    "momentum": 0.9,
-    "weight_decay": None,
-    "milestones": [],
-    "gamma": 0.1,
-    "epochs": 10,
-    "batch_size": 32,
-    "grad_clip": None,
-    "device": "cpu",
-    "amp": None,
-    "channels_last": False,
-    "num_workers": 0,
-    "transforms": "light",
-    "image_size": 64,
-    "normalize": False,
-    "eval_batch_size": None,
+    # training: every TrainConfig field but the per-run ones (one source of defaults)
+    **{f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING
+                else f.default) for f in dataclasses.fields(TrainConfig)
+       if f.name not in ("loss", "seed", "selection", "threads", "quiet", "augment")},
     "keep_checkpoints": "best",
     # execution (not part of a run's parameters)
     "results_dir": None,
@@ -779,6 +769,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--image-size", type=int)
     a("--normalize", action=argparse.BooleanOptionalAction, default=None)
     a("--eval-batch-size", type=int)
+    a("--select-metric", choices=list(SELECT_METRICS),
+      help="score that picks the epoch (default auto: epsilon with raters' std, else mae; "
+           "official selection: the official code's rounded MAE / epsilon)")
+    a("--lr-schedule", choices=list(LR_SCHEDULES),
+      help="multistep: torch's stages; official: scheduler.step(epoch) as the official scripts")
+    a("--dtype", choices=list(DTYPES), help="float32 (default) or float64")
     a("--keep-checkpoints", choices=list(KEEP_CHECKPOINTS))
     a("--results-dir", help="root of runs/ and tables/ (default results)")
     a("--executor", help="local or ray")

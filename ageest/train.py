@@ -54,6 +54,16 @@ SELECTIONS = ("val_best", "last", "test_best_epoch_official")
 OFFICIAL_SELECTION = "test_best_epoch_official"
 OPTIMIZERS = ("adamw", "sgd")
 AMP_MODES = (None, "bf16", "fp16")
+#: what ``lr_schedule`` may be: torch's MultiStepLR stepped once after each epoch
+#: (``multistep``: the stages last exactly the milestones), or the official scripts'
+#: ``scheduler.step(epoch)`` after 0-based epoch ``epoch`` (``official``: the first stage is one
+#: epoch longer, the last one shorter: 16/15/15/15/15/15/9 epochs for milestones 15..90 of 100)
+LR_SCHEDULES = ("multistep", "official")
+#: what ``select_metric`` may be; ``auto``: the ε-error when every image of the selection split
+#: has a raters' std (official selection: the official ε, the number ``main_CLAP.py`` logs), else
+#: the MAE (official selection: the rounded MAE that ``main_FGNET.py`` logs)
+SELECT_METRICS = ("auto", "mae", "mae_rounded", "epsilon", "epsilon_official")
+DTYPES = ("float32", "float64")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -99,6 +109,14 @@ class TrainConfig:
         Passed to :func:`seed_everything`; also seeds the DataLoader's generator.
     selection : {"val_best", "last", "test_best_epoch_official"}
         See the module docstring.
+    select_metric : {"auto", "mae", "mae_rounded", "epsilon", "epsilon_official"}
+        The score that picks the epoch (see :data:`SELECT_METRICS`).
+    lr_schedule : {"multistep", "official"}
+        How the milestones are applied (see :data:`LR_SCHEDULES`); :func:`epoch_lr` gives the
+        rate each epoch trains with, and ``history.csv``'s ``lr`` column records it.
+    dtype : {"float32", "float64"}
+        Parameter and activation dtype. ``float64`` is for equivalence tests, where two set-ups
+        that are equal in real arithmetic must agree to ~1e-12 whatever the CPU's kernels.
     transforms : {"light", "paper", "clap"}
         :func:`ageest.data.build_transforms` family; ``image_size`` is the network input side.
     augment : bool
@@ -134,6 +152,9 @@ class TrainConfig:
     num_workers: int = 0
     seed: int = 0
     selection: str = "val_best"
+    select_metric: str = "auto"
+    lr_schedule: str = "multistep"
+    dtype: str = "float32"
     transforms: str = "light"
     augment: bool = True
     image_size: int = 64
@@ -149,6 +170,12 @@ class TrainConfig:
             raise ValueError(f"selection={self.selection!r}: expected one of {SELECTIONS}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp={self.amp!r}: expected one of {AMP_MODES}")
+        for name, choices in (("select_metric", SELECT_METRICS), ("lr_schedule", LR_SCHEDULES),
+                              ("dtype", DTYPES)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {choices}")
+        if self.dtype == "float64" and self.amp is not None:
+            raise ValueError("dtype='float64' cannot be combined with amp; set amp to None")
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -228,21 +255,23 @@ def _autocast(device: str, amp: str | None):
 
 @torch.no_grad()
 def predict_probs(model: torch.nn.Module, loader, device: str, *, amp: str | None = None,
-                  channels_last: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                  channels_last: bool = False, dtype: torch.dtype = torch.float32
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Softmax probabilities of every item of ``loader`` in eval mode.
 
-    Returns ``(probs, index)``: (N, C) float32 and the items' row positions (N,).
+    Returns ``(probs, index)``: (N, C) in ``dtype`` (float32 under autocast) and the items' row
+    positions (N,).
     """
     was_training = model.training
     model.eval()
     probs, index = [], []
     for x, _, idx in loader:
-        x = x.to(device, non_blocking=True)
+        x = x.to(device, dtype=dtype, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(device, amp):
             logits = model(x)  # (B, C)
-        probs.append(torch.softmax(logits.float(), dim=1).cpu())
+        probs.append(torch.softmax(logits.to(dtype), dim=1).cpu())
         index.append(torch.as_tensor(idx))
     model.train(was_training)
     if not probs:
@@ -251,27 +280,65 @@ def predict_probs(model: torch.nn.Module, loader, device: str, *, amp: str | Non
 
 
 def _score(probs: np.ndarray, table: pd.DataFrame, start_age: int) -> dict[str, float]:
-    """MAE of the expected age against ``age_mean`` and, when every std is known and > 0, the
-    ε-error; ``table`` rows are aligned with ``probs``."""
+    """The selection scores of ``probs`` against ``table`` (rows aligned): ``mae`` (expected
+    age), ``mae_rounded`` (the official readout) and, when any image has a raters' std,
+    ``epsilon`` (σ = 0 images at the formula's limit) and ``epsilon_official``."""
     from ageest import metrics
 
     if len(table) == 0:
-        return {"mae": float("nan"), "epsilon": float("nan")}
+        return {"mae": float("nan"), "mae_rounded": float("nan")}
     pred = metrics.expected_age(probs, start_age=start_age)
     truth = table["age_mean"].to_numpy(dtype=np.float64)
-    out = {"mae": metrics.mae(pred, truth), "epsilon": float("nan")}
+    out = {"mae": metrics.mae(pred, truth), "mae_rounded": metrics.mae(np.round(pred), truth)}
     std = pd.to_numeric(table["std"], errors="coerce").to_numpy(dtype=np.float64)
-    if np.isfinite(std).all() and (std > 0).all():
-        out["epsilon"] = metrics.epsilon_error(pred, truth, std)
+    if np.isfinite(std).any():
+        out["epsilon"] = metrics.epsilon_summary(pred, truth, std)["epsilon"]
+        out["epsilon_official"] = metrics.epsilon_summary(pred, truth, std,
+                                                          official_rounding=True)["epsilon"]
     return out
 
 
-def _selection_key(table: pd.DataFrame) -> str:
-    """``"epsilon"`` when every image of ``table`` has a positive std (CLAP-style), else ``"mae"``."""
-    if len(table) == 0:
-        return "mae"
-    std = pd.to_numeric(table["std"], errors="coerce").to_numpy(dtype=np.float64)
-    return "epsilon" if np.isfinite(std).all() and (std > 0).all() else "mae"
+def resolve_select_metric(select_metric: str, table: pd.DataFrame | None, *,
+                          official: bool) -> str:
+    """The concrete score behind ``select_metric`` for a selection split (see
+    :data:`SELECT_METRICS`); an ε metric on a split without raters' std is an error."""
+    has_std = table is not None and len(table) > 0 and bool(np.isfinite(
+        pd.to_numeric(table["std"], errors="coerce").to_numpy(dtype=np.float64)).all())
+    if select_metric == "auto":
+        if has_std:
+            return "epsilon_official" if official else "epsilon"
+        return "mae_rounded" if official else "mae"
+    if select_metric.startswith("epsilon") and table is not None and not has_std:
+        raise ValueError(f"select_metric={select_metric!r} needs a raters' std for every image "
+                         "of the selection split; this dataset has none: use mae or auto")
+    return select_metric
+
+
+def epoch_lr(config: TrainConfig, epoch: int) -> float:
+    """The learning rate epoch ``epoch`` (1-based) trains with under ``config.lr_schedule``.
+
+    >>> cfg = TrainConfig(milestones=[15, 30, 45, 60, 75, 90], epochs=100)
+    >>> [sum(epoch_lr(cfg, e) == lr for e in range(1, 101)) for lr in (1e-3, 1e-4)]
+    [15, 15]
+    >>> cfg.lr_schedule = "official"
+    >>> import itertools
+    >>> [len(list(g)) for _, g in itertools.groupby(epoch_lr(cfg, e) for e in range(1, 101))]
+    [16, 15, 15, 15, 15, 15, 9]
+    """
+    import bisect
+
+    if config.lr_schedule == "multistep":  # torch: sched.step() after each epoch
+        stage = bisect.bisect_right(config.milestones, epoch - 1)
+    else:  # scheduler.step(e) after 0-based epoch e: epoch e+1 trains at stage(e)
+        stage = bisect.bisect_right(config.milestones, epoch - 2) if epoch >= 2 else 0
+    return float(config.lr) * float(config.gamma) ** stage
+
+
+def _state_is_finite(state: dict[str, torch.Tensor]) -> bool:
+    """Every floating parameter and buffer of a state dict is finite (BatchNorm running
+    variances included: a diverged run leaves them infinite while its loss still reads finite)."""
+    return all(bool(torch.isfinite(t).all()) for t in state.values()
+               if torch.is_tensor(t) and t.is_floating_point())
 
 
 def _prepare_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -288,16 +355,17 @@ def _prepare_table(df: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _nonfinite_message(what: str, epoch: int, batch: int, cfg: TrainConfig, sched,
+def _nonfinite_message(what: str, epoch: int, batch: int, cfg: TrainConfig,
                        last_path: Path | None) -> str:
     kept = (f"the last good checkpoint is {last_path}" if last_path is not None
             and last_path.is_file() else "no checkpoint was written before it")
     return (f"non-finite {what} at epoch {epoch}, batch {batch} (loss {cfg.loss}, lr "
-            f"{sched.get_last_lr()[0]:g}); {kept}. Lower the learning rate or set grad_clip.")
+            f"{epoch_lr(cfg, epoch):g}); {kept}. Lower the learning rate or set grad_clip.")
 
 
 def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_age: int,
-          ckpt_dir: str | os.PathLike | None = None, resume: bool = True) -> TrainResult:
+          ckpt_dir: str | os.PathLike | None = None, resume: bool = True,
+          on_epoch=None) -> TrainResult:
     """Train ``config.model`` with ``config.loss`` on one fold and predict its test images.
 
     Parameters
@@ -313,7 +381,11 @@ def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_ag
         Where ``best.pt`` and ``last.pt`` go (rank 0 only); ``None``: no checkpoints.
     resume : bool
         Continue from ``ckpt_dir/last.pt`` when it exists (a killed run restarts at the epoch
-        after the last completed one, with its optimizer, scheduler, RNG and history).
+        after the last completed one, with its optimizer, RNG and history; the learning rate
+        follows from the epoch, :func:`epoch_lr`).
+    on_epoch : callable, optional
+        Called on rank 0 after every epoch with the history so far (a DataFrame), e.g. to
+        write ``history.csv`` while the run goes on.
 
     Returns
     -------
@@ -346,6 +418,7 @@ def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_ag
     seed_everything(cfg.seed + dist.rank())  # per-rank augmentation streams; weights broadcast by DDP
     official = cfg.selection == OFFICIAL_SELECTION
     table = _prepare_table(df)
+    dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
     num_classes = end_age - start_age + 1
     ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else None
 
@@ -385,7 +458,7 @@ def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_ag
     val_dl = DataLoader(val_ds, batch_size=eval_bs, shuffle=False, **eval_kw) if val_ds else None
 
     # --- model, loss, optimizer, schedule
-    model = get_model(cfg.model, num_classes, pretrained=cfg.pretrained).to(device)
+    model = get_model(cfg.model, num_classes, pretrained=cfg.pretrained).to(device, dtype)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = dist.wrap_model(model, device)
@@ -398,9 +471,8 @@ def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_ag
     else:
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                               weight_decay=wd)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=cfg.milestones, gamma=cfg.gamma)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16" and device.startswith("cuda"))
-    ages_axis = torch.arange(start_age, end_age + 1, device=device, dtype=torch.float32)  # (C,)
+    ages_axis = torch.arange(start_age, end_age + 1, device=device, dtype=dtype)  # (C,)
 
     # selection on validation (clean) or on test (official, labelled); none: last epoch
     if official:
@@ -415,7 +487,7 @@ def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_ag
         select_dl, select_table = None, None
         selected_by = "last epoch" + (" (no validation images)" if cfg.selection == "val_best"
                                       else "")
-    select_key = _selection_key(select_table) if select_table is not None else "mae"
+    select_key = resolve_select_metric(cfg.select_metric, select_table, official=official)
     if select_dl is not None:
         selected_by += f" {select_key}"
 
@@ -438,7 +510,6 @@ def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_ag
     if ck is not None:
         raw_model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
         scaler.load_state_dict(ck["scaler"])
         gen.set_state(ck["loader_generator"])
         torch.set_rng_state(ck["torch_rng"])
@@ -452,6 +523,9 @@ def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_ag
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0, c0 = time.perf_counter(), time.process_time()
         sampler.set_epoch(epoch)
+        lr = epoch_lr(cfg, epoch)
+        for group in opt.param_groups:
+            group["lr"] = lr
         sums: dict[str, float] = {}
         n_seen, abs_err = 0, 0.0
         batches = train_dl
@@ -461,25 +535,25 @@ def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_ag
             batches = tqdm(train_dl, desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
                            file=sys.stderr)
         for it, (x, ages, idx) in enumerate(batches):
-            x = x.to(device, non_blocking=True)
+            x = x.to(device, dtype=dtype, non_blocking=True)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             ages = ages.to(device, non_blocking=True)
-            std = std_all[idx].to(device) if std_all is not None else None
+            std = std_all[idx].to(device, dtype) if std_all is not None else None
             with _autocast(device, cfg.amp):
                 logits = model(x)  # (B, C)
             try:
-                loss = loss_fn(logits.float(), ages, std=std)
+                loss = loss_fn(logits.to(dtype), ages, std=std)
             except ValueError as exc:  # the losses reject non-finite logits themselves
                 if bool(torch.isfinite(logits).all()):
                     raise
                 raise NonFiniteLossError(_nonfinite_message(
-                    "model output (logits)", epoch, it, cfg, sched, last_path)) from exc
+                    "model output (logits)", epoch, it, cfg, last_path)) from exc
             comps = loss_fn.last_components  # floats, one host sync per batch
             total = comps["total"] if "total" in comps else float(loss.detach())
             if not math.isfinite(total):
                 raise NonFiniteLossError(_nonfinite_message(
-                    f"training loss ({total})", epoch, it, cfg, sched, last_path))
+                    f"training loss ({total})", epoch, it, cfg, last_path))
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.grad_clip:
@@ -492,37 +566,41 @@ def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_ag
             for k, v in comps.items():
                 sums[k] = sums.get(k, 0.0) + v * b
             with torch.no_grad():
-                m = torch.softmax(logits.detach().float(), dim=1) @ ages_axis  # (B,)
+                m = torch.softmax(logits.detach().to(dtype), dim=1) @ ages_axis  # (B,)
                 abs_err += float((m - ages.float()).abs().sum())
             n_seen += b
         train_time, train_cpu = time.perf_counter() - t0, time.process_time() - c0
-        sched.step()
         # sum over ranks: [n, abs_err, component sums...]
         names = sorted(sums)
         totals = dist.all_reduce_sum(torch.tensor([n_seen, abs_err] + [sums[k] for k in names],
                                                   dtype=torch.float64))
         n_total = float(totals[0])
-        row: dict[str, Any] = {"epoch": epoch, "lr": opt.param_groups[0]["lr"]}
+        row: dict[str, Any] = {"epoch": epoch, "lr": lr}  # the rate this epoch trained with
         row.update({f"train_{k}": float(v) / n_total for k, v in zip(names, totals[2:],
                                                                      strict=True)})
         row["train_mae"] = float(totals[1]) / n_total
         # evaluation on the unwrapped model: no DDP collectives, the same result on every rank
         if val_dl is not None:
             probs, _ = predict_probs(raw_model, val_dl, device, amp=cfg.amp,
-                                     channels_last=cfg.channels_last)
-            val = _score(probs, val_table, start_age)
-            row["val_mae"], row["val_epsilon"] = val["mae"], val["epsilon"]
+                                     channels_last=cfg.channels_last, dtype=dtype)
+            row.update({f"val_{k}": v for k, v in _score(probs, val_table, start_age).items()})
         if official:
             probs, _ = predict_probs(raw_model, select_dl, device, amp=cfg.amp,
-                                     channels_last=cfg.channels_last)
-            test = _score(probs, test_table, start_age)
-            row["test_mae"], row["test_epsilon"] = test["mae"], test["epsilon"]
-            score = test[select_key]
+                                     channels_last=cfg.channels_last, dtype=dtype)
+            row.update({f"test_{k}": v for k, v in _score(probs, test_table, start_age).items()})
+            score = row[f"test_{select_key}"]
         elif select_dl is not None:
             score = row[f"val_{select_key}"]
         else:
             score = -float(epoch)  # "last": every epoch beats the previous one
-        if score < best_score:
+        state_ok = _state_is_finite(raw_model.state_dict())
+        if not state_ok:
+            raise NonFiniteLossError(_nonfinite_message(
+                "parameters or buffers (e.g. BatchNorm running variances)", epoch,
+                len(train_dl) - 1, cfg, last_path))
+        # a non-finite score or training loss never selects an epoch (NaN < x is False anyway)
+        if math.isfinite(score) and math.isfinite(row.get("train_total", 0.0)) \
+                and score < best_score:
             best_score, best_epoch = score, epoch
             best_state = copy.deepcopy(raw_model.state_dict())
             if is_main and best_path is not None:
@@ -539,7 +617,7 @@ def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_ag
             hist = pd.DataFrame(history)
             save_checkpoint(last_path, {
                 "model": raw_model.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                "scaler": scaler.state_dict(),
                 "loader_generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
                 "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch,
                 "history_columns": list(hist.columns),
@@ -549,6 +627,8 @@ def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_ag
             shown = {k: round(v, 4) for k, v in row.items()
                      if k in ("train_total", "train_mae", "val_mae", "test_mae", "train_k_mean")}
             print(f"epoch {epoch}: {shown} ({row['images_per_s']:.0f} img/s)", file=sys.stderr)
+        if on_epoch is not None and is_main:
+            on_epoch(pd.DataFrame(history))
 
     # --- the selected weights, then the test split read once (official: already evaluated)
     if best_state is None:  # resumed after the final epoch, or no epoch improved a NaN score
@@ -559,7 +639,7 @@ def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_ag
         test_ds = dataset(test_rows, False).preload()
     test_dl = DataLoader(test_ds, batch_size=eval_bs, shuffle=False, **eval_kw)
     probs, index = predict_probs(raw_model, test_dl, device, amp=cfg.amp,
-                                 channels_last=cfg.channels_last)
+                                 channels_last=cfg.channels_last, dtype=dtype)
     from ageest import metrics
 
     rows = test_table.iloc[index]
