@@ -7,7 +7,7 @@ PROFILE ?= default
 # extra arguments for `ageest reproduce`, e.g. ARGS="--fgnet DIR --clap DIR --device cuda"
 ARGS ?=
 
-.PHONY: reproduce test test-slow lint bench clean-venv
+.PHONY: reproduce test test-fast test-slow lint bench clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ reproduce: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check ageest tests benchmarks
 	$(BIN)/python -m pytest
+
+# the unit tier alone (losses, metrics, data, store, trainer on tiny data), for the edit-test loop
+test-fast: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -m "unit and not slow" -q
 
 test-slow: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -m slow
@@ -54,6 +58,7 @@ lab: $(VENV)/.installed
 	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=notebooks \
 		$(if $(filter 0,$(shell id -u)),--allow-root)
 
-# The real-browser test alone: JupyterLab + headless Chromium (Debian's chromium, chromium-driver).
+# The real-browser test alone: JupyterLab + headless Chromium (Debian's chromium, chromium-driver);
+# it fails, not skips, when they are missing.
 test-browser: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest tests/browser -rs
+	AGEEST_REQUIRE_BROWSER=1 $(BIN)/python -m pytest tests/browser -rs

@@ -373,7 +373,8 @@ def train_run(params: dict[str, Any], run_dir: str | os.PathLike) -> dict[str, A
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig.from_dict({k: v for k, v in params.items() if k in fields})
     result = train(config, df, fold, start_age=int(info.start_age), end_age=int(info.end_age),
-                   ckpt_dir=run_dir / store.CHECKPOINTS, resume=True)
+                   ckpt_dir=run_dir / store.CHECKPOINTS, resume=True,
+                   on_epoch=_epoch_reporter(run_dir, config.epochs))
 
     pred = result.predictions
     expected = pred["expected_age"].to_numpy()
@@ -424,6 +425,27 @@ def train_run(params: dict[str, Any], run_dir: str | os.PathLike) -> dict[str, A
         store.write_metrics(run_dir, out)  # last: marks the run finished
     dist.barrier()
     return out
+
+
+def _epoch_reporter(run_dir: Path, epochs: int) -> Callable[[pd.DataFrame], None]:
+    """After every epoch: rewrite ``history.csv`` (so a run in progress can be watched or
+    plotted) and print one plain line to stderr naming the run, with the training loss,
+    validation MAE, throughput and the time left (from the mean epoch time so far)."""
+    from ageest.artifacts import atomic_write_text
+
+    name = os.sep.join(run_dir.parts[-2:])
+
+    def report(history: pd.DataFrame) -> None:
+        atomic_write_text(run_dir / store.HISTORY, history.to_csv(index=False))
+        row = history.iloc[-1]
+        left = (epochs - int(row["epoch"])) * float(history["epoch_time_s"].mean())
+        val = f", val MAE {row['val_mae']:.3f}" if "val_mae" in row and pd.notna(
+            row["val_mae"]) else ""
+        print(f"{name} epoch {int(row['epoch'])}/{epochs}: train loss "
+              f"{row.get('train_total', float('nan')):.4f}{val}, "
+              f"{row['images_per_s']:.0f} img/s, ETA {left:.0f} s", file=sys.stderr, flush=True)
+
+    return report
 
 
 class _RunLock:
@@ -531,10 +553,10 @@ def execute_run(task: dict[str, Any]) -> dict[str, Any]:
 # a whole grid
 
 
-def _progress_printer(quiet: bool) -> Callable[[dict], None]:
+def _progress_printer() -> Callable[[dict], None]:
     def on_event(ev: dict) -> None:
         last = ev.get("last")
-        if quiet or last is None:
+        if last is None:  # one line per finished run, quiet or not (quiet: no progress bars)
             return
         name = os.sep.join(Path(last["run_dir"]).parts[-2:])
         err = ""
@@ -598,7 +620,7 @@ def run_grid(grid: dict[str, Any] | None = None, *, results_dir: str | os.PathLi
     results: dict[str, dict] = {}
     if todo:
         ex = executor or make_executor(g)
-        for r in ex.run(todo, execute_run, on_event=on_event or _progress_printer(quiet)):
+        for r in ex.run(todo, execute_run, on_event=on_event or _progress_printer()):
             results[str(r["run_dir"])] = r
     rows = []
     for t in tasks:

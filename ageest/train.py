@@ -623,10 +623,6 @@ def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_ag
                 "history_columns": list(hist.columns),
                 "history_values": torch.tensor(hist.astype(float).to_numpy()),
             })
-        if not cfg.quiet and is_main:
-            shown = {k: round(v, 4) for k, v in row.items()
-                     if k in ("train_total", "train_mae", "val_mae", "test_mae", "train_k_mean")}
-            print(f"epoch {epoch}: {shown} ({row['images_per_s']:.0f} img/s)", file=sys.stderr)
         if on_epoch is not None and is_main:
             on_epoch(pd.DataFrame(history))
 

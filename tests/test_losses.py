@@ -216,7 +216,7 @@ def test_residue_matches_loop_reference(batch, k, eps, topk_constant):
     logits, ages = batch
     got = residue_loss(logits, ages, k=k, eps=eps, topk_constant=topk_constant, reduction="none")
     want = ref_residue(logits, ages, k=k, eps=eps, topk_constant=topk_constant)
-    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=0)  # float64: exact up to rounding
 
 
 def test_residue_matches_loop_reference_float32_and_start_age(batch):
@@ -419,4 +419,4 @@ def test_residue_matches_loop_reference_at_paper_size(k):
     ages[:3] = torch.tensor([0, 100, 42])
     ages[10:14] = 42  # the true class sits in the tie
     got = residue_loss(logits, ages, k=k, reduction="none")
-    torch.testing.assert_close(got, ref_residue(logits, ages, k=k), atol=1e-6, rtol=0)
+    torch.testing.assert_close(got, ref_residue(logits, ages, k=k), atol=1e-12, rtol=0)  # float64

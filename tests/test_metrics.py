@@ -16,6 +16,8 @@ from ageest.metrics import (
     bootstrap_mae_ci,
     cumulative_score,
     epsilon_error,
+    epsilon_per_image,
+    epsilon_summary,
     expected_age,
     mae,
     mae_by_age_group,
@@ -112,6 +114,21 @@ def test_epsilon_error_known_values():
     want = np.mean([0.0, 1 - math.exp(-0.5), 1 - math.exp(-2.0)])
     assert got == pytest.approx(want)
     assert epsilon_error(torch.tensor([5.0]), torch.tensor([5.0]), torch.tensor([1.0])) == 0.0
+
+
+def test_epsilon_sigma_zero_takes_the_limit_and_is_counted():
+    # σ = 0 (raters agree): 0 for an exact prediction, 1 otherwise, the formula's σ -> 0+ limit
+    assert epsilon_error([20.0, 20.3], [20.0, 20.0], [0.0, 0.0]) == pytest.approx(0.5)
+    for sd in (1e-3, 1e-6):  # the limit is approached continuously
+        assert epsilon_error([20.3], [20.0], [sd]) == pytest.approx(1.0)
+    s = epsilon_summary([20.0, 22.0, 25.0, 30.0], [20.0, 20.0, 25.0, 31.0],
+                        [0.0, 2.0, np.nan, 0.0])
+    assert s == {"epsilon": pytest.approx((0 + (1 - math.exp(-0.5)) + 1) / 3), "n": 3,
+                 "n_sigma_zero": 2, "n_sigma_missing": 1}
+    e = epsilon_per_image([20.0, 30.0], [20.0, 30.0], [np.nan, 0.0])
+    assert np.isnan(e[0]) and e[1] == 0.0
+    with pytest.raises(ValueError, match="std contains 1 NaN"):
+        epsilon_error([1.0], [1.0], [np.nan])
 
 
 def test_epsilon_error_official_rounding():
@@ -314,10 +331,6 @@ def test_mae_by_age_group_edges_and_width():
         (
             lambda: epsilon_error([1, 2], [1, 2], [1]),
             r"std must have the same length as pred, got 1 and 2",
-        ),
-        (
-            lambda: epsilon_error([1], [1], [0.0]),
-            r"std has 1 zero value\(s\).*official_rounding=True",
         ),
         (lambda: epsilon_error([1], [1], [-1.0]), r"std must be >= 0"),
         (lambda: epsilon_error([1], [np.nan], [1.0]), r"mean contains 1 NaN"),

@@ -188,27 +188,33 @@ def test_sigkill_mid_run_then_resume(data_dir, tmp_path):
     res = tmp_path / "res"
     args = _cli_args(data_dir, res, "--losses", "amr,ce,l1", "--folds", "0",
                      "--epochs", "6", "--batch-size", "8", "--keep-checkpoints", "best")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # Event-driven, no polling: the runner prints "[1/3] done ..." when the first run finished
+    # and "... epoch 2/6: ..." right after the trainer wrote that epoch's last.pt, so the kill
+    # lands with 4 of the second run's 6 epochs still to go, however loaded the machine is.
     proc = subprocess.Popen([sys.executable, "-m", "ageest", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    killed_dir = None
-    deadline = time.monotonic() + 120
+                            stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    killed_dir, seen, first_done = None, b"", False
     try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            done = _finished(res)
-            partial = [p.parent.parent for p in res.rglob("checkpoints/last.pt")
-                       if not (p.parent.parent / "metrics.json").exists()]
-            if done and partial:
-                os.kill(proc.pid, signal.SIGKILL)
-                killed_dir = partial[0]
+        while proc.poll() is None:
+            chunk = os.read(proc.stdout.fileno(), 65536)  # blocks until the child writes
+            if not chunk:
                 break
-            time.sleep(0.005)
+            seen += chunk
+            first_done = first_done or b"[1/3] done" in seen
+            if first_done and b"epoch 2/6:" in seen[seen.index(b"[1/3] done"):]:
+                os.kill(proc.pid, signal.SIGKILL)
+                partial = [p.parent.parent for p in res.rglob("checkpoints/last.pt")
+                           if not (p.parent.parent / "metrics.json").exists()]
+                killed_dir = partial[0] if partial else None
+                break
     finally:
         if proc.poll() is None and killed_dir is None:
             proc.kill()
         proc.wait(timeout=30)
-    assert killed_dir is not None, "the grid finished before it could be killed mid-run: " + \
-        proc.stderr.read().decode()[-2000:]
+    assert killed_dir is not None, "no partial run when the second run reported epoch 2: " + \
+        seen.decode(errors="replace")[-2000:]
     assert proc.returncode == -signal.SIGKILL
     finished_before = set(_finished(res))
     assert killed_dir not in finished_before and store.run_status(killed_dir) == "partial"

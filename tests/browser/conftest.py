@@ -52,19 +52,24 @@ def _find(candidates: tuple[str, ...], env_var: str) -> str | None:
 @pytest.fixture(scope="session")
 def chromium() -> dict[str, str]:
     """Paths of the Chromium binary and chromedriver (``AGEEST_CHROMIUM`` and
-    ``AGEEST_CHROMEDRIVER`` override the search); skips the test, saying how to install them,
-    when either is missing, and when selenium is not installed."""
-    pytest.importorskip(
-        "selenium", reason="selenium is not installed: `pip install -e '.[dev]'` (make test does)"
-    )
+    ``AGEEST_CHROMEDRIVER`` override the search). When either is missing the test is skipped,
+    saying how to install them (the run's closing lines repeat it under NOT RUN), unless
+    ``AGEEST_REQUIRE_BROWSER=1`` (``make test-browser``) or ``CI`` is set: then it fails."""
+    required = os.environ.get("AGEEST_REQUIRE_BROWSER") == "1" or bool(os.environ.get("CI"))
+    missing = pytest.fail if required else pytest.skip
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing("selenium is not installed: `pip install -e '.[dev]'` (make test does); "
+                f"then {INSTALL_HINT}")
     browser = _find(CHROMIUM_CANDIDATES, "AGEEST_CHROMIUM")
     driver = _find(CHROMEDRIVER_CANDIDATES, "AGEEST_CHROMEDRIVER")
     if browser is None:
         looked = os.environ.get("AGEEST_CHROMIUM") or ", ".join(CHROMIUM_CANDIDATES)
-        pytest.skip(f"Chromium not found (looked for {looked}): {INSTALL_HINT}")
+        missing(f"Chromium not found (looked for {looked}): {INSTALL_HINT}")
     if driver is None:
         looked = os.environ.get("AGEEST_CHROMEDRIVER") or ", ".join(CHROMEDRIVER_CANDIDATES)
-        pytest.skip(f"chromedriver not found (looked for {looked}): {INSTALL_HINT}")
+        missing(f"chromedriver not found (looked for {looked}): {INSTALL_HINT}")
     return {"browser": browser, "driver": driver}
 
 

@@ -132,6 +132,7 @@ def test_notebook_01_runs_in_jupyterlab_and_the_explorer_reacts(lab_server, brow
         assert "true age 30" in before and "AMR" in before, before
         fig = driver.find_element(By.CSS_SELECTOR, "img.ageest-explorer-figure")
         assert driver.execute_script("return arguments[0].naturalWidth", fig) > 100
+        first_src = driver.execute_script("return arguments[0].src", fig)
 
         # move the true-age slider three steps with the keyboard, as a user would
         driver.execute_script("arguments[0].scrollIntoView({block: 'start'})", explorer)
@@ -145,7 +146,11 @@ def test_notebook_01_runs_in_jupyterlab_and_the_explorer_reacts(lab_server, brow
         assert total.search(before) and total.search(after), (before, after)
         assert total.search(before).group(1) != total.search(after).group(1), (before, after)
 
-        time.sleep(1.0)  # let the new figure paint before the screenshot
+        # the figure follows the slider too: wait for a new, fully decoded image (no fixed sleep)
+        _wait(lambda: driver.execute_script(
+            "const f = document.querySelector('img.ageest-explorer-figure');"
+            "return f && f.complete && f.naturalWidth > 100 && f.src !== arguments[0];",
+            first_src), 30, "the explorer's figure to redraw for the new true age")
         driver.execute_script("arguments[0].scrollIntoView({block: 'start'})", explorer)
         driver.save_screenshot(str(screenshot))
         assert screenshot.stat().st_size > 10_000
