@@ -196,32 +196,32 @@ def epsilon_comparison(preds: pd.DataFrame, *, readout: str = "expectation", n_b
     bootstrap CI, and the paper's ε with its source.
     """
     preds = add_readouts(check_predictions(preds))
-    if preds["std"].isna().any():
-        raise ValueError("the ε-error needs the annotators' std for every image; these "
-                         "predictions come from a dataset without it (use mae_comparison)")
+    if preds["std"].isna().all():
+        raise ValueError("the ε-error needs the annotators' std; these predictions come from a "
+                         "dataset without it (use mae_comparison)")
     rows = []
     for (loss, k, selection), group in _method_groups(preds):
         r = "rounded" if selection == OFFICIAL_SELECTION else readout
         pred = group[f"pred_{r}"].to_numpy()
         mean, std = group["age_mean"].to_numpy(float), group["std"].to_numpy(float)
-        exact_ok = bool((std > 0).all())
         clusters = _clusters(group)
         boot = metrics.bootstrap_mae_ci(pred, mean, clusters, n_boot=n_boot, ci=ci, seed=seed)
-        eps, eps_low, eps_high = np.nan, np.nan, np.nan
-        if exact_ok:
-            # ε is the mean of per-image terms e_i >= 0, so the bootstrap of mean |e_i - 0|
-            # over the same clusters is its confidence interval
-            e = 1.0 - np.exp(-((pred - mean) ** 2) / (2.0 * std**2))  # (N,)
-            e_boot = metrics.bootstrap_mae_ci(e, np.zeros_like(e), clusters, n_boot=n_boot,
-                                              ci=ci, seed=seed)
-            eps, eps_low, eps_high = (metrics.epsilon_error(pred, mean, std), e_boot["low"],
-                                      e_boot["high"])
+        # ε is the mean of per-image terms e_i >= 0 (σ = 0 at the formula's limit), so the
+        # bootstrap of mean |e_i - 0| over the same clusters is its confidence interval; images
+        # without a σ are left out and counted
+        e = metrics.epsilon_per_image(pred, mean, std)  # (N,)
+        known = np.isfinite(e)
+        summary = metrics.epsilon_summary(pred, mean, std)
+        e_boot = metrics.bootstrap_mae_ci(e[known], np.zeros(int(known.sum())),
+                                          np.asarray(clusters)[known], n_boot=n_boot, ci=ci,
+                                          seed=seed)
+        official = metrics.epsilon_summary(pred, mean, std, official_rounding=True)
         rows.append({
             "method": method_label(loss, k, selection), "protocol": protocol_label(selection),
             "loss": loss, "k": k_label(loss, k), "readout": r, "seeds": group["seed"].nunique(),
-            "n_images": len(group), "epsilon": eps, "epsilon_low": eps_low,
-            "epsilon_high": eps_high,
-            "epsilon_official": metrics.epsilon_error(pred, mean, std, official_rounding=True),
+            "n_images": len(group), "epsilon": summary["epsilon"], "epsilon_low": e_boot["low"],
+            "epsilon_high": e_boot["high"], "epsilon_official": official["epsilon"],
+            "n_sigma_zero": summary["n_sigma_zero"], "n_sigma_missing": summary["n_sigma_missing"],
             "mae": boot["estimate"], "mae_low": boot["low"], "mae_high": boot["high"],
         })
     table = pd.DataFrame(rows)
@@ -379,8 +379,8 @@ def epsilon_variants(preds: pd.DataFrame, *,
     """ε-error of every method under every readout, exact and with the official rounding
     (prediction and mean rounded, σ + 1e-4). Long format."""
     preds = add_readouts(check_predictions(preds), readouts)
-    if preds["std"].isna().any():
-        raise ValueError("ε-error variants need the annotators' std for every image")
+    if preds["std"].isna().all():
+        raise ValueError("ε-error variants need the annotators' std")
     rows = []
     for (loss, k, selection), group in _method_groups(preds):
         mean, std = group["age_mean"].to_numpy(float), group["std"].to_numpy(float)
@@ -389,9 +389,9 @@ def epsilon_variants(preds: pd.DataFrame, *,
             rows.append({
                 "method": method_label(loss, k, selection),
                 "protocol": protocol_label(selection), "readout": r,
-                "epsilon": metrics.epsilon_error(pred, mean, std) if (std > 0).all() else np.nan,
-                "epsilon_official": metrics.epsilon_error(pred, mean, std,
-                                                          official_rounding=True),
+                "epsilon": metrics.epsilon_summary(pred, mean, std)["epsilon"],
+                "epsilon_official": metrics.epsilon_summary(
+                    pred, mean, std, official_rounding=True)["epsilon"],
                 "mae_vs_mean": metrics.mae(pred, mean),
             })
     return pd.DataFrame(rows)

@@ -93,6 +93,11 @@ GRID_DEFAULTS: dict[str, Any] = {
     "json": None,
     "image_root": None,
     "synthetic_size": 64,
+    # CLAP2016-format loader filters (ignored for other datasets; see load_clap2016)
+    "ignore_list": None,  # None: <data_dir>/ignore_list.txt when present
+    "ignore_splits": ["train"],
+    "min_pixels": None,
+    "label_rounding": "half_up",
     # training: every TrainConfig field but the per-run ones (one source of defaults)
     **{f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING
                 else f.default) for f in dataclasses.fields(TrainConfig)
@@ -169,6 +174,7 @@ def normalize_grid(grid: dict[str, Any]) -> dict[str, Any]:
     g["k"] = ks
     g["folds"] = None if g["folds"] in (None, "", []) else [int(f) for f in _as_list(g["folds"])]
     g["milestones"] = [int(m) for m in _as_list(g["milestones"])]
+    g["ignore_splits"] = [str(x) for x in _as_list(g["ignore_splits"])]
     for sel in g["selection"]:
         if sel not in SELECTIONS:
             raise ValueError(f"selection={sel!r}: expected one of {SELECTIONS}")
@@ -236,13 +242,22 @@ def run_dir_for(results_dir: str | os.PathLike, params: dict[str, Any]) -> Path:
     return Path(results_dir) / "runs" / run_name(params) / f"fold-{_safe(params['fold'])}"
 
 
+#: grid keys that are options of the CLAP2016-format loader
+CLAP_LOADER_KEYS = ("ignore_list", "ignore_splits", "min_pixels", "label_rounding")
+CLAP_DATASETS = ("clap2016", "synthetic-clap")
+
+
 def _load_data(params: dict[str, Any]):
     from ageest.data import get_dataset
 
+    options = {}
+    if params["dataset"] in CLAP_DATASETS:
+        options = {k: params[k] for k in CLAP_LOADER_KEYS
+                   if k in params and params[k] is not None}
     return get_dataset(params["dataset"], data_dir=params.get("data_dir"),
                        csv=params.get("csv"), json=params.get("json"),
                        image_root=params.get("image_root"),
-                       size=int(params.get("synthetic_size", 64)))
+                       size=int(params.get("synthetic_size", 64)), loader_options=options)
 
 
 def _folds(df: pd.DataFrame, params: dict[str, Any]):
@@ -270,6 +285,8 @@ def expand_grid(grid: dict[str, Any], results_dir: str | os.PathLike | None = No
     for dataset in g["dataset"]:
         base = {"dataset": dataset, **{k: g[k] for k in ("data_dir", "csv", "json",
                                                           "image_root", "synthetic_size")}}
+        if dataset in CLAP_DATASETS:  # only there do the loader filters change the data
+            base.update({k: g[k] for k in CLAP_LOADER_KEYS})
         df, info = _load_data(base)
         protocols = g["protocol"] or [info.default_protocol]
         for protocol in protocols:
@@ -402,8 +419,16 @@ def train_run(params: dict[str, Any], run_dir: str | os.PathLike) -> dict[str, A
         "wall_time_s": None,
     }
     std = pred["std"].to_numpy(dtype=np.float64)
-    if len(std) and np.isfinite(std).all() and (std > 0).all():
-        out["epsilon"] = M.epsilon_error(expected, truth, std)
+    if len(std) and np.isfinite(std).any():
+        # every image with a raters' σ counts (σ = 0 at the formula's limit); how many needed
+        # that rule, and how many had no σ, is recorded beside the number
+        summary = M.epsilon_summary(expected, truth, std)
+        out["epsilon"] = summary["epsilon"]
+        out["n_sigma_zero"], out["n_sigma_missing"] = (summary["n_sigma_zero"],
+                                                       summary["n_sigma_missing"])
+        # the official code's number: rounded expected age, rounded mean, σ + 1e-4
+        out["epsilon_official"] = M.epsilon_summary(expected, truth, std,
+                                                    official_rounding=True)["epsilon"]
     if result.test_selected:
         out["note"] = ("official protocol: the epoch was selected on the TEST set "
                        "(test_best_epoch_official); optimistic, not a clean estimate")
@@ -731,14 +756,20 @@ def aggregate(results_dir: str | os.PathLike, *, runs: Sequence[str | os.PathLik
         for t, v in cs.items():
             row[f"cs{int(t)}"] = float(v)
         std = pd.to_numeric(grp["std"], errors="coerce").to_numpy(dtype=np.float64)
-        if np.isfinite(std).all() and (std > 0).all():
-            # ε = mean_i e_i; the subject bootstrap of mean |e_i - 0| is its CI
-            e = 1.0 - np.exp(-((pred - true) ** 2) / (2.0 * std**2))
-            b = M.bootstrap_mae_ci(e, np.zeros_like(e), subj, n_boot=n_boot, ci=ci, seed=seed)
+        row["epsilon"] = row["epsilon_low"] = row["epsilon_high"] = float("nan")
+        row["n_sigma_zero"] = row["n_sigma_missing"] = 0
+        if np.isfinite(std).any():
+            # ε = mean_i e_i (σ = 0 at its limit); the subject bootstrap of mean |e_i - 0| is its
+            # CI; images without a σ are left out and counted
+            e = M.epsilon_per_image(pred, true, std)
+            known = np.isfinite(e)
+            b = M.bootstrap_mae_ci(e[known], np.zeros(int(known.sum())), subj[known],
+                                   n_boot=n_boot, ci=ci, seed=seed)
+            summary = M.epsilon_summary(pred, true, std)
             row["epsilon"], row["epsilon_low"], row["epsilon_high"] = (
-                M.epsilon_error(pred, true, std), b["low"], b["high"])
-        else:
-            row["epsilon"] = row["epsilon_low"] = row["epsilon_high"] = float("nan")
+                summary["epsilon"], b["low"], b["high"])
+            row["n_sigma_zero"] = summary["n_sigma_zero"]
+            row["n_sigma_missing"] = summary["n_sigma_missing"]
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -770,6 +801,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--json", help="database JSON (dataset benchmark-json)")
     a("--image-root", help="image folder (csv, benchmark-json)")
     a("--synthetic-size", type=int, help="image side of generated synthetic data (default 64)")
+    a("--ignore-list", help="CLAP2016: file of names to drop (default: DATA_DIR/ignore_list.txt "
+      "when present)")
+    a("--ignore-splits", help="CLAP2016: splits the ignore list filters (default train; the "
+      "official code: train,valid,test)")
+    a("--min-pixels", type=int, help="CLAP2016: drop images with fewer pixels (official: 1024)")
+    a("--label-rounding", choices=["half_up", "half_even"],
+      help="CLAP2016: apparent mean -> label (official: half_even, np.around)")
     a("--model", help="backbone (small_cnn, resnet18, resnet50, vgg16)")
     a("--pretrained", action=argparse.BooleanOptionalAction, default=None,
       help="ImageNet weights from the local torch hub cache")

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from ageest.artifacts import atomic_write_bytes, atomic_write_text, read_json, write_json
+from ageest.metrics import epsilon_per_image
 
 PARAMS = "params.yaml"
 HISTORY = "history.csv"
@@ -46,7 +47,7 @@ OFFICIAL_SELECTION = "test_best_epoch_official"
 
 #: columns of one run's predictions.parquet, in order (``probs`` last)
 PREDICTION_COLUMNS = ("image_id", "subject", "fold", "seed", "age", "age_mean", "std",
-                      "expected_age", "test_selected", "probs")
+                      "expected_age", "epsilon", "test_selected", "probs")
 #: run parameters copied onto every row by :func:`load_predictions`
 RUN_COLUMNS = ("dataset", "protocol", "loss", "k", "selection", "start_age", "end_age", "model")
 
@@ -121,6 +122,12 @@ def write_predictions(run_dir: str | os.PathLike, predictions: pd.DataFrame, *, 
         "age_mean": pa.array(predictions["age_mean"].to_numpy(dtype=np.float64)),
         "std": pa.array(predictions["std"].to_numpy(dtype=np.float64), from_pandas=True),
         "expected_age": pa.array(predictions["expected_age"].to_numpy(dtype=np.float64)),
+        # per-image ε-error of the expected age (σ = 0 at its limit; NaN without a σ)
+        "epsilon": pa.array(epsilon_per_image(
+            predictions["expected_age"].to_numpy(dtype=np.float64),
+            predictions["age_mean"].to_numpy(dtype=np.float64),
+            predictions["std"].to_numpy(dtype=np.float64)) if n else np.zeros(0),
+            from_pandas=True),
         "test_selected": pa.array([bool(test_selected)] * n, type=pa.bool_()),
         "probs": pa.FixedSizeListArray.from_arrays(
             pa.array(probs.astype(np.float16).ravel(), type=pa.float16()), c),

@@ -27,10 +27,10 @@ from ageest.data.loaders import COLUMNS, parse_fgnet_name
 # fixture builders
 
 
-def write_image(path: Path, value: int = 128, size: int = 16) -> Path:
-    """A tiny valid image whose format follows the extension."""
+def write_image(path: Path, value: int = 128, size: int | tuple[int, int] = 16) -> Path:
+    """A tiny valid image whose format follows the extension (``size``: side, or (w, h))."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    img = Image.new("RGB", (size, size), (value % 256, (3 * value) % 256, (7 * value) % 256))
+    img = Image.new("RGB", (size, size) if isinstance(size, int) else size, (value % 256, (3 * value) % 256, (7 * value) % 256))
     fmt = "PNG" if path.suffix.lower() == ".png" else "JPEG"
     img.save(path, format=fmt)
     return path
@@ -231,11 +231,43 @@ def test_clap_ignore_list_drops_training_only(tmp_path):
     with pytest.warns(UserWarning) as rec:
         df = load_clap2016(root, ignore_list=["000001.jpg", "000006.jpg", "999999.jpg"])
     msgs = " ".join(str(w.message) for w in rec)
-    assert "valid/test file(s)" in msgs and "test/000006.jpg" in msgs  # kept, with a warning
+    assert "splits it does not filter" in msgs and "test/000006.jpg" in msgs  # kept, warned
     assert "match no labelled file" in msgs and "999999.jpg" in msgs
     assert "train/000001.jpg" not in set(df["image_id"])
     assert "test/000006.jpg" in set(df["image_id"])  # the test set is never filtered
     assert df.attrs["ignored_train"] == [str(root / "train" / "000001.jpg")]
+    assert df.attrs["dropped"]["ignore_list"] == {"train": 1, "valid": 0, "test": 0}
+
+
+def test_clap_official_filters_every_split_by_ignore_list_and_pixel_count(tmp_path):
+    """The official CLAP_data.py drops ignore-listed names from whichever split it loads and
+    every image whose RGB array has fewer than 3,072 values (H x W < 1,024 pixels)."""
+    root = build_clap(tmp_path / "appa", crops=False)
+    for image in root.glob("*/*.jpg"):
+        write_image(image, size=40)  # 1,600 pixels: kept
+    write_image(root / "valid" / "000004.jpg", size=(31, 33))  # 1,023 pixels: dropped
+    write_image(root / "test" / "000007.jpg", size=(20, 60))  # 1,200 pixels: an area rule, kept
+    write_image(root / "test" / "000008.jpg", size=(16, 16))  # dropped, test included
+    df = load_clap2016(root, ignore_list=["000001.jpg", "000006.jpg"],
+                       ignore_splits=("train", "valid", "test"), min_pixels=1024)
+    ids = set(df["image_id"])
+    assert {"train/000001.jpg", "test/000006.jpg", "valid/000004.jpg",
+            "test/000008.jpg"}.isdisjoint(ids)
+    assert "test/000007.jpg" in ids
+    assert df.attrs["dropped"] == {"ignore_list": {"train": 1, "valid": 0, "test": 1},
+                                   "min_pixels": {"train": 0, "valid": 1, "test": 1}}
+    assert sorted(df.attrs["too_small"]) == ["test/000008.jpg", "valid/000004.jpg"]
+
+
+def test_clap_label_rounding_half_even_like_numpy_around(tmp_path):
+    root = build_clap(tmp_path / "appa")
+    half = load_clap2016(root)
+    even = load_clap2016(root, label_rounding="half_even")
+    means = half["age_mean"].to_numpy()
+    assert (even["age"].to_numpy() == np.around(means).astype(int)).all()
+    assert (half["age"].to_numpy() == np.floor(means + 0.5).astype(int)).all()
+    with pytest.raises(ValueError, match="label_rounding"):
+        load_clap2016(root, label_rounding="up")
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".txt"])

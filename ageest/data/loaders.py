@@ -132,13 +132,32 @@ def _age_problem(age: Any, age_range: tuple[int, int] | None) -> str | None:
     return None
 
 
-def round_age(value: float) -> int:
-    """Round half up (``floor(x + 0.5)``), as a training label from an apparent mean.
+LABEL_ROUNDINGS = ("half_up", "half_even")
 
-    >>> round_age(24.5), round_age(24.49), round_age(0.2)
-    (25, 24, 0)
+
+def round_age(value: float, rounding: str = "half_up") -> int:
+    """A training label from an apparent mean: half up (``floor(x + 0.5)``, the default) or half
+    to even (``numpy.around``, what the official CLAP2016 code does).
+
+    >>> round_age(24.5), round_age(24.49), round_age(0.2), round_age(24.5, "half_even")
+    (25, 24, 0, 24)
     """
+    if rounding == "half_even":
+        return int(np.around(float(value)))
+    if rounding != "half_up":
+        raise ValueError(f"label_rounding={rounding!r}: expected one of {LABEL_ROUNDINGS}")
     return int(math.floor(float(value) + 0.5))
+
+
+def _pixel_count(path: Path) -> int | None:
+    """Width x height from the image header (no decode); None when it cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return int(im.size[0]) * int(im.size[1])
+    except (OSError, UnidentifiedImageError, ValueError):
+        return None
 
 
 def _finish(
@@ -326,7 +345,8 @@ def load_clap2016(
     root: str | os.PathLike, use_face_crops: bool = False,
     ignore_list: str | os.PathLike | Iterable[str] | None = None, *, on_bad: str = "raise",
     check_images: str = "header", age_range: tuple[int, int] = CLAP_AGE_RANGE,
-    splits: Iterable[str] = SPLITS,
+    splits: Iterable[str] = SPLITS, ignore_splits: Iterable[str] = ("train",),
+    min_pixels: int | None = None, label_rounding: str = "half_up",
 ) -> pd.DataFrame:
     """Load CLAP2016 / APPA-REAL in its release layout.
 
@@ -342,10 +362,23 @@ def load_clap2016(
         ``000123_face.jpg``) when present; images without a crop keep the full image and are
         listed in ``df.attrs["face_crop_missing"]`` with a warning.
     ignore_list : path-like or iterable of str, optional
-        File names to drop **from training only** (the published list of bad training images).
-        Names that belong to valid/test are *kept* there -- the test set is never filtered --
-        and a warning lists them; names found nowhere are also warned about. The dropped
-        training files are listed in ``df.attrs["ignored_train"]``.
+        File names to drop (yu4u's list of 118 bad training images, one name a line, is what
+        the official code reads from ``<CLAP folder>/ignore_list.txt``), from the splits in
+        ``ignore_splits``. Names that belong to other splits are *kept* there and a warning
+        lists them; names found nowhere are also warned about. The dropped training files are
+        listed in ``df.attrs["ignored_train"]``.
+    ignore_splits : iterable of str
+        Where the ignore list applies: ``("train",)`` by default (the test set is never
+        filtered); the official code applies it to whichever split it loads (``train, valid,
+        test``).
+    min_pixels : int, optional
+        Drop images with fewer than this many pixels (width x height, from the header), in
+        every split. The official ``CLAP_data.py`` drops ``img.size < 3072`` on the RGB array,
+        i.e. fewer than 1,024 pixels (32 x 32): ``min_pixels=1024``. An area rule, not a side
+        rule: a 20 x 60 image (1,200 pixels) passes there, and here.
+    label_rounding : {"half_up", "half_even"}
+        How the apparent mean becomes the integer training label (:func:`round_age`); the
+        official code uses ``np.around`` (half to even).
     on_bad, check_images
         As in :func:`load_fgnet`.
     age_range : (int, int)
@@ -365,6 +398,16 @@ def load_clap2016(
     root = _require_dir(root, "CLAP2016", "pass the APPA-REAL folder holding train/, valid/, "
                         "test/ and gt_avg_*.csv")
     ignore = _read_name_list(ignore_list) if ignore_list is not None else set()
+    ignore_splits = tuple(ignore_splits)
+    unknown = [sp for sp in ignore_splits if sp not in SPLITS]
+    if unknown:
+        raise ValueError(f"ignore_splits: {unknown} not among {SPLITS}")
+    if label_rounding not in LABEL_ROUNDINGS:
+        raise ValueError(f"label_rounding={label_rounding!r}: expected one of {LABEL_ROUNDINGS}")
+    # what each rule dropped, per split (reported in the data summary)
+    dropped: dict[str, dict[str, int]] = {"ignore_list": {sp: 0 for sp in SPLITS},
+                                          "min_pixels": {sp: 0 for sp in SPLITS}}
+    too_small: list[str] = []
     bad = BadRecords(on_bad, f"CLAP2016 folder {root}")
     rows: list[dict[str, Any]] = []
     unlabelled: list[str] = []
@@ -401,10 +444,14 @@ def load_clap2016(
                 bad.add(where, f"label without image: {image} does not exist",
                         f"restore the image or delete its row from {csv.name}")
                 continue
-            if split == "train" and name in ignore:
-                ignored_train.append(str(image))
+            if name in ignore and split in ignore_splits:
+                dropped["ignore_list"][split] += 1
+                if split == "train":
+                    ignored_train.append(str(image))
+                else:
+                    ignored_elsewhere.append(f"{split}/{name}")
                 continue
-            if split != "train" and name in ignore:
+            if name in ignore:
                 ignored_elsewhere.append(f"{split}/{name}")
             path = image
             if use_face_crops:
@@ -418,6 +465,12 @@ def load_clap2016(
             if problem is not None:
                 bad.add(path, problem, "replace the image with the release's copy")
                 continue
+            if min_pixels is not None:
+                pixels = _pixel_count(path)
+                if pixels is not None and pixels < int(min_pixels):
+                    dropped["min_pixels"][split] += 1
+                    too_small.append(f"{split}/{name}")
+                    continue
             mean, std = rec["apparent_age_avg"], rec["apparent_age_std"]
             problem = _age_problem(mean, age_range)
             if problem is None and not (isinstance(std, (int, float)) and std >= 0):
@@ -426,7 +479,8 @@ def load_clap2016(
                 bad.add(where, problem, f"correct the row in {csv.name}")
                 continue
             nr = rec.get("num_ratings", np.nan)
-            rows.append(_row(path, round_age(mean), age_mean=float(mean), std=float(std),
+            rows.append(_row(path, round_age(mean, label_rounding), age_mean=float(mean),
+                             std=float(std),
                              split=split, image_id=f"{split}/{name}", file_name=name,
                              num_ratings=float(nr)))
         for p in files:
@@ -440,10 +494,11 @@ def load_clap2016(
     if crop_missing:
         warnings.warn(f"CLAP2016 {root}: {len(crop_missing)} image(s) have no _face.jpg crop; "
                       f"their full image is used, e.g. {crop_missing[:5]}", stacklevel=2)
-    if ignored_elsewhere:
-        warnings.warn(f"CLAP2016 ignore list names {len(ignored_elsewhere)} valid/test "
-                      f"file(s), e.g. {ignored_elsewhere[:5]}; the ignore list only filters "
-                      "training data, so they are kept", stacklevel=2)
+    kept_listed = [n for n in ignored_elsewhere if n.split("/", 1)[0] not in ignore_splits]
+    if kept_listed:
+        warnings.warn(f"CLAP2016 ignore list names {len(kept_listed)} file(s) of splits it does "
+                      f"not filter ({', '.join(ignore_splits) or 'none'} only), e.g. "
+                      f"{kept_listed[:5]}; they are kept", stacklevel=2)
     unused = ignore - {Path(p).name for p in ignored_train} - {
         n.split("/", 1)[1] for n in ignored_elsewhere}
     if unused:
@@ -451,7 +506,11 @@ def load_clap2016(
                       f"e.g. {sorted(unused)[:5]}", stacklevel=2)
     return _finish(rows, bad, source=str(root), attrs={
         "unlabelled": unlabelled, "face_crop_missing": crop_missing,
-        "ignored_train": ignored_train, "ignored_not_train": ignored_elsewhere})
+        "ignored_train": ignored_train, "ignored_not_train": ignored_elsewhere,
+        "dropped": dropped, "too_small": too_small,
+        "filters": {"ignore_list_names": len(ignore),
+                    "ignore_splits": list(ignore_splits), "min_pixels": min_pixels,
+                    "label_rounding": label_rounding}})
 
 
 # --------------------------------------------------------------------------------------------

@@ -217,6 +217,9 @@ def get_dataset(
         df = loaders.load_fgnet(root, on_bad=on_bad, **opts)
     elif name == "clap2016":
         root = Path(data_dir)
+        # the official code reads <CLAP folder>/ignore_list.txt; use it when it is there
+        if opts.get("ignore_list") is None and (root / "ignore_list.txt").is_file():
+            opts["ignore_list"] = root / "ignore_list.txt"
         df = loaders.load_clap2016(root, on_bad=on_bad, **opts)
     elif name == "utkface":
         root = Path(data_dir)
