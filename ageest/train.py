@@ -400,7 +400,7 @@ def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_ag
     from torch.utils.data import DataLoader
     from torch.utils.data.distributed import DistributedSampler
 
-    from ageest.data import AgeDataset, build_transforms, cache_size
+    from ageest.data import AgeDataset, build_transforms, cache_spec
     from ageest.losses import get_loss
     from ageest.models import get_model
 
@@ -423,12 +423,14 @@ def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_ag
     ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else None
 
     # --- data: decoded once into uint8 caches; the test set only when it will be read
-    csize = cache_size(cfg.transforms, size=cfg.image_size)
     tf_kw = {"size": cfg.image_size, "normalize": cfg.normalize}
 
     def dataset(rows: np.ndarray, train_mode: bool) -> AgeDataset:
-        tf = build_transforms(cfg.transforms, train=train_mode and cfg.augment, **tf_kw)
-        return AgeDataset(table.iloc[rows], start_age=start_age, transform=tf, size=csize)
+        train_mode = train_mode and cfg.augment
+        tf = build_transforms(cfg.transforms, train=train_mode, **tf_kw)
+        side, fit = cache_spec(cfg.transforms, size=cfg.image_size, train=train_mode)
+        return AgeDataset(table.iloc[rows], start_age=start_age, transform=tf, size=side,
+                          fit=fit)
 
     train_rows, val_rows, test_rows = (np.asarray(a, dtype=np.int64)
                                        for a in (fold.train, fold.val, fold.test))

@@ -12,7 +12,7 @@ import torch
 import torchvision.transforms.v2.functional as F
 from PIL import Image
 
-from ageest.data import AgeDataset, DataError, build_transforms, cache_size
+from ageest.data import AgeDataset, DataError, build_transforms, cache_size, cache_spec
 from ageest.data import dataset as dataset_mod
 from ageest.data.dataset import IMAGENET_MEAN, TRANSFORMS, RandomShiftFlip
 
@@ -46,7 +46,7 @@ def test_images_are_decoded_once(tmp_path, monkeypatch):
     calls = []
     real = dataset_mod.decode_image
     monkeypatch.setattr(dataset_mod, "decode_image",
-                        lambda p, s=None: calls.append(p) or real(p, s))
+                        lambda p, s=None, fit="square": calls.append(p) or real(p, s, fit))
     ds = AgeDataset(df, start_age=0, size=24,
                     transform=build_transforms("light", size=24, train=True))
     for _ in range(3):  # three epochs
@@ -114,9 +114,46 @@ def test_paper_transform_crop_sizes():
     for crop in (224, 227):
         assert build_transforms("paper", size=crop, train=True)(x).shape == (3, crop, crop)
     assert cache_size("paper", size=227) == 256
-    center = build_transforms("paper", size=227, train=False)(x)
-    expected = F.center_crop(F.resize(x, [256, 256], antialias=True), [227, 227])
-    assert torch.allclose(center, expected.float() / 255)
+
+
+@pytest.mark.parametrize("name", ["paper", "clap"])
+def test_official_evaluation_resizes_the_whole_image_without_crop(name):
+    # main_FGNET.py / main_CLAP.py test: Resize((227, 227)) of the whole image, no centre crop
+    x = torch.randint(0, 256, (3, 300, 260), dtype=torch.uint8)
+    out = build_transforms(name, size=227, train=False)(x)
+    expected = F.resize(x, [227, 227], antialias=True)
+    assert torch.allclose(out, expected.float() / 255)
+    assert cache_spec(name, size=227, train=False) == (227, "square")
+
+
+def test_official_training_geometry():
+    from torchvision.transforms import v2
+
+    # FG-NET: Resize((256, 256)) -> RandomCrop(227) (+ flip)
+    paper = build_transforms("paper", size=227, train=True).transforms
+    assert [type(t).__name__ for t in paper[:3]] == ["ResizeIfNeeded", "RandomCrop",
+                                                     "RandomHorizontalFlip"]
+    assert paper[0].size == 256 and paper[2].p == 0.5
+    # CLAP2016: flip, affine and jitter at the image's own geometry, then the resize and crop
+    clap = build_transforms("clap", size=227, train=True).transforms
+    assert [type(t).__name__ for t in clap[:5]] == [
+        "RandomHorizontalFlip", "RandomAffine", "ColorJitter", "ResizeIfNeeded", "RandomCrop"]
+    assert isinstance(clap[1], v2.RandomAffine) and clap[1].degrees == [-10.0, 10.0]
+    assert cache_spec("clap", size=227, train=True) == (256, "short_side")
+
+
+def test_short_side_cache_keeps_the_aspect_ratio(tmp_path):
+    from PIL import Image
+
+    from ageest.data.dataset import decode_image
+
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (400, 300), (10, 20, 30)).save(path)
+    assert tuple(decode_image(str(path), 256, "short_side").shape) == (3, 256, 341)
+    assert tuple(decode_image(str(path), 256, "square").shape) == (3, 256, 256)
+    small = tmp_path / "small.png"
+    Image.new("RGB", (100, 80), (10, 20, 30)).save(small)
+    assert tuple(decode_image(str(small), 256, "short_side").shape) == (3, 80, 100)  # kept
 
 
 def test_normalize_uses_imagenet_statistics():

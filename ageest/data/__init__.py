@@ -6,7 +6,7 @@ for the protocols, :mod:`ageest.data.dataset` for the Dataset and transforms,
 for errors and manifests.
 """
 
-from ageest.data.dataset import AgeDataset, build_transforms, cache_size
+from ageest.data.dataset import AgeDataset, build_transforms, cache_size, cache_spec
 from ageest.data.integrity import (
     DataError,
     LeakageError,
@@ -26,7 +26,8 @@ from ageest.data.splits import Fold, check_disjoint, make_folds
 
 __all__ = [
     "DATASETS", "AgeDataset", "DataError", "DatasetInfo", "Fold", "LeakageError",
-    "MissingDataError", "build_transforms", "cache_size", "check_disjoint", "get_dataset",
+    "MissingDataError", "build_transforms", "cache_size", "cache_spec", "check_disjoint",
+    "get_dataset",
     "list_datasets", "load_benchmark_json", "load_clap2016", "load_csv", "load_fgnet",
     "load_utkface", "make_folds", "verify_dataset_manifest", "write_dataset_manifest",
 ]

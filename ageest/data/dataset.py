@@ -16,15 +16,24 @@ Transforms (:func:`build_transforms`):
     CPU (its replicate padding goes parallel on a tiny tensor) -- as much as a small CNN's
     training step per image.
 ``paper``
-    The paper's: resize to 256x256 (scaled as ``size * 256 / 227`` when ``size`` < 224),
-    random crop ``size`` (227 for VGG, 224 for ResNet), horizontal flip; evaluation uses the
-    center crop. ImageNet normalisation only when ``normalize=True`` (the official FG-NET
-    script does not normalise; its CLAP2016 script does).
+    The official FG-NET script's geometry (``main_FGNET.py``): training resizes the whole image
+    to 256x256 (scaled as ``size * 256 / 227`` when ``size`` < 224), takes a random crop of
+    ``size`` (the scripts use 227) and flips with p = 0.5 (``RandomApply([flip], p=0.5)``,
+    the same distribution); evaluation resizes the whole image to ``size`` x ``size``, no
+    crop. ImageNet normalisation only when ``normalize=True`` (the official FG-NET script does
+    not normalise; its CLAP2016 script does).
 ``clap``
-    ``paper`` plus the official CLAP2016 augmentation: random affine (rotation 10 degrees,
-    shear 16) and colour jitter 0.1 on brightness, contrast, saturation and hue, as in the
-    official main_CLAP.py (which applies them at the original resolution, before the 256 px
-    resize).
+    The official CLAP2016 script's (``main_CLAP.py``): flip, random affine (rotation 10
+    degrees, shear 16) and colour jitter 0.1 on brightness, contrast, saturation and hue on
+    the image *before* the resize to 256x256, then the random crop; evaluation as ``paper``.
+    The training cache keeps each image's aspect ratio (its shorter side at the resize side,
+    see :func:`cache_spec`), so the affine acts on the image's own geometry, as at the
+    original resolution (rotation and shear commute with a uniform scale; only the
+    interpolation differs), and the anisotropic 256x256 resize comes after it.
+
+Resizes go through PIL's bilinear filter while decoding (the official code also resizes PIL
+images, bilinear), so a cached image is what the official ``Resize`` gives, up to PIL's
+JPEG draft-mode shortcut for large JPEGs.
 """
 
 from __future__ import annotations
@@ -56,17 +65,35 @@ def paper_resize(size: int) -> int:
     return 256 if size >= 224 else int(round(size * 256 / 227))
 
 
-def cache_size(name: str, *, size: int = 64) -> int:
-    """Side at which :class:`AgeDataset` should decode and cache images for transform ``name``.
+FITS = ("square", "short_side")
 
-    Decoding straight to this size makes the transform's own resize a no-op.
+
+def cache_spec(name: str, *, size: int = 64, train: bool = True) -> tuple[int, str]:
+    """How :class:`AgeDataset` should decode and cache images for transform ``name``:
+    ``(side, fit)``; ``fit="square"`` resizes the whole image to ``side`` x ``side`` (what the
+    transform's own resize would do, which then is a no-op), ``"short_side"`` scales it
+    uniformly so that its shorter side is ``side`` (the ``clap`` training path, whose
+    augmentation runs before the square resize).
+
+    >>> cache_spec("light", size=64), cache_spec("paper", size=227)
+    ((64, 'square'), (256, 'square'))
+    >>> cache_spec("paper", size=227, train=False), cache_spec("clap", size=227)
+    ((227, 'square'), (256, 'short_side'))
+    """
+    if name not in TRANSFORMS:
+        raise ValueError(f"transform {name!r}: expected one of {TRANSFORMS}")
+    if name == "light" or not train:
+        return size, "square"
+    return paper_resize(size), "short_side" if name == "clap" else "square"
+
+
+def cache_size(name: str, *, size: int = 64) -> int:
+    """Side of the training cache of transform ``name`` (:func:`cache_spec`).
 
     >>> cache_size("light", size=64), cache_size("paper", size=227)
     (64, 256)
     """
-    if name not in TRANSFORMS:
-        raise ValueError(f"transform {name!r}: expected one of {TRANSFORMS}")
-    return size if name == "light" else paper_resize(size)
+    return cache_spec(name, size=size)[0]
 
 
 class ResizeIfNeeded(torch.nn.Module):
@@ -192,32 +219,46 @@ def build_transforms(
         side = resize if resize is not None else paper_resize(size)
         if side < size:
             raise ValueError(f"resize={side} is smaller than the crop size={size}")
-        steps.append(v2.Resize((side, side), antialias=True))
         if train:
-            if name == "clap":
-                steps += [v2.RandomAffine(degrees=10, shear=16),
-                          v2.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.1)]
-            steps += [v2.RandomCrop(size), v2.RandomHorizontalFlip()]
-        else:
-            steps.append(v2.CenterCrop(size))
+            if name == "clap":  # main_CLAP.py: flip, affine, jitter, then Resize, RandomCrop
+                steps += [v2.RandomHorizontalFlip(), v2.RandomAffine(degrees=10, shear=16),
+                          v2.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1,
+                                         hue=0.1),
+                          ResizeIfNeeded(side), v2.RandomCrop(size)]
+            else:  # main_FGNET.py: flip (p 0.5), Resize((256, 256)), RandomCrop
+                steps += [ResizeIfNeeded(side), v2.RandomCrop(size), v2.RandomHorizontalFlip()]
+        else:  # both scripts: Resize((size, size)) of the whole image, no crop
+            steps.append(ResizeIfNeeded(size))
         steps.append(v2.ToDtype(torch.float32, scale=True))
     if normalize:
         steps.append(v2.Normalize(IMAGENET_MEAN, IMAGENET_STD))
     return v2.Compose(steps)
 
 
-def decode_image(path: str, size: int | None = None) -> torch.Tensor:
-    """Decode an image file to a ``uint8`` tensor ``(3, H, W)``, resized to ``size`` x ``size``.
+def decode_image(path: str, size: int | None = None, fit: str = "square") -> torch.Tensor:
+    """Decode an image file to a ``uint8`` tensor ``(3, H, W)``, resized to ``size`` x ``size``
+    (``fit="square"``) or uniformly to a shorter side of ``size`` (``fit="short_side"``; never
+    enlarged).
 
     Raises :class:`~ageest.data.integrity.DataError` naming the file when it cannot be decoded.
     """
+    if fit not in FITS:
+        raise ValueError(f"fit={fit!r}: expected one of {FITS}")
     try:
         with Image.open(path) as im:
-            if size is not None and im.format == "JPEG":
-                im.draft("RGB", (size, size))  # DCT-domain downscale: decodes big JPEGs faster
+            target = None
+            if size is not None:
+                w, h = im.size
+                if fit == "square":
+                    target = (size, size)
+                elif min(w, h) > size:
+                    scale = size / min(w, h)
+                    target = (max(size, round(w * scale)), max(size, round(h * scale)))
+            if target is not None and im.format == "JPEG":
+                im.draft("RGB", target)  # DCT-domain downscale: decodes big JPEGs faster
             im = im.convert("RGB")
-            if size is not None and im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR, reducing_gap=2.0)
+            if target is not None and im.size != target:
+                im = im.resize(target, Image.BILINEAR, reducing_gap=2.0)
             arr = np.asarray(im, dtype=np.uint8)  # (H, W, 3)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(
@@ -258,7 +299,7 @@ class AgeDataset(Dataset):
     """
 
     def __init__(self, df: pd.DataFrame, *, start_age: int, transform: Callable | None = None,
-                 cache: bool = True, size: int | None = None) -> None:
+                 cache: bool = True, size: int | None = None, fit: str = "square") -> None:
         missing = [c for c in ("path", "age") if c not in df.columns]
         if missing:
             raise ValueError(f"AgeDataset: the table lacks column(s) {missing}")
@@ -272,6 +313,7 @@ class AgeDataset(Dataset):
         self.start_age = int(start_age)
         self.transform = transform
         self.size = size
+        self.fit = fit
         self.cache = cache
         self._images: list[torch.Tensor | None] = [None] * len(self.paths)
 
@@ -282,7 +324,7 @@ class AgeDataset(Dataset):
         """The decoded ``uint8 (3, H, W)`` image (from the cache when filled)."""
         img = self._images[index]
         if img is None:
-            img = decode_image(self.paths[index], self.size)
+            img = decode_image(self.paths[index], self.size, self.fit)
             if self.cache:
                 self._images[index] = img
         return img
@@ -294,7 +336,7 @@ class AgeDataset(Dataset):
         todo = [i for i, im in enumerate(self._images) if im is None]
         workers = num_threads or min(4, os.cpu_count() or 1)
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            for i, img in zip(todo, pool.map(lambda j: decode_image(self.paths[j], self.size),
+            for i, img in zip(todo, pool.map(lambda j: decode_image(self.paths[j], self.size, self.fit),
                                              todo), strict=True):
                 self._images[i] = img
         return self
@@ -316,4 +358,4 @@ class AgeDataset(Dataset):
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "TRANSFORMS", "AgeDataset", "RandomShiftFlip",
            "ResizeIfNeeded", "ToFloat", "build_transforms",
-           "cache_size", "decode_image", "paper_resize"]
+           "cache_size", "cache_spec", "decode_image", "paper_resize"]
