@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 
 from ageest import metrics
+from ageest.official import OFFICIAL_SELECTION
 from ageest.report import OFFICIAL_LABEL, add_paper_values
 
-OFFICIAL_SELECTION = "test_best_epoch_official"
 # Columns identifying a method (one row of a comparison table).
 METHOD_COLUMNS = ("loss", "k", "selection")
 PRED_COLUMNS = ("run", "dataset", "protocol", "loss", "k", "seed", "fold", "selection",

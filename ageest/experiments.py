@@ -1,9 +1,9 @@
 """The training grids of the pipeline's notebooks, built from their flat parameters and run
 through :func:`ageest.runner.run_grid` (the same grids ``ageest run`` takes).
 
-- notebook 02: the FG-NET-format comparison (every loss, clean protocol), the same AMR runs under
-  the official protocol (``selection="test_best_epoch_official"``, for the dual-protocol table),
-  and the CLAP2016-format comparison;
+- notebook 02: the FG-NET-format comparison (every loss, clean protocol), the CLAP2016-format
+  comparison, and for each the official-protocol runs (:mod:`ageest.official`: the official
+  training set, data filters and test-selected epoch, for the dual-protocol tables);
 - notebook 04: the fixed-K ablation (``mean_residue`` with K in a list) plus the adaptive AMR on
   the same folds and seeds (reused from notebook 02 when the settings match: the runner skips
   finished runs with the same parameter hash).
@@ -20,7 +20,6 @@ import pandas as pd
 
 from ageest.dataprep import dataset_choice
 
-OFFICIAL_SELECTION = "test_best_epoch_official"
 #: losses whose second term is weighted by λ2, and the name of that weight
 SECOND_TERM = {"amr": "lambda_residue", "mean_residue": "lambda_residue",
                "mean_variance": "lambda_variance"}
@@ -50,11 +49,13 @@ def training_settings(*, model: str, pretrained: bool, optimizer: str, lr: float
                       transforms: str, normalize: bool, grad_clip: float, lambda_mean: float,
                       lambda_second: float, seeds: str, device: str, workers: int,
                       executor: str, synthetic_size: int, val_fraction: float,
-                      split_seed: int, address: str = "") -> dict[str, Any]:
+                      split_seed: int, address: str = "", lr_schedule: str = "multistep"
+                      ) -> dict[str, Any]:
     """Runner grid keys shared by every grid of a notebook (``grad_clip`` 0 = none)."""
     return {
         "model": model, "pretrained": bool(pretrained), "optimizer": optimizer,
         "lr": float(lr), "milestones": [int(m) for m in _csv(milestones)],
+        "lr_schedule": lr_schedule,
         "epochs": int(epochs), "batch_size": int(batch_size), "image_size": int(image_size),
         "transforms": transforms, "normalize": bool(normalize),
         "grad_clip": float(grad_clip) if grad_clip else None,
@@ -71,14 +72,18 @@ def training_settings(*, model: str, pretrained: bool, optimizer: str, lr: float
 
 def comparison_grids(settings: Mapping[str, Any], *, fgnet_dir: str, clap_dir: str,
                      protocol: str, n_folds: int, folds: str, losses: str, official: bool,
-                     clap_losses: str, clap_settings: Mapping[str, Any] | None = None
-                     ) -> dict[str, dict[str, Any]]:
-    """Notebook 02's grids, by name: ``fgnet`` (every loss, validation-selected),
-    ``fgnet_official`` (AMR with the official test-selected epoch; only when ``official``) and
-    ``clap`` (the CLAP2016-format losses on its official split; none when ``clap_losses`` is
-    empty). ``folds`` is a comma list of fold positions ("" = all). ``clap_settings`` overrides
-    runner keys for the CLAP grid only (the official CLAP2016 script uses SGD, gradient clipping
-    and its own augmentation, see :func:`clap_overrides`)."""
+                     clap_losses: str, clap_settings: Mapping[str, Any] | None = None,
+                     official_losses: str = "amr") -> dict[str, dict[str, Any]]:
+    """Notebook 02's grids, by name: ``fgnet`` (every loss, validation-selected), ``clap`` (the
+    CLAP2016-format losses on its official split; none when ``clap_losses`` is empty) and, when
+    ``official``, their official-protocol twins ``fgnet_official`` and ``clap_official``
+    (``official_losses`` with the official code's training set, data filters and test-selected
+    epoch on its own metric: :func:`ageest.official.official_grid`). ``folds`` is a comma list
+    of fold positions ("" = all). ``clap_settings`` overrides runner keys for the CLAP grids
+    only (the official CLAP2016 script uses SGD, gradient clipping and its own augmentation,
+    see :func:`clap_overrides`)."""
+    from ageest.official import official_grid
+
     fgnet_name, fgnet_path = dataset_choice("fgnet", fgnet_dir)
     fgnet = {**settings, "dataset": [fgnet_name], "data_dir": fgnet_path,
              "protocol": [protocol], "n_folds": int(n_folds),
@@ -86,23 +91,33 @@ def comparison_grids(settings: Mapping[str, Any], *, fgnet_dir: str, clap_dir: s
     grids = {"fgnet": {**fgnet, "losses": _csv(losses)}}
     if not grids["fgnet"]["losses"]:
         raise ValueError("losses is empty: name at least one loss, e.g. 'amr,mean_variance,ce'")
+    if official and not _csv(official_losses):
+        raise ValueError("official_losses is empty: name the losses of the official-protocol "
+                         "runs, e.g. 'amr'")
     if official:
-        grids["fgnet_official"] = {**fgnet, "losses": ["amr"], "selection": [OFFICIAL_SELECTION]}
+        grids["fgnet_official"] = official_grid(fgnet, "fgnet", _csv(official_losses))
     if _csv(clap_losses):
         clap_name, clap_path = dataset_choice("clap", clap_dir)
         grids["clap"] = {**settings, "dataset": [clap_name], "data_dir": clap_path,
                          "protocol": ["official"], "losses": _csv(clap_losses),
                          "selection": ["val_best"], **(clap_settings or {})}
+        if official:
+            grids["clap_official"] = official_grid(grids["clap"], "clap",
+                                                   _csv(official_losses))
     return grids
 
 
 def clap_overrides(*, optimizer: str, epochs: int, grad_clip: float, transforms: str,
-                   normalize: bool) -> dict[str, Any]:
+                   normalize: bool, seeds: str = "", label_rounding: str = "half_up"
+                   ) -> dict[str, Any]:
     """Runner keys in which the CLAP2016-format runs differ from the FG-NET-format ones
-    (``grad_clip`` 0 = none)."""
-    return {"optimizer": optimizer, "epochs": int(epochs),
-            "grad_clip": float(grad_clip) if grad_clip else None, "transforms": transforms,
-            "normalize": bool(normalize)}
+    (``grad_clip`` 0 = none; ``seeds`` "" = the FG-NET-format seeds)."""
+    out = {"optimizer": optimizer, "epochs": int(epochs),
+           "grad_clip": float(grad_clip) if grad_clip else None, "transforms": transforms,
+           "normalize": bool(normalize), "label_rounding": label_rounding}
+    if _csv(seeds):
+        out["seeds"] = [int(x) for x in _csv(seeds)]
+    return out
 
 
 def k_ablation_grid(settings: Mapping[str, Any], *, fgnet_dir: str, protocol: str,

@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
+from ageest.official import OFFICIAL_SELECTION
+
 SYNTHETIC_TAG = " (synthetic data)"
 #: panel order of the learning curves (loss components as logged by ageest.train)
 COMPONENT_ORDER = ("total", "ce", "mean", "residue", "variance", "kl", "l1", "mae")
@@ -67,7 +69,7 @@ def _method_column(history: pd.DataFrame) -> pd.Series:
     method = history["loss"].astype(str) + np.where(
         history["k"].astype(str) == "adaptive", "", " K=" + history["k"].astype(str))
     if "selection" in history:
-        official = history["selection"] == "test_best_epoch_official"
+        official = history["selection"] == OFFICIAL_SELECTION
         method = method.where(~official, method + " [official]")
     return method
 

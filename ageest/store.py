@@ -43,7 +43,6 @@ METRICS = "metrics.json"
 MANIFEST = "manifest.json"
 ERROR = "error.txt"
 CHECKPOINTS = "checkpoints"
-OFFICIAL_SELECTION = "test_best_epoch_official"
 
 #: columns of one run's predictions.parquet, in order (``probs`` last)
 PREDICTION_COLUMNS = ("image_id", "subject", "fold", "seed", "age", "age_mean", "std",

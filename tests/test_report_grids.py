@@ -8,6 +8,7 @@ import pytest
 
 from ageest import dataprep, experiments
 from ageest.runner import expand_grid, normalize_grid
+from tests.helpers import notebook_grids
 
 SETTINGS = dict(model="small_cnn", pretrained=False, optimizer="adamw", lr=1e-3,
                 milestones="6", epochs=2, batch_size=32, image_size=64, transforms="light",
@@ -41,10 +42,18 @@ def test_comparison_grids_official_and_clap_switches():
                                          n_folds=5, folds="0,2", losses="amr,ce",
                                          official=True, clap_losses="amr",
                                          clap_settings=clap)
-    assert list(grids) == ["fgnet", "fgnet_official", "clap"]
+    assert list(grids) == ["fgnet", "fgnet_official", "clap", "clap_official"]
     assert grids["fgnet"]["folds"] == [0, 2] and grids["fgnet"]["selection"] == ["val_best"]
     assert grids["fgnet_official"]["losses"] == ["amr"]
     assert grids["fgnet_official"]["selection"] == ["test_best_epoch_official"]
+    # the official code's training set (no validation carve) and its logged metric
+    assert grids["fgnet_official"]["val_fraction"] == 0.0
+    assert grids["fgnet_official"]["select_metric"] == "mae_rounded"
+    assert grids["fgnet"]["val_fraction"] == 0.15
+    co = grids["clap_official"]
+    assert (co["selection"], co["select_metric"], co["ignore_splits"], co["min_pixels"]) == (
+        ["test_best_epoch_official"], "epsilon_official", ["train", "valid", "test"], 1024)
+    assert co["optimizer"] == "sgd" and co["grad_clip"] == 5.0  # its training settings kept
     assert grids["clap"]["dataset"] == ["synthetic-clap"]
     assert grids["clap"]["protocol"] == ["official"]
     assert (grids["clap"]["optimizer"], grids["clap"]["epochs"], grids["clap"]["grad_clip"]) \
@@ -99,33 +108,14 @@ def test_failed_runs_are_listed(monkeypatch, tmp_path):
 
 
 def _grids_of(profile, stem, tmp_path):
-    """Run the parameters cell, the profile's values and the derived cell of a training notebook
-    (no training: that happens in the next cell) and return its ``grids``."""
-    import nbformat
-
-    from ageest.reproduce import list_notebooks, notebook_parameters
-
-    nb_path = next(n for n in list_notebooks() if n.stem == stem)
-    cells = [c for c in nbformat.read(str(nb_path), as_version=4).cells if c.cell_type == "code"]
-    i = next(i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", []))
-    real = tmp_path / "data"
-    real.mkdir(exist_ok=True)
-    values = notebook_parameters(profile, nb_path, out=tmp_path / "out",
-                                 overrides={"fgnet_dir": str(real), "clap_dir": str(real)}
-                                 if profile == "paper" else {})
-    ns: dict = {}
-    exec("import ageest.experiments, ageest.paths", ns)  # the setup cell's imports we need
-    exec(cells[i].source, ns)
-    ns.update(values)
-    exec(cells[i + 1].source, ns)
-    return ns["grids"]
+    return notebook_grids(profile, stem, tmp_path)
 
 
 @pytest.mark.parametrize("profile", ["smoke", "default", "paper"])
 def test_profiles_build_valid_runner_grids(profile, tmp_path):
     grids = {**_grids_of(profile, "02_training", tmp_path),
              **_grids_of(profile, "04_ablation_k", tmp_path)}
-    assert set(grids) == {"fgnet", "fgnet_official", "clap", "k_ablation"}
+    assert set(grids) == {"fgnet", "fgnet_official", "clap", "clap_official", "k_ablation"}
     normalized = {name: normalize_grid(grid) for name, grid in grids.items()}
     fg, clap, ablation = normalized["fgnet"], normalized["clap"], normalized["k_ablation"]
     # notebook 04 trains with notebook 02's settings, so its AMR runs are reused

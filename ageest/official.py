@@ -1,0 +1,154 @@
+"""The official code's settings as data, and the official protocol built from them.
+
+``ageest/resources/official_settings.yaml`` records every training and evaluation setting of the
+official scripts (jacobzhaoziyuan/AMR-Loss), each with the file and statement it comes from and
+the run parameter that carries it. ``scope: all`` settings are what every run of the paper
+profile uses; ``scope: official`` settings are what makes a run *official-protocol* (epoch
+chosen on the test set, the official training set, data filters and readouts); the clean runs
+keep their ``clean`` value, for the reason recorded beside it. :func:`official_grid` turns a
+clean grid into its official-protocol twin; :func:`check_run` lists where one run's parameters
+differ from the record (the paper profile's runs are checked in ``tests/test_official.py``), and
+:func:`settings_markdown` renders the record for ``docs/reproduce.md``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from importlib import resources
+from typing import Any
+
+#: the record's dataset columns: FG-NET-format and CLAP2016-format runs
+KINDS = ("fgnet", "clap")
+#: the selection of official-protocol runs (one name, used everywhere)
+OFFICIAL_SELECTION = "test_best_epoch_official"
+#: how each selection reads in tables and captions
+SELECTION_LABELS = {"val_best": "clean (validation-selected)",
+                    "last": "clean (last epoch)",
+                    OFFICIAL_SELECTION: "official (test-selected epoch)"}
+
+
+@functools.lru_cache(maxsize=1)
+def record() -> dict[str, Any]:
+    """The parsed ``official_settings.yaml`` (``repository``, ``commit``, ``settings``,
+    ``departures``)."""
+    import yaml
+
+    text = resources.files("ageest.resources").joinpath("official_settings.yaml").read_text(
+        encoding="utf-8")
+    data = yaml.safe_load(text)
+    for entry in data["settings"]:
+        if entry["scope"] not in ("all", "official"):
+            raise ValueError(f"official_settings.yaml: {entry['key']}: scope must be all or "
+                             "official")
+        if entry["scope"] == "official" and "reason" not in entry:
+            raise ValueError(f"official_settings.yaml: {entry['key']}: an official-only "
+                             "setting needs the reason the clean runs differ")
+    return data
+
+
+def official_values(kind: str, scope: str | None = None) -> dict[str, Any]:
+    """``{key: official value}`` for ``kind`` (``fgnet`` or ``clap``), optionally of one scope.
+
+    >>> official_values("fgnet", "official")["val_fraction"]
+    0.0
+    >>> official_values("clap")["seed"], official_values("fgnet")["seed"]
+    (2019, 42)
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r}: expected one of {KINDS}")
+    return {e["key"]: e[kind] for e in record()["settings"]
+            if kind in e and (scope is None or e["scope"] == scope)}
+
+
+def official_grid(grid: Mapping[str, Any], kind: str, losses: list[str]) -> dict[str, Any]:
+    """The official-protocol twin of a clean runner grid: the same training settings, the
+    ``scope: official`` values of the record (test-selected epoch on the official metric, no
+    validation carve for FG-NET, CLAP2016's ignore list on every split and its tiny-image rule),
+    and ``losses``."""
+    values = official_values(kind, "official")
+    out = {**grid, "losses": list(losses), "selection": [values.pop("selection")]}
+    out.update(values)
+    return out
+
+
+def _effective(params: Mapping[str, Any], key: str) -> Any:
+    """A run parameter as the trainer applies it (defaults resolved)."""
+    if key == "weight_decay" and params.get("weight_decay") is None:
+        return 0.01 if params.get("optimizer") == "adamw" else 1e-4
+    if key in ("lambda_mean", "lambda_residue"):
+        return (params.get("loss_kwargs") or {}).get(key)
+    return params.get(key)
+
+
+def check_run(params: Mapping[str, Any], kind: str) -> list[str]:
+    """Where one run's parameters (a ``params.yaml``) differ from the official record: every
+    ``scope: all`` setting, and the ``scope: official`` ones for official-protocol runs (clean
+    runs must keep their recorded ``clean`` value instead). Returns ``"key: official X, run
+    Y"`` lines; empty when the run matches."""
+    official = params.get("selection") == OFFICIAL_SELECTION
+    problems = []
+    for entry in record()["settings"]:
+        if kind not in entry:
+            continue
+        key = entry["key"]
+        if key in ("lambda_mean", "lambda_residue") and params.get("loss") != "amr":
+            continue  # the λ pair of the paper's loss; other losses have their own weights
+        want = entry[kind] if (entry["scope"] == "all" or official) else entry.get("clean")
+        if key == "select_metric" and not official:
+            want = entry["clean"]
+        got = _effective(params, key)
+        if isinstance(want, list) and isinstance(got, (list, tuple)):
+            same = list(got) == want
+        elif isinstance(want, float) and isinstance(got, (int, float)):
+            same = abs(float(got) - want) <= 1e-12 * max(1.0, abs(want))
+        else:
+            same = got == want
+        if not same:
+            problems.append(f"{key}: official {want!r}, run {got!r}")
+    return problems
+
+
+def settings_markdown(profiles: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
+    """The record as a Markdown table: setting, scope, the official value per dataset, where it
+    comes from, and what each profile's runs use (``profiles``: profile name -> ``{"fgnet": one
+    clean run's params, "fgnet_official": ..., "clap": ..., "clap_official": ...}``)."""
+
+    def show(v: Any) -> str:
+        if v is None:
+            return "none"
+        if isinstance(v, list):
+            return ",".join(str(x) for x in v)
+        return str(v).lower() if isinstance(v, bool) else str(v)
+
+    names = list(profiles)
+    head = ["setting", "runs", "official FG-NET", "official CLAP2016",
+            *[f"{n} profile (FG-NET / CLAP2016)" for n in names], "official code"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for entry in record()["settings"]:
+        key, scope = entry["key"], entry["scope"]
+        runs = "every run" if scope == "all" else "official-protocol runs"
+        cells = [f"`{key}`", runs, show(entry.get("fgnet", "-")) if "fgnet" in entry else "-",
+                 show(entry["clap"]) if "clap" in entry else "-"]
+        for n in names:
+            p = profiles[n]
+            suffix = "_official" if scope == "official" else ""
+            vals = []
+            for kind in KINDS:
+                run = p.get(kind + suffix)
+                vals.append(show(_effective(run, key)) if run is not None and kind in entry
+                            else "-")
+            cells.append(" / ".join(vals))
+        cells.append(entry["source"].replace("|", "\\|"))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Clean runs keep, for official-only settings: "
+              + "; ".join(f"`{e['key']}` {show(e['clean'])} ({e['reason']})"
+                          for e in record()["settings"] if e["scope"] == "official") + ".",
+              "", "Departures kept on purpose in every run:", ""]
+    lines += [f"- **{d['what']}**: official {d['official']}; ageest {d['ageest']}. {d['reason']}."
+              for d in record()["departures"]]
+    return "\n".join(lines)
+
+
+__all__ = ["KINDS", "OFFICIAL_SELECTION", "SELECTION_LABELS", "check_run", "official_grid",
+           "official_values", "record", "settings_markdown"]
