@@ -79,6 +79,37 @@ def data_summary(datasets: Mapping[str, tuple[pd.DataFrame, Any]]) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
+def clap_filters(clap_dir: str | os.PathLike | None, *, size: int = 64) -> pd.DataFrame:
+    """What the CLAP2016 loader's rules drop, per split, under the clean protocol and under the
+    official one (the record's ``ignore_splits``/``min_pixels``, :mod:`ageest.official`), and
+    how many kept images have a raters' σ of 0 (their ε takes the formula's limit). One row
+    per (protocol, split): ``kept``, ``dropped_ignore_list``, ``dropped_min_pixels``,
+    ``sigma_zero``."""
+    from ageest.data import get_dataset
+    from ageest.official import record
+
+    name, folder = dataset_choice("clap", clap_dir)
+    entries = {e["key"]: e for e in record()["settings"] if "clap" in e}
+    options = {
+        "clean": {k: entries[k]["clean"] for k in ("ignore_splits", "min_pixels")},
+        "official": {k: entries[k]["clap"] for k in ("ignore_splits", "min_pixels")},
+    }
+    rows = []
+    for protocol, opts in options.items():
+        df, _ = get_dataset(name, data_dir=folder, size=size,
+                            loader_options={k: v for k, v in opts.items() if v is not None})
+        dropped = df.attrs.get("dropped", {})
+        for split in ("train", "valid", "test"):
+            part = df[df["split"] == split]
+            rows.append({
+                "protocol": protocol, "split": split, "kept": len(part),
+                "dropped_ignore_list": int(dropped.get("ignore_list", {}).get(split, 0)),
+                "dropped_min_pixels": int(dropped.get("min_pixels", {}).get(split, 0)),
+                "sigma_zero": int((pd.to_numeric(part["std"], errors="coerce") == 0).sum()),
+            })
+    return pd.DataFrame(rows)
+
+
 def split_summary(df: pd.DataFrame, folds: list, *, dataset: str) -> pd.DataFrame:
     """One row per fold: images and subjects per part, and the overlaps between parts (subjects
     and files), each of which :func:`ageest.data.check_disjoint` requires to be zero; the check

@@ -21,7 +21,7 @@ import pandas as pd
 
 from ageest import metrics
 from ageest.official import OFFICIAL_SELECTION
-from ageest.report import OFFICIAL_LABEL, add_paper_values
+from ageest.report import OFFICIAL_LABEL
 
 # Columns identifying a method (one row of a comparison table).
 METHOD_COLUMNS = ("loss", "k", "selection")
@@ -136,6 +136,36 @@ def _k_order(k: object) -> float:
     return -1.0 if str(k) == "adaptive" else float(k)
 
 
+def add_published(table: pd.DataFrame, preds: pd.DataFrame, *, dataset: str, protocol: str,
+                  metric: str) -> pd.DataFrame:
+    """Add ``published_<metric>`` and ``published_source`` beside the rows a published number
+    can be compared with: official-protocol runs on the real ``dataset`` under ``protocol``
+    (FG-NET: leave-one-person-out). Every other row gets NaN and the reason it is not
+    comparable (clean protocol, another protocol, synthetic data); comparable rows of a method
+    without a sourced number read "not available"."""
+    from ageest.report import paper_value
+
+    values, sources = [], []
+    for (loss, k, selection), group in _method_groups(preds):
+        datasets, protocols = set(group["dataset"]), set(group["protocol"])
+        if selection != OFFICIAL_SELECTION:
+            value, source = np.nan, "not comparable: clean protocol"
+        elif datasets != {dataset}:
+            value, source = np.nan, f"not comparable: data {', '.join(sorted(datasets))}"
+        elif protocols != {protocol}:
+            value, source = np.nan, f"not comparable: protocol {', '.join(sorted(protocols))}"
+        elif str(k) != "adaptive" and loss in TOPK_LOSSES:
+            value, source = np.nan, "not available"
+        else:
+            value, source = paper_value(dataset, str(loss), metric)
+        values.append(value)
+        sources.append(source)
+    out = table.copy()
+    out[f"published_{metric}"] = values
+    out["published_source"] = sources
+    return out
+
+
 def _method_groups(preds: pd.DataFrame):
     for key in _methods(preds):
         mask = np.ones(len(preds), dtype=bool)
@@ -149,14 +179,15 @@ def _method_groups(preds: pd.DataFrame):
 
 
 def mae_comparison(preds: pd.DataFrame, *, readout: str = "expectation", n_boot: int = 1000,
-                   ci: float = 0.95, seed: int = 0, paper_dataset: str = "fgnet") -> pd.DataFrame:
+                   ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
     """FG-NET-format MAE comparison: one row per method (loss, K, selection).
 
     Columns: ``method``, ``protocol`` (clean or official), ``loss``, ``k``, ``readout``,
     ``seeds``, ``n_images``, ``n_subjects``, ``mae_pooled`` with its subject-bootstrap CI
     (``mae_pooled_low``/``_high``), ``mae_subject_mean`` with CI, ``mae_seed_sd`` (std of the
-    pooled MAE over seeds; NaN for one seed), ``cs5`` (CS at θ = 5), and the
-    paper's value with its source (``paper_mae``, ``paper_source``). Official rows use the
+    pooled MAE over seeds; NaN for one seed), ``cs5`` (CS at θ = 5), and the published value
+    beside the rows it can be compared with (``published_mae``, ``published_source``:
+    :func:`add_published`). Official rows use the
     official readout (rounded expectation) whatever ``readout`` says, as the official code does.
     """
     preds = add_readouts(check_predictions(preds))
@@ -181,12 +212,11 @@ def mae_comparison(preds: pd.DataFrame, *, readout: str = "expectation", n_boot:
             "mae_seed_sd": _seed_sd(group, pred, true), "cs5": float(cs5),
         })
     table = pd.DataFrame(rows)
-    return add_paper_values(table, dataset=paper_dataset, metric="mae")
+    return add_published(table, preds, dataset="fgnet", protocol="lopo", metric="mae")
 
 
 def epsilon_comparison(preds: pd.DataFrame, *, readout: str = "expectation", n_boot: int = 1000,
-                       ci: float = 0.95, seed: int = 0,
-                       paper_dataset: str = "clap2016") -> pd.DataFrame:
+                       ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
     """CLAP2016-format ε-error comparison: one row per method.
 
     ``epsilon`` is the exact ε-error of the chosen readout against the annotators' mean and σ,
@@ -225,22 +255,30 @@ def epsilon_comparison(preds: pd.DataFrame, *, readout: str = "expectation", n_b
             "mae": boot["estimate"], "mae_low": boot["low"], "mae_high": boot["high"],
         })
     table = pd.DataFrame(rows)
-    return add_paper_values(table, dataset=paper_dataset, metric="epsilon_error")
+    return add_published(table, preds, dataset="clap2016", protocol="official",
+                         metric="epsilon_error")
 
 
 def cs_curves(preds: pd.DataFrame, *, readout: str = "expectation",
               thetas: Sequence[int] = range(11)) -> pd.DataFrame:
-    """CS(θ) for θ in ``thetas``, one row per method and θ (long format: ``method``,
-    ``protocol``, ``readout``, ``theta``, ``cs``). Official rows use the argmax readout."""
+    """CS(θ) for θ in ``thetas``, one row per method, readout and θ (long format: ``method``,
+    ``protocol``, ``readout``, ``theta``, ``cs``).
+
+    Official rows use the argmax readout (the official code's CS). Clean rows come with two
+    readouts: ``readout`` (the one their MAE uses; with the continuous expected age CS(0) is ~0)
+    and ``argmax``, the integer readout a published CS curve is comparable with."""
     preds = add_readouts(check_predictions(preds))
     rows = []
     for (loss, k, selection), group in _method_groups(preds):
-        r = "argmax" if selection == OFFICIAL_SELECTION else readout
-        cs = metrics.cumulative_score(group[f"pred_{r}"], group["age"].to_numpy(float), thetas)
-        for theta, value in cs.items():
-            rows.append({"method": method_label(loss, k, selection),
-                         "protocol": protocol_label(selection), "readout": r,
-                         "theta": int(theta), "cs": float(value)})
+        chosen = ["argmax"] if selection == OFFICIAL_SELECTION else list(
+            dict.fromkeys([readout, "argmax"]))
+        for r in chosen:
+            cs = metrics.cumulative_score(group[f"pred_{r}"], group["age"].to_numpy(float),
+                                          thetas)
+            for theta, value in cs.items():
+                rows.append({"method": method_label(loss, k, selection),
+                             "protocol": protocol_label(selection), "readout": r,
+                             "theta": int(theta), "cs": float(value)})
     return pd.DataFrame(rows)
 
 
@@ -268,20 +306,35 @@ def age_group_mae(preds: pd.DataFrame, *, bins: Sequence[float] | int = 10,
     return pd.concat(frames, ignore_index=True)
 
 
+PAIRED_UNITS = ("subject", "image")
+
+
 def paired_tests(preds: pd.DataFrame, *, reference: str = "amr", readout: str = "expectation",
                  target: str = "age", method: str = "permutation", n_resamples: int = 9999,
-                 seed: int = 0) -> pd.DataFrame:
-    """Paired tests of the reference loss's per-image absolute errors against each other method
-    on the same images and seeds (clean protocol only; official runs are excluded because their
-    epoch was chosen on these very images).
+                 seed: int = 0, unit: str = "subject") -> pd.DataFrame:
+    """Paired tests of the reference loss's absolute errors against each other method on the
+    same images and seeds (clean protocol only; official runs are excluded because their epoch
+    was chosen on these very images).
 
-    Columns: ``reference``, ``baseline``, ``n`` (matched images × seeds), ``mae_reference``,
-    ``mae_baseline``, ``mean_diff`` (reference − baseline; negative favours the reference),
-    ``statistic``, ``p_value``, ``test``. Raises when the reference has no clean runs.
+    ``unit="subject"`` (default) pairs one number per subject: the mean absolute error over
+    that subject's matched images and seeds. In leave-one-person-out all of a subject's images
+    are predicted by one model, so their errors are not independent, and a test over images
+    would count one subject's luck many times (anti-conservative p-values). Images without a
+    subject are their own unit. ``unit="image"`` pairs per image and seed, labelled as such.
+
+    Columns: ``reference``, ``baseline``, ``unit``, ``n`` (matched units), ``n_images``
+    (matched images × seeds), ``mae_reference``, ``mae_baseline`` (over images), ``mean_diff``
+    (reference − baseline over units; negative favours the reference), ``statistic``,
+    ``p_value``, ``test``. Raises when the reference has no clean runs.
     """
+    if unit not in PAIRED_UNITS:
+        raise ValueError(f"unit={unit!r}: expected one of {PAIRED_UNITS}")
     preds = add_readouts(check_predictions(preds), [readout])
     preds = preds[preds["selection"] != OFFICIAL_SELECTION]
-    preds = preds.assign(err=(preds[f"pred_{readout}"] - preds[target].astype(float)).abs())
+    preds = preds.assign(err=(preds[f"pred_{readout}"] - preds[target].astype(float)).abs(),
+                         unit=_clusters(preds).astype(str) if unit == "subject"
+                         else preds["image_id"].astype(str) + "/seed"
+                         + preds["seed"].astype(str))
     ref = preds[(preds["loss"] == reference) & (preds["k"].astype(str) == "adaptive")]
     if ref.empty:
         raise ValueError(f"no clean-protocol runs of {reference!r} (adaptive K) to test against; "
@@ -291,13 +344,16 @@ def paired_tests(preds: pd.DataFrame, *, reference: str = "amr", readout: str = 
     for (loss, k, selection), group in _method_groups(preds):
         if loss == reference and str(k) == "adaptive":
             continue
-        both = ref[key + ["err"]].merge(group[key + ["err"]], on=key, suffixes=("_ref", "_base"))
+        both = ref[key + ["unit", "err"]].merge(group[key + ["err"]], on=key,
+                                                suffixes=("_ref", "_base"))
         if both.empty:
             continue
-        test = metrics.paired_test(both["err_ref"], both["err_base"], method=method,
+        per_unit = both.groupby("unit", sort=True)[["err_ref", "err_base"]].mean()
+        test = metrics.paired_test(per_unit["err_ref"], per_unit["err_base"], method=method,
                                    n_resamples=n_resamples, seed=seed)
         rows.append({"reference": reference, "baseline": method_label(loss, k, selection),
-                     "n": test["n"], "mae_reference": float(both["err_ref"].mean()),
+                     "unit": unit, "n": test["n"], "n_images": len(both),
+                     "mae_reference": float(both["err_ref"].mean()),
                      "mae_baseline": float(both["err_base"].mean()),
                      "mean_diff": test["mean_diff"], "statistic": test["statistic"],
                      "p_value": test["p_value"], "test": test["method"]})
@@ -458,7 +514,8 @@ def k_ablation(preds: pd.DataFrame, *, readout: str = "expectation", n_boot: int
     if chosen.empty:
         raise ValueError("no mean_residue / amr runs with a clean selection in these predictions")
     table = mae_comparison(chosen, readout=readout, n_boot=n_boot, ci=ci, seed=seed)
-    table = table.drop(columns=["paper_mae", "paper_source", "readout", "protocol", "method"])
+    table = table.drop(columns=["published_mae", "published_source", "readout", "protocol",
+                                "method"])
     table["k"] = table["k"].astype(str)
     table["k_value"] = pd.to_numeric(table["k"], errors="coerce")
     adaptive = table.loc[table["k"] == "adaptive", "mae_pooled"]

@@ -147,11 +147,15 @@ def adaptive_k_per_epoch(history: pd.DataFrame, *, column: str = "train_k_mean",
 
 
 def cs_curves(table: pd.DataFrame, *, synthetic: bool = False) -> plt.Figure:
-    """CS(θ) against θ, one line per method (long table of :func:`ageest.evaluation.cs_curves`);
-    official-protocol methods dashed."""
+    """CS(θ) against θ, one line per method and readout (long table of
+    :func:`ageest.evaluation.cs_curves`), the readout in the legend; official-protocol methods
+    dashed."""
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for method, part in table.groupby("method", sort=False):
-        ax.plot(part["theta"], 100 * part["cs"], marker="o", ms=3, label=method,
+    keys = ["method", "readout"] if "readout" in table.columns else ["method"]
+    for key, part in table.groupby(keys, sort=False):
+        method = key[0] if isinstance(key, tuple) else key
+        label = f"{method} ({key[1]})" if isinstance(key, tuple) else method
+        ax.plot(part["theta"], 100 * part["cs"], marker="o", ms=3, label=label,
                 **_official_style(method))
     ax.set_xlabel("error level θ (years)")
     ax.set_ylabel("cumulative score (%)")

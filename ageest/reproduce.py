@@ -34,9 +34,6 @@ KERNEL_NAME = "ageest"
 NOTEBOOK_PATTERN = re.compile(r"^\d{2}_[A-Za-z0-9_]+\.ipynb$")
 # Parameters every notebook declares and the pipeline fills in itself.
 PIPELINE_PARAMETERS = ("profile", "results_dir")
-# Command-line option -> notebook parameter it sets (in the notebooks that declare it).
-OVERRIDE_PARAMETERS = {"fgnet": "fgnet_dir", "clap": "clap_dir", "device": "device",
-                       "workers": "workers"}
 
 
 class ReproduceError(RuntimeError):
@@ -198,12 +195,64 @@ def check_parameters(values: Mapping[str, Any], declared: Mapping[str, Mapping[s
             )
 
 
+_TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
+
+
+def convert_parameter(name: str, text: str, type_name: str | None, notebook: str) -> Any:
+    """The command-line text of ``-p NAME VALUE`` as the type ``notebook`` declares for it.
+
+    ``str`` takes the text as given (``-p folds 0`` is the string "0", a comma list stays a
+    comma string); ``bool`` takes true/false (yes/no, 1/0, on/off); ``int``/``float`` parse;
+    ``... | None`` also takes ``none``; a ``list`` type takes comma-separated items.
+
+    >>> convert_parameter("epochs", "4", "int", "02_training.ipynb")
+    4
+    >>> convert_parameter("pretrained", "false", "bool", "02_training.ipynb")
+    False
+    >>> convert_parameter("losses", "amr,ce", "list[str]", "02_training.ipynb")
+    ['amr', 'ce']
+    """
+    alternatives = [t.strip() for t in (type_name or "str").replace("Optional[", "")
+                    .rstrip("]").split("|")]
+    if "None" in alternatives and text.strip().lower() in ("none", "null"):
+        return None
+    errors = []
+    for alt in alternatives:
+        base = alt.split("[", 1)[0]
+        try:
+            if base == "str":
+                return text
+            if base == "bool":
+                if text.strip().lower() in _TRUE:
+                    return True
+                if text.strip().lower() in _FALSE:
+                    return False
+                raise ValueError("expected true or false")
+            if base == "int":
+                return int(text)
+            if base == "float":
+                return float(text)
+            if base in ("list", "tuple"):
+                item = alt[len(base) + 1:-1] if "[" in alt else "str"
+                return [convert_parameter(name, t.strip(), item, notebook)
+                        for t in text.split(",") if t.strip()]
+        except ValueError as exc:
+            errors.append(str(exc))
+            continue
+        if base not in ("None", "NoneType"):
+            return text  # an annotation we do not model: pass the text
+    raise ReproduceError(f"-p {name} {text!r}: notebook {notebook} declares {name} as "
+                         f"{type_name}, and {text!r} is not one ({'; '.join(errors)})")
+
+
 def notebook_parameters(profile: str, notebook: str | Path, *, out: Path,
                         overrides: Mapping[str, Any] | None = None,
-                        params_dir: str | Path | None = None) -> dict[str, Any]:
+                        params_dir: str | Path | None = None,
+                        text_overrides: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The parameters one notebook receives: its profile YAML, then ``overrides`` (command-line
     values, given as notebook parameter names; only those the notebook declares are passed),
-    then ``profile`` and ``results_dir``. Everything is checked against the notebook."""
+    then ``text_overrides`` (``-p NAME VALUE`` texts, converted to the declared type), then
+    ``profile`` and ``results_dir``. Everything is checked against the notebook."""
     notebook = Path(notebook)
     declared = declared_parameters(notebook)
     missing = [p for p in PIPELINE_PARAMETERS if p not in declared]
@@ -222,6 +271,13 @@ def notebook_parameters(profile: str, notebook: str | Path, *, out: Path,
     for key, value in (overrides or {}).items():
         if value is not None and key in declared:
             values[key] = value
+    for key, text in (text_overrides or {}).items():
+        if key in PIPELINE_PARAMETERS:
+            raise ReproduceError(f"-p {key}: set by `ageest reproduce` itself "
+                                 f"(use --{key.replace('_', '-')})")
+        if key in declared:
+            values[key] = convert_parameter(key, text, declared[key].get("inferred_type_name"),
+                                            notebook.name)
     check_parameters(values, declared, notebook=notebook, source="the command line")
     values["profile"] = profile
     values["results_dir"] = str(out)
@@ -340,7 +396,8 @@ def reproduce(profile: str, *, fgnet: str | None = None, clap: str | None = None
               results_dir: str | Path | None = None, only: str | None = None,
               notebooks_dir: str | Path | None = None, params_dir: str | Path | None = None,
               kernel_name: str = KERNEL_NAME, html: bool = True, report: bool = True,
-              log: Callable[[str], None] | None = None) -> PipelineResult:
+              log: Callable[[str], None] | None = None,
+              parameters: Mapping[str, str] | None = None) -> PipelineResult:
     """Execute the pipeline's notebooks for ``profile`` (see the module docstring).
 
     Every notebook's parameters are checked before the first one runs, so a typo in a YAML file
@@ -360,8 +417,16 @@ def reproduce(profile: str, *, fgnet: str | None = None, clap: str | None = None
         "clap_dir": str(Path(clap).expanduser().resolve()) if clap else None,
         "device": device, "workers": workers,
     }
+    parameters = dict(parameters or {})
+    undeclared = [name for name in parameters
+                  if not any(name in declared_parameters(nb) for nb in notebooks)]
+    if undeclared:
+        raise ReproduceError(
+            f"-p {undeclared[0]}: no notebook of profile {profile!r} declares a parameter "
+            f"named {undeclared[0]!r} (see `papermill --help-notebook notebooks/NN_name.ipynb`)")
     plan = [(nb, notebook_parameters(profile, nb, out=out, overrides=overrides,
-                                     params_dir=params_dir)) for nb in notebooks]
+                                     params_dir=params_dir, text_overrides=parameters))
+            for nb in notebooks]
 
     result = PipelineResult(profile, out)
     start = time.perf_counter()
@@ -464,13 +529,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kernel", default=KERNEL_NAME, help="Jupyter kernel (default: "
                         "%(default)s, registered by the Makefile)")
     parser.add_argument("--no-html", action="store_true", help="skip the HTML renderings")
+    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
+                        metavar=("NAME", "VALUE"),
+                        help="set notebook parameter NAME in every notebook that declares it "
+                             "(repeatable; VALUE converted to the declared type, lists "
+                             "comma-separated), e.g. -p epochs 4 -p losses amr,ce")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
+        names = [name for name, _ in args.parameter]
+        if len(set(names)) != len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise ReproduceError(f"-p {dup} is given twice; give each parameter once")
         reproduce(args.profile, fgnet=args.fgnet, clap=args.clap, device=args.device,
                   workers=args.workers, results_dir=args.results_dir, only=args.only,
-                  kernel_name=args.kernel, html=not args.no_html)
+                  kernel_name=args.kernel, html=not args.no_html,
+                  parameters=dict(args.parameter))
     except NotebookFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

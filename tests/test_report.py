@@ -17,34 +17,73 @@ from ageest import report  # noqa: E402
 from ageest.artifacts import save_figure, write_json  # noqa: E402
 
 
+CITATION = ('as quoted by B. Kwon, "Data Augmentation Using a Convolutional Autoencoder for Age '
+            'Estimation from Facial Images", Journal of Multimedia Information System 12(3):95 '
+            '(2025), Table 3')
+
+
 def test_paper_numbers_are_exactly_the_sourced_ones():
     table = report.paper_results()
     sourced = table[table.value.notna()]
     assert sorted(zip(sourced.method, sourced.value, strict=True)) == [
-        ("amr", 3.61), ("mean_variance", 4.10)]
-    assert set(sourced.source) == {"third-party survey table, unverified"}
+        ("amr", 3.61), ("dex", 4.63), ("mean_variance", 4.1)]
+    assert all(src.startswith(CITATION) for src in sourced.source)
     assert set(sourced.dataset) == {"fgnet"} and set(sourced.metric) == {"mae"}
+    assert set(sourced.protocol) == {"lopo"}
     assert (table[table.value.isna()].source == report.NOT_AVAILABLE).all()
+    assert not table.source.str.contains("unverified").any()
 
 
-def test_paper_value_lookup_and_columns():
-    assert report.paper_value("fgnet", "amr", "mae") == (3.61, "third-party survey table, "
-                                                         "unverified")
+def test_paper_value_lookup():
+    value, source = report.paper_value("fgnet", "amr", "mae")
+    assert value == 3.61 and source.startswith(CITATION)
     value, source = report.paper_value("fgnet", "dldl", "mae")
     assert math.isnan(value) and source == "not available"
-    table = report.add_paper_values(pd.DataFrame({"loss": ["amr", "ce"]}), dataset="fgnet",
-                                    metric="mae")
-    assert table["paper_mae"].iloc[0] == 3.61 and math.isnan(table["paper_mae"].iloc[1])
-    assert table["paper_source"].tolist() == ["third-party survey table, unverified",
-                                              "not available"]
+
+
+def _published_preds(dataset: str, protocol: str) -> pd.DataFrame:
+    import numpy as np
+
+    rows = []
+    for loss, selection in (("amr", "val_best"), ("amr", "test_best_epoch_official"),
+                            ("mean_variance", "test_best_epoch_official")):
+        for i in range(4):
+            p = np.zeros(70)
+            p[20 + i] = 1.0
+            rows.append({"run": f"{loss}-{selection}", "dataset": dataset, "protocol": protocol,
+                         "loss": loss, "k": "adaptive", "seed": 0, "fold": str(i),
+                         "selection": selection, "start_age": 0, "image_id": f"{i}",
+                         "subject": f"{i:03d}", "age": 21, "age_mean": 21.0, "std": np.nan,
+                         "probs": p})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("dataset,protocol,reason", [
+    ("fgnet", "lopo", None),
+    ("synthetic-fgnet", "lopo", "not comparable: data synthetic-fgnet"),
+    ("fgnet", "group-kfold", "not comparable: protocol group-kfold"),
+])
+def test_published_numbers_only_beside_official_fgnet_lopo_rows(dataset, protocol, reason):
+    from ageest.evaluation import mae_comparison
+
+    t = mae_comparison(_published_preds(dataset, protocol), n_boot=10).set_index("method")
+    clean = t.loc["amr"]
+    assert math.isnan(clean.published_mae)
+    assert clean.published_source == "not comparable: clean protocol"
+    official = t.loc["amr [official (test-selected epoch)]"]
+    mv = t.loc["mean_variance [official (test-selected epoch)]"]
+    if reason is None:
+        assert official.published_mae == 3.61 and official.published_source.startswith(CITATION)
+        assert mv.published_mae == 4.1
+    else:
+        assert math.isnan(official.published_mae) and official.published_source == reason
+        assert math.isnan(mv.published_mae)
 
 
 def _fake_results(out, *, synthetic: bool):
     write_json(out / "metrics" / "00_data_prep.json", {"synthetic": synthetic, "n": 3})
     write_json(out / "metrics" / "03_evaluation.json", {"amr_mae": 4.5, "note": "x"})
-    table = report.add_paper_values(
-        pd.DataFrame({"method": ["amr", "ce"], "loss": ["amr", "ce"], "mae_pooled": [4.5, 5.0]}),
-        dataset="fgnet", metric="mae")
+    table = pd.DataFrame({"method": ["amr", "ce"], "loss": ["amr", "ce"], "mae_pooled": [4.5, 5.0]})
     report.save_table(table, out, "fgnet_mae_comparison", "MAE comparison.", synthetic=synthetic)
     report.save_table(pd.DataFrame({"k": ["1", "adaptive"], "mae_pooled": [5.1, 4.5]}), out,
                       "k_ablation", "K ablation.", synthetic=synthetic)
@@ -76,9 +115,10 @@ def test_report_marks_synthetic_data_and_paper_values(tmp_path):
         md = (tmp_path / "tables" / f"{name}.md").read_text()
         assert md.startswith(report.SYNTHETIC_NOTE)
     assert text.count(report.SYNTHETIC_NOTE) >= 3
-    assert "third-party survey table, unverified" in text
-    assert "not available" in text
-    assert "= 3.61 (third-party" in text and "= 4.10 (third-party" in text
+    assert "## Published numbers" in text and CITATION in text
+    assert "| fgnet | lopo | amr | mae | 3.61 |" in text
+    assert "| fgnet | lopo | mean_variance | mae | 4.1 |" in text
+    assert "not available" in text and "unverified" not in text
     # paper order: FG-NET comparison before the CS figure before the K ablation
     assert text.index("### MAE comparison") < text.index("### CS(θ) curves") \
         < text.index("### MAE by K")
@@ -95,7 +135,7 @@ def test_report_real_data_has_no_synthetic_marking(tmp_path):
     _fake_results(tmp_path, synthetic=False)
     text = report.build_report(tmp_path)
     assert report.SYNTHETIC_NOTE not in text
-    assert "third-party survey table, unverified" in text
+    assert CITATION in text
 
 
 def test_caption():

@@ -84,12 +84,13 @@ def test_mae_comparison_known_values():
     assert amr.mae_subject_mean == pytest.approx(0.625, abs=1e-3)
     assert amr.n_images == 3 and amr.n_subjects == 2 and amr.protocol == "clean (best_val_mae)"
     assert amr.mae_pooled_low <= amr.mae_pooled <= amr.mae_pooled_high
-    assert amr.paper_mae == 3.61 and amr.paper_source.endswith("unverified")
+    # a clean row never sits beside a published number
+    assert np.isnan(amr.published_mae) and amr.published_source == "not comparable: clean protocol"
     official = t.loc["amr [official (test-selected epoch)]"]
     assert official.readout == "rounded" and official.protocol == "official (test-selected epoch)"
     assert official.mae_pooled == pytest.approx(2 / 3)
     assert t.loc["ce"].mae_pooled == pytest.approx(2.0, abs=1e-3)
-    assert np.isnan(t.loc["ce"].paper_mae) and t.loc["ce"].paper_source == "not available"
+    assert np.isnan(t.loc["ce"].published_mae)
     # clean rows first, the official row last
     assert t.index[-1].endswith("[official (test-selected epoch)]")
 
@@ -107,10 +108,12 @@ def test_dual_protocol_gap_is_official_minus_clean():
 
 def test_cs_curves_and_age_groups():
     cs = ev.cs_curves(grid(), thetas=[0, 1, 2])
-    amr = cs[cs.method == "amr"].set_index("theta")["cs"]
+    amr = cs[(cs.method == "amr") & (cs.readout == "expectation")].set_index("theta")["cs"]
     assert amr.tolist() == pytest.approx([1 / 3, 1.0, 1.0])
     official = cs[cs.method.str.contains("official")]
     assert set(official.readout) == {"argmax"}
+    # clean rows also come with the paper-comparable integer readout, named
+    assert set(cs[cs.method == "amr"].readout) == {"expectation", "argmax"}
     groups = ev.age_group_mae(grid(), bins=[0, 5, 10])
     ce = groups[groups.method == "ce"]
     assert ce["n"].tolist() == [2, 1] and ce["mae"].tolist() == pytest.approx([2.0, 2.0],
@@ -118,10 +121,15 @@ def test_cs_curves_and_age_groups():
 
 
 def test_paired_tests_match_images_and_exclude_official():
-    t = ev.paired_tests(grid(), n_resamples=99).set_index("baseline")
+    t = ev.paired_tests(grid(), n_resamples=99, unit="image").set_index("baseline")
     assert set(t.index) == {"ce", "mean_residue (K=2)"}  # no official row
-    assert t.loc["ce", "n"] == 3
+    assert t.loc["ce", "n"] == 3 and t.loc["ce", "unit"] == "image"
     assert t.loc["ce", "mean_diff"] == pytest.approx(0.5 - 2.0, abs=1e-3)
+    # the default unit is the subject: one pair per subject (2 here), mean error per subject
+    by_subject = ev.paired_tests(grid(), n_resamples=99).set_index("baseline")
+    assert by_subject.loc["ce", "unit"] == "subject"
+    assert by_subject.loc["ce", "n"] == 2 and by_subject.loc["ce", "n_images"] == 3
+    assert by_subject.loc["ce", "mean_diff"] == pytest.approx(0.625 - 2.0, abs=1e-3)
     assert 0 < t.loc["ce", "p_value"] <= 1
     with pytest.raises(ValueError, match="no clean-protocol runs of 'dldl'"):
         ev.paired_tests(grid(), reference="dldl")
@@ -164,10 +172,26 @@ def test_epsilon_comparison_known_values():
     expected = 2 * (1 - np.exp(-0.5)) / 4
     assert t.loc["amr", "epsilon"] == pytest.approx(expected, abs=1e-9)
     assert t.loc["amr", "epsilon_official"] == pytest.approx(expected, abs=1e-4)
-    assert np.isnan(t.loc["amr", "paper_epsilon_error"])
-    assert t.loc["amr", "paper_source"] == "not available"
+    assert np.isnan(t.loc["amr", "published_epsilon_error"])
+    assert t.loc["amr", "published_source"] == "not comparable: clean protocol"
+    assert t.loc["amr", "n_sigma_zero"] == 0
     with pytest.raises(ValueError, match="annotators' std"):
         ev.epsilon_comparison(grid())
+
+
+def test_epsilon_comparison_with_sigma_zero_and_missing_sigma_has_no_blank_column():
+    """Real CLAP2016 labels include σ = 0: the exact ε and its CI must still be numbers."""
+    df = clap_frame()
+    df.loc[df["image_id"] == "0", "std"] = 0.0  # amr predicts it exactly: e = 0; ce misses: 1
+    df.loc[df["image_id"] == "1", "std"] = np.nan  # left out and counted
+    t = ev.epsilon_comparison(df, n_boot=50).set_index("method")
+    for col in ("epsilon", "epsilon_low", "epsilon_high", "epsilon_official"):
+        assert t[col].notna().all(), col
+    assert t.loc["amr", "n_sigma_zero"] == 1 and t.loc["amr", "n_sigma_missing"] == 1
+    # amr: images 0 (σ 0, exact: 0), 2 (exact: 0), 3 (one σ) -> (1 - e^-1/2) / 3
+    assert t.loc["amr", "epsilon"] == pytest.approx((1 - np.exp(-0.5)) / 3, abs=1e-9)
+    v = ev.epsilon_variants(df).set_index(["method", "readout"])
+    assert v["epsilon"].notna().all()
 
 
 def test_ambiguity_calibration_bins_and_correlation():
@@ -198,7 +222,8 @@ def test_figures_from_tables():
 def test_cs_wide_layout():
     wide = ev.cs_wide(ev.cs_curves(grid(), thetas=[0, 1, 2]))
     assert list(wide.columns) == ["method", "protocol", "readout", "cs0", "cs1", "cs2"]
-    assert wide.set_index("method").loc["amr", "cs1"] == pytest.approx(1.0)
+    assert wide.set_index(["method", "readout"]).loc[("amr", "expectation"), "cs1"] == \
+        pytest.approx(1.0)
 
 
 def fake_history():
