@@ -16,7 +16,6 @@ import pytest  # noqa: E402
 from ageest import report  # noqa: E402
 from ageest.artifacts import save_figure, write_json  # noqa: E402
 
-
 CITATION = ('as quoted by B. Kwon, "Data Augmentation Using a Convolutional Autoencoder for Age '
             'Estimation from Facial Images", Journal of Multimedia Information System 12(3):95 '
             '(2025), Table 3')

@@ -1,0 +1,130 @@
+"""The paper profile on real-format data, shrunk to a CPU with papermill-style ``-p`` overrides:
+FG-NET's real names (case quirks, a/b suffixes), a CLAP2016 release folder with yu4u-format
+``ignore_list.txt``, tiny images and σ = 0 labels, through ``ageest reproduce`` end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ageest import store
+from ageest.reproduce import ReproduceError, convert_parameter
+from tests.helpers import write_clap_fixture, write_fgnet_fixture
+
+SHRINK = ["-p", "model", "small_cnn", "-p", "pretrained", "false", "-p", "epochs", "3",
+          "-p", "milestones", "1", "-p", "clap_epochs", "3", "-p", "image_size", "32",
+          "-p", "folds", "0", "-p", "device", "cpu", "-p", "workers", "1",
+          "-p", "losses", "amr,ce", "-p", "clap_losses", "amr,ce", "-p", "ks", "1",
+          "-p", "n_boot", "20", "-p", "n_resamples", "99"]
+
+
+@pytest.fixture(scope="module")
+def paper_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("paper-path")
+    fg, clap = write_fgnet_fixture(tmp / "FGNET"), write_clap_fixture(tmp / "CLAP")
+    out = tmp / "results"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "ageest", "reproduce", "--profile", "paper", "--fgnet", str(fg),
+         "--clap", str(clap), "--results-dir", str(out), "--no-html", *SHRINK],
+        env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out
+
+
+def _runs(out, suffix: str) -> list:
+    return sorted(p.parent for p in (out / "runs").glob("*/fold-*/metrics.json")
+                  if p.parent.parent.name.startswith(suffix))
+
+
+def test_loader_rules_are_counted_per_split(paper_run):
+    filters = pd.read_csv(paper_run / "tables" / "clap_filters.csv").set_index(
+        ["protocol", "split"])
+    # clean: the ignore list on training only (000001), every test image kept
+    assert filters.loc[("clean", "train"), "dropped_ignore_list"] == 1
+    assert filters.loc[("clean", "test"), ["dropped_ignore_list", "dropped_min_pixels"]].sum() == 0
+    assert filters.loc[("clean", "test"), "kept"] == 5
+    # official: the ignore list everywhere (000013 is a test image) and < 1,024 pixels dropped
+    assert filters.loc[("official", "test"), "dropped_ignore_list"] == 1
+    assert filters.loc[("official", "valid"), "dropped_min_pixels"] == 1  # 30 x 30
+    assert filters.loc[("official", "test"), "dropped_min_pixels"] == 1  # 16 x 40
+    assert filters.loc[("official", "test"), "kept"] == 3
+    assert filters.loc[("clean", "test"), "sigma_zero"] == 1
+
+
+def test_official_fgnet_run_trains_on_every_other_subject_with_the_official_schedule(paper_run):
+    (official,) = _runs(paper_run, "fgnet-lopo-amr-kadaptive-seed42-test_best_epoch_official")
+    m = store.read_metrics(official)
+    assert m["n_val"] == 0 and m["n_train"] == 12 and m["n_test"] == 4  # subject 001 left out
+    assert "mae_rounded" in m["selected_by"] and m["test_selected"]
+    hist = pd.read_csv(official / store.HISTORY)
+    # scheduler.step(epoch) after 0-based epoch e, milestone 1: stages of 2 epochs, then 1
+    np.testing.assert_allclose(hist["lr"], [1e-3, 1e-3, 1e-4], rtol=1e-12)
+    best = hist.loc[hist["test_mae_rounded"].idxmin(), "epoch"]
+    assert m["best_epoch"] == best
+    clean = _runs(paper_run, "fgnet-lopo-amr-kadaptive-seed42")[0]
+    assert store.read_metrics(clean)["n_val"] > 0  # the clean run carves validation subjects
+
+
+def test_official_clap_run_selects_on_the_official_test_epsilon(paper_run):
+    (official,) = _runs(paper_run, "clap2016-official-amr-kadaptive-seed2019-test_best")
+    m = store.read_metrics(official)
+    assert m["selected_by"].endswith("epsilon_official") and m["n_test"] == 3
+    hist = pd.read_csv(official / store.HISTORY)
+    assert hist["test_epsilon_official"].notna().all()
+    assert m["best_epoch"] == hist.loc[hist["test_epsilon_official"].idxmin(), "epoch"]
+    params = store.read_params(official)
+    assert params["label_rounding"] == "half_even" and params["seed"] == 2019
+    # the clean CLAP2016 runs: ε is a number in every epoch and in metrics, σ = 0 counted
+    for run in _runs(paper_run, "clap2016-official-")[:2]:
+        if run == official:
+            continue
+        mm = store.read_metrics(run)
+        assert math.isfinite(mm["epsilon"]) and mm["n_sigma_zero"] == 1
+        assert pd.read_csv(run / store.HISTORY)["val_epsilon"].notna().all()
+
+
+def test_published_numbers_sit_beside_official_lopo_rows_only(paper_run):
+    table = pd.read_csv(paper_run / "tables" / "fgnet_mae_comparison.csv").set_index("method")
+    official = table.loc["amr [official (test-selected epoch)]"]
+    assert official["published_mae"] == 3.61
+    assert table.loc["amr", "published_source"] == "not comparable: clean protocol"
+    assert table.drop(index="amr [official (test-selected epoch)]")["published_mae"].isna().all()
+    eps = pd.read_csv(paper_run / "tables" / "clap_epsilon_comparison.csv")
+    assert eps[["epsilon", "epsilon_low", "epsilon_high"]].notna().all().all()
+    text = (paper_run / "REPORT.md").read_text()
+    assert "## Published numbers" in text and "Journal of Multimedia Information System" in text
+    assert json.loads((paper_run / "metrics" / "00_data_prep.json").read_text())[
+        "synthetic"] is False
+
+
+def test_parameter_conversion_and_errors(tmp_path):
+    assert convert_parameter("folds", "0", "str", "x.ipynb") == "0"  # str keeps the text
+    assert convert_parameter("losses", "amr,ce", "str", "x.ipynb") == "amr,ce"
+    assert convert_parameter("pretrained", "TRUE", "bool", "x.ipynb") is True
+    assert convert_parameter("n_boot", "20", "int", "x.ipynb") == 20
+    assert convert_parameter("k", "none", "int | None", "x.ipynb") is None
+    with pytest.raises(ReproduceError, match=r"-p epochs 'four': notebook x.ipynb declares "
+                                             r"epochs as int"):
+        convert_parameter("epochs", "four", "int", "x.ipynb")
+    with pytest.raises(ReproduceError, match="expected true or false"):
+        convert_parameter("pretrained", "maybe", "bool", "x.ipynb")
+
+
+def test_reproduce_rejects_undeclared_and_repeated_parameters(tmp_path):
+    from ageest.cli import main
+
+    with pytest.raises(ReproduceError, match="-p epoch: no notebook of profile 'smoke' "
+                                             "declares a parameter named 'epoch'"):
+        from ageest.reproduce import reproduce
+
+        reproduce("smoke", results_dir=tmp_path, parameters={"epoch": "2"}, log=lambda s: None)
+    assert main(["reproduce", "--profile", "smoke", "--results-dir", str(tmp_path),
+                 "-p", "epochs", "1", "-p", "epochs", "2"]) == 2
