@@ -123,6 +123,30 @@ class StaleRunError(RuntimeError):
     """A finished run folder holds results of different parameters than the grid asks for."""
 
 
+def fold_digest(df: pd.DataFrame, fold) -> str:
+    """16 hex digits naming a fold's split: the sorted image ids of its train, validation and
+    test parts (a run's identity includes it, so other folds never reuse its results)."""
+    ids = df["image_id"].astype(str).to_numpy()
+    blob = "|".join(",".join(sorted(ids[np.asarray(part, dtype=np.int64)]))
+                    for part in (fold.train, fold.val, fold.test))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def describe_change(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """Which input differs between two runs' parameters: the data (content digest), the split
+    (fold digest), or the parameter keys with their old -> new values."""
+    if old.get("data_digest") != new.get("data_digest"):
+        return (f"the data changed (content digest {old.get('data_digest')} -> "
+                f"{new.get('data_digest')}: other images, labels or subjects)")
+    if old.get("split_digest") != new.get("split_digest"):
+        return (f"the split changed (fold digest {old.get('split_digest')} -> "
+                f"{new.get('split_digest')}: other train/validation/test images)")
+    keys = sorted(k for k in set(old) | set(new)
+                  if k not in UNHASHED and old.get(k) != new.get(k))
+    return "parameters changed: " + (", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}"
+                                              for k in keys[:8]) or "(none named)")
+
+
 def load_grid_config(path: str | os.PathLike) -> dict[str, Any]:
     """Read a grid YAML (keys of :data:`GRID_DEFAULTS`); an unknown key is an error naming it."""
     import yaml
@@ -288,6 +312,7 @@ def expand_grid(grid: dict[str, Any], results_dir: str | os.PathLike | None = No
         if dataset in CLAP_DATASETS:  # only there do the loader filters change the data
             base.update({k: g[k] for k in CLAP_LOADER_KEYS})
         df, info = _load_data(base)
+        data_digest = df.attrs.get("content_digest")
         protocols = g["protocol"] or [info.default_protocol]
         for protocol in protocols:
             has_split = info.has_official_split or (
@@ -315,6 +340,8 @@ def expand_grid(grid: dict[str, Any], results_dir: str | os.PathLike | None = No
                                 "selection": selection,
                                 "test_selected": selection == OFFICIAL_SELECTION,
                                 "fold": folds[i].fold_id, "fold_index": int(i),
+                                "data_digest": data_digest,
+                                "split_digest": fold_digest(df, folds[i]),
                                 "start_age": int(info.start_age), "end_age": int(info.end_age),
                                 **{f: g[f] for f in sorted(train_fields)},
                                 "loss_kwargs": loss_kwargs,
@@ -337,10 +364,11 @@ def check_stale(tasks: Sequence[dict[str, Any]]) -> None:
     for task in tasks:
         run_dir = Path(task["run_dir"])
         if store.is_finished(run_dir):
-            old = store.read_params(run_dir).get("params_hash")
+            old_params = store.read_params(run_dir)
+            old = old_params.get("params_hash")
             if old != task["params"]["params_hash"]:
-                stale.append(f"{run_dir} (finished with params_hash {old}, the grid asks for "
-                             f"{task['params']['params_hash']})")
+                stale.append(f"{run_dir}: {describe_change(old_params, task['params'])} "
+                             f"(params_hash {old} -> {task['params']['params_hash']})")
     if stale:
         raise StaleRunError(
             "finished runs were trained with other parameters and are never overwritten:\n  "
@@ -387,6 +415,12 @@ def train_run(params: dict[str, Any], run_dir: str | os.PathLike) -> dict[str, A
             "since the grid was expanded; delete this run folder and rerun the grid"
         )
     fold = folds[index]
+    for key, now in (("data_digest", df.attrs.get("content_digest")),
+                     ("split_digest", fold_digest(df, fold))):
+        if params.get(key) is not None and params[key] != now:
+            raise StaleRunError(
+                f"{run_dir}: {describe_change(params, {**params, key: now})} since the grid "
+                "was expanded; rerun the grid (a new expansion names the new runs)")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig.from_dict({k: v for k, v in params.items() if k in fields})
     result = train(config, df, fold, start_age=int(info.start_age), end_age=int(info.end_age),
@@ -537,12 +571,14 @@ def execute_run(task: dict[str, Any]) -> dict[str, Any]:
     lock = None
     try:
         if store.is_finished(run_dir):
-            old = store.read_params(run_dir).get("params_hash")
+            old_params = store.read_params(run_dir)
+            old = old_params.get("params_hash")
             if old == params["params_hash"]:
                 result.update(status="skipped", mae=store.read_metrics(run_dir).get("mae"))
                 return result
             raise StaleRunError(f"{run_dir} finished with params_hash {old}, not "
-                                f"{params['params_hash']}; it is not overwritten")
+                                f"{params['params_hash']}: {describe_change(old_params, params)}"
+                                "; it is not overwritten")
         run_dir.mkdir(parents=True, exist_ok=True)
         lock = _RunLock(run_dir)
         held_by = lock.acquire()

@@ -168,12 +168,12 @@ def _registry_args(name, tmp_path, fgnet32, clap_small):
     if name == "utkface":
         (tmp_path / "utk").mkdir()
         for i, age in enumerate((1, 25, 80)):
-            Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / "utk" / f"{age}_0_1_2017{i}.jpg")
+            Image.new("RGB", (8, 8), (60 * i, 0, 0)).save(tmp_path / "utk" / f"{age}_0_1_2017{i}.jpg")
         return {"data_dir": tmp_path / "utk"}
     if name == "csv":
         rows = []
         for i in range(6):
-            Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / f"{i}.png")
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / f"{i}.png")
             rows.append({"path": f"{i}.png", "age": 20 + i, "subject": f"s{i % 3}"})
         pd.DataFrame(rows).to_csv(tmp_path / "labels.csv", index=False)
         return {"csv": tmp_path / "labels.csv"}

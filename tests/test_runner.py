@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -137,7 +138,7 @@ def test_cli_end_to_end_store_resume_and_stale(data_dir, tmp_path, capsys):
     assert before == {d: (d / "metrics.json").stat().st_mtime_ns for d in run_dirs}
 
     # a changed parameter never reuses or overwrites finished runs
-    with pytest.raises(runner.StaleRunError, match=r"fold-0 \(finished with params_hash"):
+    with pytest.raises(runner.StaleRunError, match=r"fold-0: parameters changed: epochs 1 -> 2"):
         cli_main(_cli_args(data_dir, res, "--config", str(cfg), "--epochs", "2"))
     assert before == {d: (d / "metrics.json").stat().st_mtime_ns for d in run_dirs}
     # ... but presentation-only options (quiet, threads) keep the hash
@@ -175,6 +176,43 @@ def test_failed_run_is_recorded_and_others_continue(data_dir, tmp_path):
     summary = runner.run_grid(_grid(data_dir, res, losses=["ce", "amr"]))
     assert sorted(summary["status"]) == ["done", "skipped"]
     assert not (failed / "error.txt").exists()
+
+
+def test_changed_dataset_never_reuses_finished_runs(tmp_path):
+    """The same grid on a copy of the dataset with one more subject: other images, other folds,
+    so every finished run is stale, and the error says the data changed."""
+    import shutil
+
+    from ageest.data.synthetic import write_fgnet_like
+
+    data = write_fgnet_like(tmp_path / "fg", seed=0, size=32, n_subjects=12, n_images=72)
+    res = tmp_path / "res"
+    summary = runner.run_grid(_grid(data, res))
+    assert (summary["status"] == "done").all()
+    more = tmp_path / "fg_more"
+    shutil.copytree(data, more)
+    extra = write_fgnet_like(tmp_path / "fg13", seed=1, size=32, n_subjects=13, n_images=78)
+    for image in extra.glob("013A*"):
+        shutil.copy(image, more / image.name)
+    with pytest.raises(runner.StaleRunError, match="the data changed"):
+        runner.run_grid(_grid(more, res))
+    # a moved but identical copy keeps the same identity: nothing is retrained
+    moved = tmp_path / "fg_moved"
+    shutil.copytree(data, moved)
+    again = runner.run_grid(_grid(moved, res))
+    assert (again["status"] == "skipped").all()
+
+
+def test_fold_digest_names_the_split():
+    df = pd.DataFrame({"image_id": ["a", "b", "c", "d"]})
+    from ageest.data.splits import Fold
+
+    f1 = Fold("0", train=np.array([0, 1]), val=np.array([2]), test=np.array([3]))
+    f2 = Fold("0", train=np.array([0, 2]), val=np.array([1]), test=np.array([3]))
+    assert runner.fold_digest(df, f1) != runner.fold_digest(df, f2)
+    assert runner.fold_digest(df, f1) == runner.fold_digest(df.iloc[::-1].reset_index(drop=True),
+                                                            Fold("0", np.array([3, 2]),
+                                                                 np.array([1]), np.array([0])))
 
 
 def _finished(res: Path) -> list[Path]:

@@ -208,6 +208,96 @@ def sha256_files(paths: list[str], cache_path: str | os.PathLike | None = None) 
     return out
 
 
+def _decode_problem(path: Path) -> str | None:
+    """Why the full pixel data of ``path`` cannot be decoded (a truncated JPEG passes a header
+    check and fails here), or None."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except UnidentifiedImageError:
+        return "not a readable image (corrupt or not an image format PIL knows)"
+    except (OSError, SyntaxError, ValueError) as exc:
+        return f"cannot be decoded ({exc})"
+    return None
+
+
+def verify_files(paths: list[str], cache_path: str | os.PathLike | None = None
+                 ) -> tuple[dict[str, str], dict[str, str]]:
+    """sha256 and a full decode of every file, once: both are cached by ``path|size|mtime_ns``
+    (in ``cache_path``, JSON), so an unchanged file is neither re-read nor re-decoded.
+
+    Returns ``(hashes, problems)``: ``path -> sha256`` for every file, and ``path -> why it
+    cannot be decoded`` for the bad ones (a file that failed is decoded again next time).
+    """
+    cache: dict[str, Any] = {}
+    if cache_path is not None and Path(cache_path).is_file():
+        try:
+            cache = json.loads(Path(cache_path).read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            cache = {}  # a damaged cache only costs re-reading; it is rewritten below
+    hashes: dict[str, str] = {}
+    problems: dict[str, str] = {}
+    changed = False
+    for p in paths:
+        path = Path(p)
+        key = _file_key(path)
+        entry = cache.get(key)
+        if not (isinstance(entry, dict) and entry.get("decodes")):
+            problem = _decode_problem(path)
+            entry = {"sha256": _sha256_file(path), "decodes": problem is None}
+            if problem is not None:
+                problems[str(p)] = problem
+            cache[key] = entry
+            changed = True
+        hashes[str(p)] = entry["sha256"]
+    if cache_path is not None and changed:
+        atomic_write_text(cache_path, json.dumps(cache))
+    return hashes, problems
+
+
+def check_duplicate_content(df: pd.DataFrame, hashes: dict[str, str], *, source: str) -> None:
+    """Byte-identical images under two subjects (or two splits) put one face on both sides of a
+    split: a :class:`DataError` naming both files. Under one subject it is only a warning."""
+    digest = df["path"].map(hashes)
+    mask = digest.duplicated(keep=False)
+    if not mask.any():
+        return
+    dup = df[mask].copy()
+    dup["_sha"] = digest[mask]
+    leaks, same = [], []
+    for _, group in dup.groupby("_sha", sort=True):
+        files = group["path"].tolist()
+        subjects = set(group["subject"].dropna().astype(str)) if "subject" in group else set()
+        splits = set(group["split"].dropna().astype(str)) if "split" in group else set()
+        if len(subjects) > 1 or len(splits) > 1 or (not subjects and not splits):
+            where = (f"subjects {sorted(subjects)}" if len(subjects) > 1 else
+                     f"splits {sorted(splits)}" if len(splits) > 1 else "no subject ids")
+            leaks.append(f"{files[0]} and {files[1]} are byte-identical ({where})")
+        else:
+            same.append(f"{files[0]} = {files[1]}")
+    if leaks:
+        raise DataError(f"{source}: identical images under different subjects or splits would "
+                        "leak one face across the split:\n  " + "\n  ".join(leaks[:20])
+                        + "\nremove the duplicate copies")
+    if same:
+        warnings.warn(f"{source}: {len(same)} byte-identical image pair(s) within one subject, "
+                      f"e.g. {same[:3]}", stacklevel=3)
+
+
+def content_digest(df: pd.DataFrame, hashes: dict[str, str]) -> str:
+    """16 hex digits naming what a dataset table *is*: every image's id, label, subject, split
+    and the sha256 of its bytes (sorted by image id; paths are left out, so a moved copy of the
+    same data has the same digest)."""
+    import hashlib
+
+    cols = [c for c in ("image_id", "age", "age_mean", "std", "subject", "split") if c in df]
+    rows = df[cols].astype(str).assign(sha256=df["path"].map(hashes)).sort_values("image_id")
+    blob = rows.to_csv(index=False).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
 # --------------------------------------------------------------------------------------------
 # dataset manifests
 

@@ -152,7 +152,8 @@ def get_dataset(
     json: str | os.PathLike | None = None, image_root: str | os.PathLike | None = None,
     size: int = 64, seed: int = 0, on_bad: str = "raise",
     loader_options: Mapping[str, Any] | None = None,
-    manifest: str | os.PathLike | None = None,
+    manifest: str | os.PathLike | None = None, verify: bool = True,
+    hash_cache: str | os.PathLike | None = None,
 ) -> tuple[pd.DataFrame, DatasetInfo]:
     """Load dataset ``name`` (see :data:`DATASETS`) into a table plus its :class:`DatasetInfo`.
 
@@ -178,6 +179,15 @@ def get_dataset(
         ``clap2016``, ``{"age_range": (0, 80)}`` for ``csv``).
     manifest : path-like, optional
         Dataset manifest JSON: verified (warning on differences) when it exists, else written.
+    verify : bool
+        Read every image once in full (sha256 and a complete decode, cached by path, size and
+        modification time in ``hash_cache``), so a truncated file fails here, naming it, and
+        not after a training epoch; byte-identical images under two subjects or splits are an
+        error (:func:`~ageest.data.integrity.check_duplicate_content`). Sets
+        ``df.attrs["content_digest"]`` (:func:`~ageest.data.integrity.content_digest`), which
+        run identities include.
+    hash_cache : path-like, optional
+        Where the per-file cache lives (default ``<ageest.paths.DATA>/.file-cache.json``).
 
     Returns
     -------
@@ -230,6 +240,9 @@ def get_dataset(
     else:  # benchmark-json
         df = loaders.load_benchmark_json(json, image_root, on_bad=on_bad, **opts)
         root = Path(df.attrs["image_root"])
+    if verify:
+        df = _verify_content(df, on_bad=on_bad, source=f"dataset {name!r} ({root})",
+                             cache_path=hash_cache)
     start, end = spec.start_age, spec.end_age
     if start is None:
         declared = opts.get("age_range")
@@ -250,6 +263,36 @@ def get_dataset(
             write_dataset_manifest(df, manifest, extra={"dataset": name})
         info.manifest = manifest
     return df, info
+
+
+def _verify_content(df: pd.DataFrame, *, on_bad: str, source: str,
+                    cache_path: str | os.PathLike | None) -> pd.DataFrame:
+    """Full decode + sha256 of every image (cached), bad files raised or skipped per
+    ``on_bad``, duplicate content checked, the content digest recorded in ``df.attrs``."""
+    from ageest import paths
+    from ageest.data.integrity import (
+        BadRecords,
+        check_duplicate_content,
+        content_digest,
+        verify_files,
+    )
+
+    if cache_path is None:
+        paths.DATA.mkdir(parents=True, exist_ok=True)
+        cache_path = paths.DATA / ".file-cache.json"
+    hashes, problems = verify_files(df["path"].tolist(), cache_path)
+    if problems:
+        bad = BadRecords(on_bad, source)
+        for path, why in problems.items():
+            bad.add(path, why, "replace the file with a good copy or remove it")
+        skipped = bad.finish()  # raises under on_bad="raise"
+        attrs = dict(df.attrs)
+        df = df[~df["path"].isin(problems)].reset_index(drop=True)
+        df.attrs.update(attrs)
+        df.attrs["skipped"] = list(attrs.get("skipped", [])) + skipped
+    check_duplicate_content(df, hashes, source=source)
+    df.attrs["content_digest"] = content_digest(df, hashes)
+    return df
 
 
 __all__ = ["DATASETS", "DatasetInfo", "DatasetSpec", "ensure_synthetic", "get_dataset",
