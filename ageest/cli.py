@@ -31,8 +31,39 @@ def build_parser() -> argparse.ArgumentParser:
         mod = importlib.import_module(module)
         p = sub.add_parser(name, help=help_text, description=help_text)
         mod.add_arguments(p)
+        p.add_argument("--debug", action="store_true",
+                       help="show the full traceback of an error instead of one line")
         p.set_defaults(_run=mod.run)
     return parser
+
+
+#: library spellings of options, as the command line spells them (error messages are written
+#: for library callers; a command-line user is shown the flag)
+CLI_SPELLING = {"on_bad='skip'": "--on-bad skip", 'on_bad="skip"': "--on-bad skip",
+                "allow_outside_root=True": "allow_outside_root: true (grid YAML)",
+                "age_range": "--age-range"}
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Errors a user causes (bad input, a missing folder, an unknown name, a stale run): one
+    line on stderr and exit status 2, as git and pip do; anything else is a bug and keeps its
+    traceback."""
+    from ageest.data.integrity import DataError
+    from ageest.reproduce import ReproduceError
+    from ageest.runner import StaleRunError
+
+    return (DataError, ReproduceError, StaleRunError, ValueError, FileNotFoundError,
+            NotADirectoryError, PermissionError)
+
+
+def format_user_error(command: str, exc: BaseException) -> str:
+    """``ageest <command>: error: <message>`` with the library spellings replaced by flags;
+    multi-line messages (a list of files) keep their lines, indented."""
+    text = str(exc)
+    for lib, cli in CLI_SPELLING.items():
+        text = text.replace(lib, cli)
+    first, *rest = text.strip().splitlines() or [type(exc).__name__]
+    return "\n".join([f"ageest {command}: error: {first}", *(f"  {r}" for r in rest)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 0
-    return int(args._run(args) or 0)
+    if args.debug:
+        return int(args._run(args) or 0)
+    try:
+        return int(args._run(args) or 0)
+    except user_error_types() as exc:
+        print(format_user_error(args.command, exc), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from ageest.artifacts import atomic_write_text, read_json, write_manifest
 PROFILES = ("smoke", "default", "paper")
 KERNEL_NAME = "ageest"
 NOTEBOOK_PATTERN = re.compile(r"^\d{2}_[A-Za-z0-9_]+\.ipynb$")
+PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 # Parameters every notebook declares and the pipeline fills in itself.
 PIPELINE_PARAMETERS = ("profile", "results_dir")
 
@@ -405,8 +406,13 @@ def reproduce(profile: str, *, fgnet: str | None = None, clap: str | None = None
     (``log``; default: printed and flushed at once, so redirected output shows progress live).
     """
     log = log or functools.partial(print, flush=True)
+    if not PROFILE_NAME.fullmatch(profile):
+        raise ReproduceError(f"--profile {profile!r}: a profile is a name (letters, digits, _ "
+                             "and -), not a path; put your own profile folders in a directory "
+                             "and pass --params-dir DIR")
     if profile not in PROFILES and not (Path(params_dir or paths.PARAMS) / profile).is_dir():
-        raise ReproduceError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+        raise ReproduceError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}"
+                             + (f" or a folder of {params_dir}" if params_dir else ""))
     _check_data_dirs(profile, fgnet, clap)
     out = paths.output_root(profile, results_dir)
     notebooks = list_notebooks(notebooks_dir)
@@ -526,6 +532,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output folder (default: results/<profile>)")
     parser.add_argument("--only", metavar="NN[,NN]", help="run only these notebooks "
                         "(numbers or stems), e.g. --only 03,04 to recompute tables")
+    parser.add_argument("--params-dir", metavar="DIR",
+                        help="folder holding your own profile folders (default: the package's "
+                             "params/)")
     parser.add_argument("--kernel", default=KERNEL_NAME, help="Jupyter kernel (default: "
                         "%(default)s, registered by the Makefile)")
     parser.add_argument("--no-html", action="store_true", help="skip the HTML renderings")
@@ -545,11 +554,10 @@ def run(args: argparse.Namespace) -> int:
         reproduce(args.profile, fgnet=args.fgnet, clap=args.clap, device=args.device,
                   workers=args.workers, results_dir=args.results_dir, only=args.only,
                   kernel_name=args.kernel, html=not args.no_html,
-                  parameters=dict(args.parameter))
+                  parameters=dict(args.parameter), params_dir=args.params_dir)
     except NotebookFailed as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from ageest.cli import format_user_error
+
+        print(format_user_error("reproduce", exc), file=sys.stderr)
         return 1
-    except ReproduceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     return 0

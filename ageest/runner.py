@@ -62,6 +62,7 @@ from ageest.train import (
     DTYPES,
     LR_SCHEDULES,
     OFFICIAL_SELECTION,
+    OPTIMIZERS,
     SELECT_METRICS,
     SELECTIONS,
     TrainConfig,
@@ -98,6 +99,10 @@ GRID_DEFAULTS: dict[str, Any] = {
     "ignore_splits": ["train"],
     "min_pixels": None,
     "label_rounding": "half_up",
+    # csv / benchmark-json loader options; bad files: raise, or skip and record them
+    "age_range": None,  # [lo, hi]; None: the loader's default (csv: 0-100)
+    "allow_outside_root": False,
+    "on_bad": "raise",
     # training: every TrainConfig field but the per-run ones (one source of defaults)
     **{f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING
                 else f.default) for f in dataclasses.fields(TrainConfig)
@@ -115,7 +120,7 @@ GRID_DEFAULTS: dict[str, Any] = {
 EXECUTION_KEYS = ("results_dir", "executor", "workers", "threads", "retries", "address", "quiet")
 #: run parameters left out of the hash (they do not change the numbers)
 UNHASHED = ("quiet", "threads", "keep_checkpoints", "data_dir", "csv", "json", "image_root",
-            "params_hash", "ageest_version")
+            "params_hash", "ageest_version", "on_bad")  # on_bad: the data digest covers it
 KEEP_CHECKPOINTS = ("best", "all", "none")
 
 
@@ -177,15 +182,82 @@ def _as_list(value: Any) -> list:
     return [value]
 
 
+#: grid keys with a numeric type and the smallest value each may take
+INT_KEYS = {"n_folds": 2, "split_seed": 0, "synthetic_size": 8, "epochs": 1, "batch_size": 1,
+            "image_size": 8, "num_workers": 0, "eval_batch_size": 1, "workers": 1, "threads": 1,
+            "retries": 0, "min_pixels": 0}
+FLOAT_KEYS = {"val_fraction": (0.0, 1.0), "lr": (0.0, None), "momentum": (0.0, 1.0),
+              "weight_decay": (0.0, None), "gamma": (0.0, None), "grad_clip": (0.0, None)}
+BOOL_KEYS = ("pretrained", "channels_last", "normalize", "quiet", "allow_outside_root")
+CHOICE_KEYS = {"optimizer": OPTIMIZERS, "lr_schedule": LR_SCHEDULES,
+               "select_metric": SELECT_METRICS, "dtype": DTYPES, "amp": ("bf16", "fp16"),
+               "transforms": ("light", "paper", "clap"), "on_bad": ("raise", "skip"),
+               "label_rounding": ("half_up", "half_even"), "executor": ("local", "ray")}
+
+
+def _integer(key: str, value: Any, minimum: int | None = None) -> int:
+    """An integer grid value (``2``, ``"2"``), never a truncated float (``2.7``) or a bool."""
+    ok = (isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(value, str) and value.strip().lstrip("-").isdigit()) or (
+        isinstance(value, float) and value.is_integer())
+    if not ok:
+        raise ValueError(f"grid key {key}: {value!r} is not an integer")
+    out = int(value)
+    if minimum is not None and out < minimum:
+        raise ValueError(f"grid key {key}: {out} is below the minimum {minimum}")
+    return out
+
+
+def _number(key: str, value: Any, bounds: tuple[float | None, float | None]) -> float:
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"grid key {key}: {value!r} is not a number") from None
+    lo, hi = bounds
+    if not np.isfinite(out) or (lo is not None and out < lo) or (hi is not None and out > hi):
+        raise ValueError(f"grid key {key}: {value!r} is outside [{lo}, {hi if hi is not None else 'inf'}]")
+    return out
+
+
+def _check_types(g: dict[str, Any]) -> None:
+    """Validate every scalar grid key before any run starts, naming the key."""
+    for key, minimum in INT_KEYS.items():
+        if g.get(key) is not None:
+            g[key] = _integer(key, g[key], minimum)
+    for key, bounds in FLOAT_KEYS.items():
+        if g.get(key) is not None:
+            g[key] = _number(key, g[key], bounds)
+    if g["lr"] <= 0:
+        raise ValueError(f"grid key lr: {g['lr']!r} must be positive")
+    for key in BOOL_KEYS:
+        if g.get(key) is not None and not isinstance(g[key], bool):
+            raise ValueError(f"grid key {key}: {g[key]!r} is not true or false")
+    for key, choices in CHOICE_KEYS.items():
+        if g.get(key) is not None and g[key] not in choices:
+            raise ValueError(f"grid key {key}: {g[key]!r} is not one of {list(choices)}")
+    if g.get("age_range") is not None:
+        ar = _as_list(g["age_range"])
+        if len(ar) != 2:
+            raise ValueError(f"grid key age_range: {g['age_range']!r} is not [lo, hi]")
+        lo, hi = (_integer("age_range", v, 0) for v in ar)
+        if lo >= hi:
+            raise ValueError(f"grid key age_range: {lo} >= {hi}")
+        g["age_range"] = [lo, hi]
+
+
 def normalize_grid(grid: dict[str, Any]) -> dict[str, Any]:
-    """Fill defaults, turn comma strings into lists and check values; unknown keys are errors."""
+    """Fill defaults, turn comma strings into lists and check every value's type, range and
+    choice (an error names the key); unknown keys are errors."""
     unknown = sorted(set(grid) - set(GRID_DEFAULTS))
     if unknown:
         raise ValueError(f"unknown grid key(s) {unknown}; valid keys: {sorted(GRID_DEFAULTS)}")
     g = {**GRID_DEFAULTS, **{k: v for k, v in grid.items() if v is not None}}
     for axis in AXES:
         g[axis] = _as_list(g[axis])
-    g["seeds"] = [int(s) for s in g["seeds"]]
+    g["seeds"] = [_integer("seeds", s) for s in g["seeds"]]
+    _check_types(g)
     ks: list[int | str] = []
     for k in g["k"]:
         if str(k).lower() == "adaptive":
@@ -196,8 +268,9 @@ def normalize_grid(grid: dict[str, Any]) -> dict[str, Any]:
             except ValueError as exc:
                 raise ValueError(f"k={k!r}: expected an integer or 'adaptive'") from exc
     g["k"] = ks
-    g["folds"] = None if g["folds"] in (None, "", []) else [int(f) for f in _as_list(g["folds"])]
-    g["milestones"] = [int(m) for m in _as_list(g["milestones"])]
+    g["folds"] = None if g["folds"] in (None, "", []) else [
+        _integer("folds", f, 0) for f in _as_list(g["folds"])]
+    g["milestones"] = [_integer("milestones", m, 0) for m in _as_list(g["milestones"])]
     g["ignore_splits"] = [str(x) for x in _as_list(g["ignore_splits"])]
     for sel in g["selection"]:
         if sel not in SELECTIONS:
@@ -269,19 +342,28 @@ def run_dir_for(results_dir: str | os.PathLike, params: dict[str, Any]) -> Path:
 #: grid keys that are options of the CLAP2016-format loader
 CLAP_LOADER_KEYS = ("ignore_list", "ignore_splits", "min_pixels", "label_rounding")
 CLAP_DATASETS = ("clap2016", "synthetic-clap")
+#: grid keys that are options of the csv / benchmark-json loaders
+FILE_LOADER_KEYS = ("age_range", "allow_outside_root")
+FILE_DATASETS = ("csv", "benchmark-json")
+
+
+def _loader_keys(dataset: str) -> tuple[str, ...]:
+    return (CLAP_LOADER_KEYS if dataset in CLAP_DATASETS else
+            FILE_LOADER_KEYS if dataset in FILE_DATASETS else ())
 
 
 def _load_data(params: dict[str, Any]):
     from ageest.data import get_dataset
 
-    options = {}
-    if params["dataset"] in CLAP_DATASETS:
-        options = {k: params[k] for k in CLAP_LOADER_KEYS
-                   if k in params and params[k] is not None}
+    options = {k: params[k] for k in _loader_keys(params["dataset"])
+               if params.get(k) is not None}
+    if options.get("age_range") is not None:
+        options["age_range"] = tuple(options["age_range"])
     return get_dataset(params["dataset"], data_dir=params.get("data_dir"),
                        csv=params.get("csv"), json=params.get("json"),
                        image_root=params.get("image_root"),
-                       size=int(params.get("synthetic_size", 64)), loader_options=options)
+                       size=int(params.get("synthetic_size", 64)),
+                       on_bad=str(params.get("on_bad", "raise")), loader_options=options)
 
 
 def _folds(df: pd.DataFrame, params: dict[str, Any]):
@@ -307,11 +389,13 @@ def expand_grid(grid: dict[str, Any], results_dir: str | os.PathLike | None = No
         "seed", "loss", "loss_kwargs", "selection", "threads", "quiet", "augment"}
     tasks: list[dict[str, Any]] = []
     for dataset in g["dataset"]:
-        base = {"dataset": dataset, **{k: g[k] for k in ("data_dir", "csv", "json",
-                                                          "image_root", "synthetic_size")}}
-        if dataset in CLAP_DATASETS:  # only there do the loader filters change the data
-            base.update({k: g[k] for k in CLAP_LOADER_KEYS})
+        base = {"dataset": dataset, "on_bad": g["on_bad"],
+                **{k: g[k] for k in ("data_dir", "csv", "json", "image_root", "synthetic_size")}}
+        # only the dataset's own loader options change its data (and the run's identity)
+        base.update({k: g[k] for k in _loader_keys(dataset)})
         df, info = _load_data(base)
+        for record in df.attrs.get("skipped", []):  # --on-bad skip: never silent
+            print(f"{dataset}: skipped {record['path']}: {record['reason']}", file=sys.stderr)
         data_digest = df.attrs.get("content_digest")
         protocols = g["protocol"] or [info.default_protocol]
         for protocol in protocols:
@@ -467,6 +551,11 @@ def train_run(params: dict[str, Any], run_dir: str | os.PathLike) -> dict[str, A
         out["note"] = ("official protocol: the epoch was selected on the TEST set "
                        "(test_best_epoch_official); optimistic, not a clean estimate")
     if dist.is_main_process():
+        if df.attrs.get("skipped"):  # --on-bad skip: what was left out, beside the run
+            from ageest.artifacts import write_json
+
+            write_json(run_dir / "skipped.json", {"skipped": list(df.attrs["skipped"])})
+            out["n_skipped_files"] = len(df.attrs["skipped"])
         atomic_write_text(run_dir / store.HISTORY, result.history.to_csv(index=False))
         store.write_predictions(run_dir, pred, fold=str(params["fold"]), seed=int(params["seed"]),
                                 test_selected=result.test_selected)
@@ -630,6 +719,32 @@ def _progress_printer() -> Callable[[dict], None]:
     return on_event
 
 
+def preflight(g: dict[str, Any], results_dir: Path) -> None:
+    """Checks made once, before any data is loaded or any run starts: the results folder can
+    be written (a read-only path, ``/proc``, a full disk would otherwise fail every run
+    separately), and pretrained weights are where ``--pretrained`` will look."""
+    import errno
+    import tempfile
+
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=results_dir, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        why = "no space left on device" if exc.errno == errno.ENOSPC else (
+            exc.strerror or str(exc))
+        raise PermissionError(f"--results-dir {results_dir}: cannot be written ({why}); "
+                              "choose a writable folder") from None
+    if g.get("pretrained"):
+        from ageest.models import pretrained_path
+
+        path = pretrained_path(g["model"])
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"--pretrained: {path} is missing; place torchvision's ImageNet weights for "
+                f"{g['model']} there (nothing is downloaded), or use --no-pretrained")
+
+
 def make_executor(g: dict[str, Any]):
     """The executor named by the grid's ``executor`` key, with its execution options."""
     from ageest.executors import get_executor
@@ -670,6 +785,7 @@ def run_grid(grid: dict[str, Any] | None = None, *, results_dir: str | os.PathLi
     """
     g = normalize_grid({**(grid or {}), **overrides})
     results_dir = Path(results_dir or g["results_dir"] or "results")
+    preflight(g, results_dir)
     tasks = expand_grid(g, results_dir)
     check_stale(tasks)
     todo = [t for t in tasks if not store.is_finished(t["run_dir"])]
@@ -837,6 +953,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--json", help="database JSON (dataset benchmark-json)")
     a("--image-root", help="image folder (csv, benchmark-json)")
     a("--synthetic-size", type=int, help="image side of generated synthetic data (default 64)")
+    a("--on-bad", choices=["raise", "skip"],
+      help="bad image files: stop naming them (default), or skip them and record the list "
+           "(printed, and skipped.json in each run folder)")
+    a("--age-range", help="csv/benchmark-json: declared label range LO,HI (csv default 0,100)")
+    a("--allow-outside-root", action=argparse.BooleanOptionalAction, default=None,
+      help="csv/benchmark-json: accept image paths that resolve outside --image-root")
     a("--ignore-list", help="CLAP2016: file of names to drop (default: DATA_DIR/ignore_list.txt "
       "when present)")
     a("--ignore-splits", help="CLAP2016: splits the ignore list filters (default train; the "

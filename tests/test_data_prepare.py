@@ -30,4 +30,6 @@ def test_data_command_writes_then_verifies_manifest(tmp_path, monkeypatch, capsy
 
 def test_data_command_missing_flag(capsys):
     assert main(["data", "--dataset", "clap2016"]) == 2
-    assert "needs --data-dir" in capsys.readouterr().out
+    err = capsys.readouterr().err
+    assert err.startswith("ageest data: error: dataset 'clap2016' needs --data-dir")
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

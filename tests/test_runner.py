@@ -85,8 +85,75 @@ def test_grid_errors(data_dir, tmp_path):
     cfg.write_text("losses: [amr]\nlearning_rate: 0.1\n")
     with pytest.raises(ValueError, match=r"grid.yaml: unknown key\(s\) \['learning_rate'\]"):
         runner.load_grid_config(cfg)
+
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("epochs", "two", "grid key epochs: 'two' is not an integer"),
+    ("lr", "fast", "grid key lr: 'fast' is not a number"),
+    ("seeds", [0, "x"], "grid key seeds: 'x' is not an integer"),
+    ("n_folds", 2.7, "grid key n_folds: 2.7 is not an integer"),
+    ("val_fraction", 1.5, "grid key val_fraction: 1.5 is outside"),
+    ("optimizer", "adam", "grid key optimizer: 'adam' is not one of"),
+    ("pretrained", "yes", "grid key pretrained: 'yes' is not true or false"),
+])
+def test_grid_values_are_validated_before_any_run(key, value, message, data_dir, tmp_path,
+                                                   capsys):
+    with pytest.raises(ValueError, match=message):
+        runner.normalize_grid(_grid(data_dir, tmp_path, **{key: value}))
+    cfg = tmp_path / "grid.yaml"
+    cfg.write_text(yaml.safe_dump({key: value}))
+    # the CLI: one line on stderr, exit status 2, no traceback, nothing trained
+    assert cli_main(["run", "--dataset", "fgnet", "--data-dir", str(data_dir), "--results-dir",
+                     str(tmp_path / "res"), "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ageest run: error: {message.split(' is ')[0]}") and \
+        "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "res" / "runs").exists()
+
+
+def test_run_user_errors_are_one_line_and_debug_shows_the_traceback(data_dir, tmp_path,
+                                                                    capsys):
+    cfg = tmp_path / "grid.yaml"
+    cfg.write_text("losses: [amr]\nlearning_rate: 0.1\n")
+    assert cli_main(_cli_args(data_dir, tmp_path, "--config", str(cfg))) == 2
+    assert "learning_rate" in capsys.readouterr().err
+    assert cli_main(["run", "--dataset", "fgnet", "--data-dir", str(tmp_path / "nope"),
+                     "--results-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ageest run: error:") and "nope" in err and "Traceback" not in err
+    assert cli_main(["run", "--losses", "nosuch", "--results-dir", str(tmp_path / "r")]) == 2
+    assert "unknown loss 'nosuch'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="learning_rate"):
-        cli_main(_cli_args(data_dir, tmp_path, "--config", str(cfg)))
+        cli_main(_cli_args(data_dir, tmp_path, "--config", str(cfg), "--debug"))
+
+
+def test_results_dir_and_pretrained_are_checked_once_before_any_run(data_dir, tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if os.access(ro, os.W_OK):  # root ignores the mode bits: use a path under /proc
+            ro = Path("/proc/ageest-cannot-write")
+        assert cli_main(["run", "--dataset", "fgnet", "--data-dir", str(data_dir),
+                         "--results-dir", str(ro / "res")]) == 2
+        err = capsys.readouterr().err
+        assert "cannot be written" in err and "--results-dir" in err
+    finally:
+        (tmp_path / "ro").chmod(0o700)
+    hub = tmp_path / "hub"
+    os.environ["TORCH_HOME"] = str(hub)
+    try:
+        import torch
+
+        torch.hub.set_dir(str(hub / "hub"))
+        assert cli_main(["run", "--dataset", "fgnet", "--data-dir", str(data_dir), "--model",
+                         "resnet18", "--pretrained", "--results-dir", str(tmp_path / "r2")]) == 2
+        err = capsys.readouterr().err
+        assert "--pretrained:" in err and "resnet18" in err and "is missing" in err
+        assert not (tmp_path / "r2" / "runs").exists()  # nothing was started
+    finally:
+        os.environ.pop("TORCH_HOME", None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,8 +205,8 @@ def test_cli_end_to_end_store_resume_and_stale(data_dir, tmp_path, capsys):
     assert before == {d: (d / "metrics.json").stat().st_mtime_ns for d in run_dirs}
 
     # a changed parameter never reuses or overwrites finished runs
-    with pytest.raises(runner.StaleRunError, match=r"fold-0: parameters changed: epochs 1 -> 2"):
-        cli_main(_cli_args(data_dir, res, "--config", str(cfg), "--epochs", "2"))
+    assert cli_main(_cli_args(data_dir, res, "--config", str(cfg), "--epochs", "2")) == 2
+    assert "fold-0: parameters changed: epochs 1 -> 2" in capsys.readouterr().err
     assert before == {d: (d / "metrics.json").stat().st_mtime_ns for d in run_dirs}
     # ... but presentation-only options (quiet, threads) keep the hash
     assert cli_main(_cli_args(data_dir, res, "--config", str(cfg), "--threads", "2")) == 0

@@ -235,6 +235,31 @@ def build_transforms(
     return v2.Compose(steps)
 
 
+def to_rgb8(im: Image.Image) -> Image.Image:
+    """Any PIL mode as 8-bit RGB, *scaled*: PIL's own ``convert("RGB")`` clips 16-bit and
+    32-bit grey (``I;16``, ``I``) to 255, so a 16-bit PNG turns near-white. Those are scaled by
+    their bit depth (16-bit: /257, so 65535 -> 255); float images (``F``) in [0, 1] are
+    scaled by 255; palette, grey, grey+alpha, RGBA (alpha dropped) and CMYK go through PIL's
+    conversion, which is exact for 8-bit data.
+
+    >>> import numpy as np
+    >>> im = Image.fromarray(np.array([[0, 32896, 65535]], dtype=np.uint16))
+    >>> np.asarray(to_rgb8(im))[0, :, 0].tolist()
+    [0, 128, 255]
+    """
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        if im.mode == "F" and arr.size and arr.max() <= 1.0:
+            scale = 255.0
+        elif im.mode.startswith("I;16") or (arr.size and arr.max() > 255):
+            scale = 255.0 / 65535.0
+        else:
+            scale = 1.0
+        grey = np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    return im.convert("RGB")
+
+
 def decode_image(path: str, size: int | None = None, fit: str = "square") -> torch.Tensor:
     """Decode an image file to a ``uint8`` tensor ``(3, H, W)``, resized to ``size`` x ``size``
     (``fit="square"``) or uniformly to a shorter side of ``size`` (``fit="short_side"``; never
@@ -256,7 +281,7 @@ def decode_image(path: str, size: int | None = None, fit: str = "square") -> tor
                     target = (max(size, round(w * scale)), max(size, round(h * scale)))
             if target is not None and im.format == "JPEG":
                 im.draft("RGB", target)  # DCT-domain downscale: decodes big JPEGs faster
-            im = im.convert("RGB")
+            im = to_rgb8(im)
             if target is not None and im.size != target:
                 im = im.resize(target, Image.BILINEAR, reducing_gap=2.0)
             arr = np.asarray(im, dtype=np.uint8)  # (H, W, 3)
@@ -358,4 +383,4 @@ class AgeDataset(Dataset):
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "TRANSFORMS", "AgeDataset", "RandomShiftFlip",
            "ResizeIfNeeded", "ToFloat", "build_transforms",
-           "cache_size", "cache_spec", "decode_image", "paper_resize"]
+           "cache_size", "cache_spec", "decode_image", "paper_resize", "to_rgb8"]

@@ -118,10 +118,14 @@ def _normalise_split(value: Any, where: str, bad: BadRecords) -> Any:
 
 def _age_problem(age: Any, age_range: tuple[int, int] | None) -> str | None:
     """Why ``age`` is not a valid label (or None)."""
+    if age is None or (isinstance(age, str) and not age.strip()):
+        return "age is missing"
     try:
         a = float(age)
     except (TypeError, ValueError):
         return f"age {age!r} is not a number"
+    if math.isnan(a):
+        return "age is missing"
     if not math.isfinite(a):
         return f"age {age!r} is not finite"
     shown = f"{a:g}"  # 40.0 -> "40", 24.5 -> "24.5"
@@ -189,6 +193,20 @@ def _finish(
         raise DataError(f"{source}: duplicate image ids {dups[:10]}; rename the files")
     df.attrs.update({"source": source, "skipped": skipped, **(attrs or {})})
     return df
+
+
+CSV_AGE_RANGE = (0, 100)
+
+
+def _inside_root(entry: str, root: Path, allow_outside_root: bool) -> tuple[Path, str | None]:
+    """``root / entry`` resolved (symlinks followed), and why it is not acceptable: a path that
+    ends up outside ``root`` (``../``, an absolute path elsewhere, a link out) is refused unless
+    ``allow_outside_root``."""
+    path = (root / entry).resolve()
+    if not allow_outside_root and not path.is_relative_to(root.resolve()):
+        return path, (f"path resolves to {path}, outside the image root {root.resolve()}; keep "
+                      "images under the image root, or pass allow_outside_root=True")
+    return path, None
 
 
 def _row(path: Path | str, age: int, *, age_mean: float | None = None, subject: Any = pd.NA,
@@ -593,7 +611,7 @@ def load_utkface(
 def load_csv(
     csv_path: str | os.PathLike, image_root: str | os.PathLike | None = None, *,
     on_bad: str = "raise", check_images: str = "header",
-    age_range: tuple[int, int] | None = None,
+    age_range: tuple[int, int] | None = CSV_AGE_RANGE, allow_outside_root: bool = False,
 ) -> pd.DataFrame:
     """Load any image folder described by a CSV with columns ``path``, ``age`` and optionally
     ``subject``, ``std``, ``split`` (``train``/``valid``/``test``; ``val`` accepted) and
@@ -608,7 +626,12 @@ def load_csv(
     on_bad, check_images
         As in :func:`load_fgnet`.
     age_range : (int, int), optional
-        Declared age range; ``None`` accepts any non-negative age.
+        Declared age range, 0-100 by default (the model gets one class per age in it, so an
+        age of 1e6 must not silently build a million classes); ``None`` accepts any
+        non-negative age. An age outside it is an error naming the CSV line.
+    allow_outside_root : bool
+        Accept ``path`` entries that resolve outside the image root (``../``, absolute paths,
+        symlinks leading out); refused by default, naming the CSV line.
 
     Returns
     -------
@@ -632,7 +655,10 @@ def load_csv(
         line = i + 2
         entry = str(rec["path"]).strip()
         where = f"{csv_path}:{line} ({entry})"
-        path = (root / entry).resolve()
+        path, outside = _inside_root(entry, root, allow_outside_root)
+        if outside is not None:
+            bad.add(where, outside, "fix the path in the CSV")
+            continue
         if str(path) in seen:
             bad.add(where, f"duplicate file name (also on line {seen[str(path)]})",
                     "remove the duplicated row")
@@ -649,7 +675,8 @@ def load_csv(
         problem = _age_problem(rec["age"], age_range)
         if problem is not None:
             bad.add(where, problem, "correct the age" + (
-                " or declare an age range covering it" if age_range else ""))
+                " or declare an age range covering it (--age-range LO,HI)" if age_range
+                else ""))
             continue
         age_f = float(rec["age"])
         mean = rec.get("age_mean", age_f)
@@ -684,6 +711,7 @@ def load_benchmark_json(
     json_path: str | os.PathLike, image_root: str | os.PathLike, *, benchmark_split: int = 0,
     on_bad: str = "raise", check_images: str = "header",
     age_range: tuple[int, int] | None = None, database: str | None = None,
+    allow_outside_root: bool = False,
 ) -> pd.DataFrame:
     """Load a Facial-Age-Estimation-Benchmark *database* JSON (Paplham & Franc, CVPR 2024).
 
@@ -763,7 +791,10 @@ def load_benchmark_json(
         if problem is not None:
             bad.add(where, problem, "correct the age or remove the entry")
             continue
-        path = (root / entry).resolve()
+        path, outside = _inside_root(entry, root, allow_outside_root)
+        if outside is not None:
+            bad.add(where, outside, "fix img_path in the JSON")
+            continue
         if not path.exists():
             bad.add(where, f"label without image: {path} does not exist",
                     "check --image-root, or restore the image")

@@ -16,9 +16,25 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ageest.data.integrity import DataError, dataset_summary, verify_dataset_manifest
+from ageest.data.integrity import dataset_summary, verify_dataset_manifest
 from ageest.data.registry import DATASETS, get_dataset
 from ageest.data.splits import PROTOCOLS, make_folds
+
+
+def age_range_arg(text: str) -> tuple[int, int]:
+    """``LO,HI`` -> (LO, HI), for ``--age-range``.
+
+    >>> age_range_arg("0,120")
+    (0, 120)
+    """
+    try:
+        lo, hi = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected two integers LO,HI, e.g. 0,120") from None
+    if not 0 <= lo < hi:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 0 <= LO < HI")
+    return lo, hi
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="synthetic dataset seed")
     parser.add_argument("--on-bad", choices=("raise", "skip"), default="raise",
                         help="bad files: stop with an error (default) or skip and record them")
+    parser.add_argument("--age-range", type=age_range_arg, metavar="LO,HI",
+                        help="declared age range of csv/benchmark-json labels (csv default "
+                             "0,100)")
     parser.add_argument("--manifest", type=Path,
                         help="dataset manifest JSON: written if absent, else verified")
     parser.add_argument("--strict", action="store_true",
@@ -46,20 +65,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``ageest data``; returns the exit status."""
-    try:
-        df, info = get_dataset(args.dataset, data_dir=args.data_dir, csv=args.csv,
-                               json=args.json, image_root=args.image_root, size=args.size,
-                               seed=args.seed, on_bad=args.on_bad)
-    except (DataError, ValueError) as exc:
-        print(f"error: {exc}")
-        return 2
+    options = {"age_range": args.age_range} if args.age_range is not None else {}
+    df, info = get_dataset(args.dataset, data_dir=args.data_dir, csv=args.csv,
+                           json=args.json, image_root=args.image_root, size=args.size,
+                           seed=args.seed, on_bad=args.on_bad, loader_options=options)
     s = dataset_summary(df)
     print(f"{info.name}: {s['n_images']} images, {s['n_subjects']} subjects, ages "
           f"{s['age_min']}-{s['age_max']} (label range {info.start_age}-{info.end_age}, "
           f"{info.num_classes} classes), root {info.root}")
     print(f"splits: {s['split_counts']}; default protocol: {info.default_protocol}")
+    for record in df.attrs.get("skipped", []):
+        print(f"skipped {record['path']}: {record['reason']}")
     if df.attrs.get("skipped"):
-        print(f"skipped {len(df.attrs['skipped'])} bad file(s) (listed in the manifest)")
+        where = "also listed in the manifest" if args.manifest else "not recorded elsewhere"
+        print(f"skipped {len(df.attrs['skipped'])} bad file(s) ({where})")
     status = 0
     if args.manifest is not None:
         from ageest.data.integrity import write_dataset_manifest
