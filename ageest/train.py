@@ -598,7 +598,7 @@ def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_ag
         state_ok = _state_is_finite(raw_model.state_dict())
         if not state_ok:
             raise NonFiniteLossError(_nonfinite_message(
-                "parameters or buffers (e.g. BatchNorm running variances)", epoch,
+                "parameters or buffers", epoch,
                 len(train_dl) - 1, cfg, last_path))
         # a non-finite score or training loss never selects an epoch (NaN < x is False anyway)
         if math.isfinite(score) and math.isfinite(row.get("train_total", 0.0)) \

@@ -323,6 +323,9 @@ def test_sigkill_mid_run_then_resume(data_dir, tmp_path):
     finished_before = set(_finished(res))
     assert killed_dir not in finished_before and store.run_status(killed_dir) == "partial"
     assert (killed_dir / "run.lock").exists()  # left behind by the killed process
+    # history.csv is appended after every epoch, so a run in progress can be watched
+    assert pd.read_csv(killed_dir / store.HISTORY)["epoch"].tolist()[:2] == [1, 2]
+    assert b"ETA" in seen and b"img/s" in seen
 
     summary = runner.run_grid(_grid(data_dir, res, losses=["amr", "ce", "l1"], epochs=6,
                                     batch_size=8))
