@@ -18,7 +18,7 @@ from ageest.reproduce import NotebookFailed, list_notebooks, reproduce
 
 # (kind, name) every smoke run must produce, by notebook
 EXPECTED = {
-    "00_data_prep": [("table", "data_summary"), ("table", "split_summary"),
+    "00_data_prep": [("table", "data_summary"), ("table", "clap_filters"), ("table", "split_summary"),
                      ("figure", "age_histograms"), ("figure", "face_grid")],
     "02_training": [("table", "training_runs"), ("figure", "learning_curves"),
                     ("figure", "adaptive_k_per_epoch")],
@@ -102,9 +102,14 @@ def test_tables_mark_synthetic_data_and_official_rows(smoke):
     mae = pd.read_csv(out / "tables" / "fgnet_mae_comparison.csv")
     official = mae[mae["method"].str.contains("official")]
     assert len(official) >= 1 and (official["protocol"] == "official (test-selected epoch)").all()
-    amr = mae[mae["method"] == "amr"]
-    assert amr["paper_mae"].iloc[0] == 3.61
-    assert amr["paper_source"].iloc[0] == "third-party survey table, unverified"
+    # synthetic data: no published number sits beside any row, and each row says why
+    assert mae["published_mae"].isna().all()
+    assert (mae.loc[mae["method"] == "amr", "published_source"] ==
+            "not comparable: clean protocol").all()
+    assert official["published_source"].str.startswith("not comparable: data synthetic").all()
+    eps = pd.read_csv(out / "tables" / "clap_epsilon_comparison.csv")
+    assert eps[["epsilon", "epsilon_low", "epsilon_high"]].notna().all().all()
+    assert eps["method"].str.contains("official").any()  # the CLAP2016 official-protocol run
 
 
 def test_metrics_files(smoke):
@@ -131,7 +136,8 @@ def test_manifest_and_report(smoke):
     text = (out / "REPORT.md").read_text()
     assert text.startswith("# ageest reproduction report — profile `smoke`")
     assert SYNTHETIC_NOTE in text.split("## ", 1)[0]
-    assert NOT_AVAILABLE in text and "unverified" in text
+    assert NOT_AVAILABLE in text and "unverified" not in text
+    assert "## Published numbers" in text and "as quoted by B. Kwon" in text
     assert "*Not produced in this run*" not in text, "a smoke run must produce every artefact"
     assert "![CS(θ) curves](figures/cs_curves.png)" in text
 
