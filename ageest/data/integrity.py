@@ -162,6 +162,17 @@ def _file_key(path: Path) -> str:
     return f"{path}|{st.st_size}|{st.st_mtime_ns}"
 
 
+def _read_cache(cache_path: str | os.PathLike | None) -> dict[str, Any]:
+    """The per-file JSON cache, or an empty one (a damaged cache only costs re-reading the
+    files; it is rewritten by the caller)."""
+    if cache_path is None or not Path(cache_path).is_file():
+        return {}
+    try:
+        return json.loads(Path(cache_path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return {}
+
+
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -186,12 +197,7 @@ def sha256_files(paths: list[str], cache_path: str | os.PathLike | None = None) 
     dict
         ``path -> hex digest``.
     """
-    cache: dict[str, str] = {}
-    if cache_path is not None and Path(cache_path).is_file():
-        try:
-            cache = json.loads(Path(cache_path).read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            cache = {}  # a damaged cache only costs re-hashing; it is rewritten below
+    cache = _read_cache(cache_path)
     out: dict[str, str] = {}
     changed = False
     for p in paths:
@@ -231,12 +237,7 @@ def verify_files(paths: list[str], cache_path: str | os.PathLike | None = None
     Returns ``(hashes, problems)``: ``path -> sha256`` for every file, and ``path -> why it
     cannot be decoded`` for the bad ones (a file that failed is decoded again next time).
     """
-    cache: dict[str, Any] = {}
-    if cache_path is not None and Path(cache_path).is_file():
-        try:
-            cache = json.loads(Path(cache_path).read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            cache = {}  # a damaged cache only costs re-reading; it is rewritten below
+    cache = _read_cache(cache_path)
     hashes: dict[str, str] = {}
     problems: dict[str, str] = {}
     changed = False
