@@ -86,3 +86,30 @@ def test_manifest_records_environment_and_parameters(tmp_path):
     assert m["parameters"] == {"lr": 0.001} and m["seeds"] == [0] and m["wall_time_s"] == 1.5
     assert m["versions"]["torch"] is not None
     assert "torch_threads" in m["device"]
+
+
+def test_disk_full_names_the_file(tmp_path, monkeypatch):
+    import errno
+
+    import ageest.artifacts as art
+
+    real = os.fdopen
+
+    class Full:
+        def __init__(self, fd, mode):
+            self.fh = real(fd, mode)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(art.os, "fdopen", Full)
+    with pytest.raises(OSError, match=r"No space left on device: .*metrics.json") as info:
+        art.atomic_write_bytes(tmp_path / "metrics.json", b"{}")
+    assert info.value.errno == errno.ENOSPC
+    assert not list(tmp_path.iterdir())  # no temporary file left behind

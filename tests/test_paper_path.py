@@ -89,6 +89,9 @@ def test_official_clap_run_selects_on_the_official_test_epsilon(paper_run):
         mm = store.read_metrics(run)
         assert math.isfinite(mm["epsilon"]) and mm["n_sigma_zero"] == 1
         assert pd.read_csv(run / store.HISTORY)["val_epsilon"].notna().all()
+        preds = store.read_predictions(run)  # the per-image ε is stored with the predictions
+        assert preds["epsilon"].notna().all() and ((preds["epsilon"] >= 0)
+                                                   & (preds["epsilon"] <= 1)).all()
 
 
 def test_published_numbers_sit_beside_official_lopo_rows_only(paper_run):

@@ -287,8 +287,8 @@ def decode_image(path: str, size: int | None = None, fit: str = "square") -> tor
             arr = np.asarray(im, dtype=np.uint8)  # (H, W, 3)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(
-            f"{path}: cannot decode image ({exc}); replace the file, or reload the dataset "
-            "with on_bad='skip' and check_images='decode' to skip such files"
+            f"{path}: cannot decode image ({exc}); replace the file, or load the dataset "
+            "with on_bad='skip' to skip such files (every image is decoded once at load)"
         ) from exc
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()  # (3, H, W)
 
