@@ -78,7 +78,7 @@ def test_undecodable_image_names_the_file(tmp_path):
     df = make_table(tmp_path, n=2)
     Path(df["path"][1]).write_bytes(b"garbage")
     ds = AgeDataset(df, start_age=0)
-    with pytest.raises(DataError, match=r"1.png: cannot decode image.*check_images='decode'"):
+    with pytest.raises(DataError, match=r"1.png: cannot decode image.*on_bad='skip'"):
         ds[1]
 
 
