@@ -147,22 +147,27 @@ def adaptive_k_per_epoch(history: pd.DataFrame, *, column: str = "train_k_mean",
 
 
 def cs_curves(table: pd.DataFrame, *, synthetic: bool = False) -> plt.Figure:
-    """CS(θ) against θ, one line per method and readout (long table of
-    :func:`ageest.evaluation.cs_curves`), the readout in the legend; official-protocol methods
-    dashed."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    keys = ["method", "readout"] if "readout" in table.columns else ["method"]
-    for key, part in table.groupby(keys, sort=False):
-        method = key[0] if isinstance(key, tuple) else key
-        label = f"{method} ({key[1]})" if isinstance(key, tuple) else method
-        ax.plot(part["theta"], 100 * part["cs"], marker="o", ms=3, label=label,
-                **_official_style(method))
-    ax.set_xlabel("error level θ (years)")
-    ax.set_ylabel("cumulative score (%)")
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title(_title("Cumulative score", synthetic), fontsize=10)
+    """CS(θ) against θ (long table of :func:`ageest.evaluation.cs_curves`): one panel per
+    readout (the clean rows' own readout, and argmax, the integer readout a published CS curve
+    uses, where the official rows sit), one line per method with the same colour in every
+    panel; official-protocol methods dashed."""
+    readouts = list(dict.fromkeys(table["readout"])) if "readout" in table.columns else [None]
+    fig, axes = plt.subplots(1, len(readouts), figsize=(5.0 * len(readouts), 3.8),
+                             sharey=True, squeeze=False)
+    colours = {m: f"C{i % 10}" for i, m in enumerate(dict.fromkeys(table["method"]))}
+    for ax, readout in zip(axes[0], readouts, strict=True):
+        part = table if readout is None else table[table["readout"] == readout]
+        for method, rows in part.groupby("method", sort=False):
+            ax.plot(rows["theta"], 100 * rows["cs"], marker="o", ms=3, label=method,
+                    color=colours[method], **_official_style(method))
+        ax.set_xlabel("error level θ (years)")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        if readout is not None:
+            ax.set_title(f"{readout} readout", fontsize=9)
+    axes[0][0].set_ylabel("cumulative score (%)")
+    fig.suptitle(_title("Cumulative score", synthetic), fontsize=10)
     fig.tight_layout()
     return fig
 
