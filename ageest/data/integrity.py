@@ -197,21 +197,7 @@ def sha256_files(paths: list[str], cache_path: str | os.PathLike | None = None) 
     dict
         ``path -> hex digest``.
     """
-    cache = _read_cache(cache_path)
-    out: dict[str, str] = {}
-    changed = False
-    for p in paths:
-        path = Path(p)
-        key = _file_key(path)
-        digest = cache.get(key)
-        if digest is None:
-            digest = _sha256_file(path)
-            cache[key] = digest
-            changed = True
-        out[str(p)] = digest
-    if cache_path is not None and changed:
-        atomic_write_text(cache_path, json.dumps(cache))
-    return out
+    return verify_files(paths, cache_path, decode=False)[0]
 
 
 def _decode_problem(path: Path) -> str | None:
@@ -229,10 +215,11 @@ def _decode_problem(path: Path) -> str | None:
     return None
 
 
-def verify_files(paths: list[str], cache_path: str | os.PathLike | None = None
-                 ) -> tuple[dict[str, str], dict[str, str]]:
-    """sha256 and a full decode of every file, once: both are cached by ``path|size|mtime_ns``
-    (in ``cache_path``, JSON), so an unchanged file is neither re-read nor re-decoded.
+def verify_files(paths: list[str], cache_path: str | os.PathLike | None = None, *,
+                 decode: bool = True) -> tuple[dict[str, str], dict[str, str]]:
+    """sha256 and (``decode``) a full decode of every file, once: both are cached by
+    ``path|size|mtime_ns`` (in ``cache_path``, JSON), so an unchanged file is neither re-read
+    nor re-decoded.
 
     Returns ``(hashes, problems)``: ``path -> sha256`` for every file, and ``path -> why it
     cannot be decoded`` for the bad ones (a file that failed is decoded again next time).
@@ -245,9 +232,10 @@ def verify_files(paths: list[str], cache_path: str | os.PathLike | None = None
         path = Path(p)
         key = _file_key(path)
         entry = cache.get(key)
-        if not (isinstance(entry, dict) and entry.get("decodes")):
-            problem = _decode_problem(path)
-            entry = {"sha256": _sha256_file(path), "decodes": problem is None}
+        if not isinstance(entry, dict) or (decode and not entry.get("decodes")):
+            problem = _decode_problem(path) if decode else None
+            # decodes: None = not checked (hash only), True/False = the full decode's verdict
+            entry = {"sha256": _sha256_file(path), "decodes": (problem is None) if decode else None}
             if problem is not None:
                 problems[str(p)] = problem
             cache[key] = entry
