@@ -10,8 +10,8 @@ import sys
 
 from ageest import __version__
 
-# name -> (module, help); the module defines add_arguments(parser) and run(args); modules are imported only when that command is used
-# or when --help needs its arguments, so `ageest --help` stays fast.
+# name -> (module, help); the module defines add_arguments(parser) and run(args). A module is
+# imported only when its command is used (or its --help asked for), so `ageest --help` stays fast.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "info": ("ageest.envinfo", "Print versions, device and paths of this installation."),
     "data": ("ageest.data.prepare", "Load or generate a dataset, check it, write its manifest."),
@@ -20,7 +20,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``ageest`` parser. Only ``command``'s module is imported (to add its arguments), so
+    ``ageest --help`` lists the sub-commands without importing torch."""
     parser = argparse.ArgumentParser(
         prog="ageest",
         description="Adaptive Mean-Residue loss reproducibility kit for facial age estimation.",
@@ -28,13 +30,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ageest {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
-        mod = importlib.import_module(module)
         p = sub.add_parser(name, help=help_text, description=help_text)
+        if name != command:
+            continue
+        mod = importlib.import_module(module)
         mod.add_arguments(p)
         p.add_argument("--debug", action="store_true",
                        help="show the full traceback of an error instead of one line")
         p.set_defaults(_run=mod.run)
     return parser
+
+
+def _command(argv: list[str]) -> str | None:
+    """The sub-command named in ``argv`` (its first word that is one), if any."""
+    return next((a for a in argv if a in SUBCOMMANDS), None)
 
 
 #: library spellings of options, as the command line spells them (error messages are written
@@ -67,7 +76,8 @@ def format_user_error(command: str, exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()

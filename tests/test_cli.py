@@ -48,3 +48,14 @@ def test_unknown_subcommand_is_an_error(capsys):
 def test_output_root_default_and_override(tmp_path):
     assert paths.output_root("smoke") == paths.RESULTS / "smoke"
     assert paths.output_root("smoke", str(tmp_path)) == tmp_path.resolve()
+
+
+def test_top_level_help_imports_no_torch():
+    """`ageest --help` builds only the sub-command list: no sub-command module, so no torch."""
+    code = ("import sys\nfrom ageest.cli import main\ntry:\n    main(['--help'])\n"
+            "except SystemExit:\n    pass\nprint('torch' in sys.modules, 'ageest.runner' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False False"
+    assert "reproduce" in done.stdout and "run" in done.stdout
