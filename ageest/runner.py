@@ -117,7 +117,6 @@ GRID_DEFAULTS: dict[str, Any] = {
     "address": None,
     "quiet": None,
 }
-EXECUTION_KEYS = ("results_dir", "executor", "workers", "threads", "retries", "address", "quiet")
 #: run parameters left out of the hash (they do not change the numbers)
 UNHASHED = ("quiet", "threads", "keep_checkpoints", "data_dir", "csv", "json", "image_root",
             "params_hash", "ageest_version", "on_bad")  # on_bad: the data digest covers it
@@ -928,10 +927,6 @@ def aggregate(results_dir: str | os.PathLike, *, runs: Sequence[str | os.PathLik
 
 # ---------------------------------------------------------------------------------------------
 # CLI: ageest run
-
-
-def _flag(key: str) -> str:
-    return "--" + key.replace("_", "-")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -40,13 +40,9 @@ PARAMS = "params.yaml"
 HISTORY = "history.csv"
 PREDICTIONS = "predictions.parquet"
 METRICS = "metrics.json"
-MANIFEST = "manifest.json"
 ERROR = "error.txt"
 CHECKPOINTS = "checkpoints"
 
-#: columns of one run's predictions.parquet, in order (``probs`` last)
-PREDICTION_COLUMNS = ("image_id", "subject", "fold", "seed", "age", "age_mean", "std",
-                      "expected_age", "epsilon", "test_selected", "probs")
 #: run parameters copied onto every row by :func:`load_predictions`
 RUN_COLUMNS = ("dataset", "protocol", "loss", "k", "selection", "start_age", "end_age", "model")
 
