@@ -79,25 +79,23 @@ def data_summary(datasets: Mapping[str, tuple[pd.DataFrame, Any]]) -> pd.DataFra
     return pd.DataFrame(rows)
 
 
-def clap_filters(clap_dir: str | os.PathLike | None, *, size: int = 64) -> pd.DataFrame:
-    """What the CLAP2016 loader's rules drop, per split, under the clean protocol and under the
-    official one (the record's ``ignore_splits``/``min_pixels``, :mod:`ageest.official`), and
-    how many kept images have a raters' σ of 0 (their ε takes the formula's limit). One row
-    per (protocol, split): ``kept``, ``dropped_ignore_list``, ``dropped_min_pixels``,
+def clap_filters(clean: pd.DataFrame, clap_dir: str | os.PathLike | None, *, size: int = 64
+                 ) -> pd.DataFrame:
+    """What the CLAP2016 loader's rules drop, per split, under the clean protocol (``clean``:
+    the table as notebook 00 loaded it, with the loader's default, clean options) and under the
+    official one (the record's ``ignore_splits``/``min_pixels``, :mod:`ageest.official`; loaded
+    here), and how many kept images have a raters' σ of 0 (their ε takes the formula's limit).
+    One row per (protocol, split): ``kept``, ``dropped_ignore_list``, ``dropped_min_pixels``,
     ``sigma_zero``."""
     from ageest.data import get_dataset
-    from ageest.official import record
+    from ageest.official import official_values
 
     name, folder = dataset_choice("clap", clap_dir)
-    entries = {e["key"]: e for e in record()["settings"] if "clap" in e}
-    options = {
-        "clean": {k: entries[k]["clean"] for k in ("ignore_splits", "min_pixels")},
-        "official": {k: entries[k]["clap"] for k in ("ignore_splits", "min_pixels")},
-    }
+    official = {k: v for k, v in official_values("clap", "official").items()
+                if k in ("ignore_splits", "min_pixels")}
+    official_df, _ = get_dataset(name, data_dir=folder, size=size, loader_options=official)
     rows = []
-    for protocol, opts in options.items():
-        df, _ = get_dataset(name, data_dir=folder, size=size,
-                            loader_options={k: v for k, v in opts.items() if v is not None})
+    for protocol, df in (("clean", clean), ("official", official_df)):
         dropped = df.attrs.get("dropped", {})
         for split in ("train", "valid", "test"):
             part = df[df["split"] == split]

@@ -58,6 +58,9 @@ import numpy as np
 import pandas as pd
 
 from ageest import __version__, store
+from ageest.data.dataset import TRANSFORMS
+from ageest.data.integrity import ON_BAD_CHOICES
+from ageest.data.loaders import LABEL_ROUNDINGS
 from ageest.train import (
     DTYPES,
     LR_SCHEDULES,
@@ -190,8 +193,8 @@ FLOAT_KEYS = {"val_fraction": (0.0, 1.0), "lr": (0.0, None), "momentum": (0.0, 1
 BOOL_KEYS = ("pretrained", "channels_last", "normalize", "quiet", "allow_outside_root")
 CHOICE_KEYS = {"optimizer": OPTIMIZERS, "lr_schedule": LR_SCHEDULES,
                "select_metric": SELECT_METRICS, "dtype": DTYPES, "amp": ("bf16", "fp16"),
-               "transforms": ("light", "paper", "clap"), "on_bad": ("raise", "skip"),
-               "label_rounding": ("half_up", "half_even"), "executor": ("local", "ray")}
+               "transforms": TRANSFORMS, "on_bad": ON_BAD_CHOICES,
+               "label_rounding": LABEL_ROUNDINGS, "executor": ("local", "ray")}
 
 
 def _integer(key: str, value: Any, minimum: int | None = None) -> int:
@@ -948,7 +951,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--json", help="database JSON (dataset benchmark-json)")
     a("--image-root", help="image folder (csv, benchmark-json)")
     a("--synthetic-size", type=int, help="image side of generated synthetic data (default 64)")
-    a("--on-bad", choices=["raise", "skip"],
+    a("--on-bad", choices=list(ON_BAD_CHOICES),
       help="bad image files: stop naming them (default), or skip them and record the list "
            "(printed, and skipped.json in each run folder)")
     a("--age-range", help="csv/benchmark-json: declared label range LO,HI (csv default 0,100)")
@@ -959,7 +962,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--ignore-splits", help="CLAP2016: splits the ignore list filters (default train; the "
       "official code: train,valid,test)")
     a("--min-pixels", type=int, help="CLAP2016: drop images with fewer pixels (official: 1024)")
-    a("--label-rounding", choices=["half_up", "half_even"],
+    a("--label-rounding", choices=list(LABEL_ROUNDINGS),
       help="CLAP2016: apparent mean -> label (official: half_even, np.around)")
     a("--model", help="backbone (small_cnn, resnet18, resnet50, vgg16)")
     a("--pretrained", action=argparse.BooleanOptionalAction, default=None,
@@ -978,7 +981,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--amp", choices=["bf16", "fp16"])
     a("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     a("--num-workers", type=int, help="DataLoader workers per run")
-    a("--transforms", choices=["light", "paper", "clap"])
+    a("--transforms", choices=list(TRANSFORMS))
     a("--image-size", type=int)
     a("--normalize", action=argparse.BooleanOptionalAction, default=None)
     a("--eval-batch-size", type=int)
