@@ -9,6 +9,7 @@ import importlib
 import sys
 
 from ageest import __version__
+from ageest.errors import USER_ERRORS, format_user_error
 
 # name -> (module, help); the module defines add_arguments(parser) and run(args). A module is
 # imported only when its command is used (or its --help asked for), so `ageest --help` stays fast.
@@ -46,35 +47,6 @@ def _command(argv: list[str]) -> str | None:
     return next((a for a in argv if a in SUBCOMMANDS), None)
 
 
-#: library spellings of options, as the command line spells them (error messages are written
-#: for library callers; a command-line user is shown the flag)
-CLI_SPELLING = {"on_bad='skip'": "--on-bad skip", 'on_bad="skip"': "--on-bad skip",
-                "allow_outside_root=True": "allow_outside_root: true (grid YAML)",
-                "age_range": "--age-range"}
-
-
-def user_error_types() -> tuple[type[BaseException], ...]:
-    """Errors a user causes (bad input, a missing folder, an unknown name, a stale run): one
-    line on stderr and exit status 2, as git and pip do; anything else is a bug and keeps its
-    traceback."""
-    from ageest.data.integrity import DataError
-    from ageest.reproduce import ReproduceError
-    from ageest.runner import StaleRunError
-
-    return (DataError, ReproduceError, StaleRunError, ValueError, FileNotFoundError,
-            NotADirectoryError, PermissionError)
-
-
-def format_user_error(command: str, exc: BaseException) -> str:
-    """``ageest <command>: error: <message>`` with the library spellings replaced by flags;
-    multi-line messages (a list of files) keep their lines, indented."""
-    text = str(exc)
-    for lib, cli in CLI_SPELLING.items():
-        text = text.replace(lib, cli)
-    first, *rest = text.strip().splitlines() or [type(exc).__name__]
-    return "\n".join([f"ageest {command}: error: {first}", *(f"  {r}" for r in rest)])
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(_command(argv))
@@ -86,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._run(args) or 0)
     try:
         return int(args._run(args) or 0)
-    except user_error_types() as exc:
+    except USER_ERRORS as exc:
         print(format_user_error(args.command, exc), file=sys.stderr)
         return 2
 

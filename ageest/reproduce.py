@@ -28,6 +28,7 @@ import yaml
 
 from ageest import paths
 from ageest.artifacts import atomic_write_text, read_json, write_manifest
+from ageest.errors import UserError, format_user_error
 
 PROFILES = ("smoke", "default", "paper")
 KERNEL_NAME = "ageest"
@@ -37,7 +38,7 @@ PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 PIPELINE_PARAMETERS = ("profile", "results_dir")
 
 
-class ReproduceError(RuntimeError):
+class ReproduceError(UserError, RuntimeError):
     """A user-fixable problem with a profile, a parameter file or a notebook run."""
 
 
@@ -556,8 +557,6 @@ def run(args: argparse.Namespace) -> int:
                   kernel_name=args.kernel, html=not args.no_html,
                   parameters=dict(args.parameter), params_dir=args.params_dir)
     except NotebookFailed as exc:
-        from ageest.cli import format_user_error
-
         print(format_user_error("reproduce", exc), file=sys.stderr)
         return 1
     return 0

@@ -4,7 +4,7 @@
 returns the per-epoch history, the test predictions (full probability vectors) and the selected
 epoch. It writes only checkpoints (``best.pt``, ``last.pt``, atomically) into ``ckpt_dir``; the
 run directory files (``predictions.parquet``, ``history.csv``, ``metrics.json`` ...) are written
-by :func:`ageest.runner.train_run` through :mod:`ageest.store`.
+by :func:`ageest.run.train_run` through :mod:`ageest.store`.
 
 Model selection
 ---------------
@@ -20,7 +20,7 @@ In the clean modes the test split is read exactly once, after training, with the
 
 Distributed
 -----------
-The same code runs under ``torchrun --nproc_per_node N -m ageest.train --params params.yaml
+The same code runs under ``torchrun --nproc_per_node N -m ageest.run --params params.yaml
 --out DIR``: :mod:`ageest.distributed` initialises the process group, wraps the model in DDP
 (with synchronised batch norm), a ``DistributedSampler`` splits each epoch and ``batch_size`` stays
 the *global* batch. Every rank evaluates the full validation/test sets (so all ranks take the same
@@ -29,7 +29,6 @@ selection decision without communication); only rank 0 writes files.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import io
@@ -363,6 +362,289 @@ def _nonfinite_message(what: str, epoch: int, batch: int, cfg: TrainConfig,
             f"{epoch_lr(cfg, epoch):g}); {kept}. Lower the learning rate or set grad_clip.")
 
 
+@dataclass
+class _Data:
+    """The fold's tables and loaders (uint8 caches decoded once; the test set built on demand)."""
+
+    table: pd.DataFrame
+    rows: dict[str, np.ndarray]  # "train" / "val" / "test" -> row positions in ``table``
+    sampler: Any
+    generator: torch.Generator
+    train_dl: Any
+    val_dl: Any
+    std: torch.Tensor | None  # (N_train,) raters' std for losses that use it, else None
+    make_loader: Any  # split name -> evaluation DataLoader of that split
+
+
+@dataclass
+class _Selection:
+    """Which split and score choose the epoch, and how the outputs name that choice."""
+
+    loader: Any  # None: the last epoch
+    split: str | None  # "val" or "test"
+    key: str  # the score, e.g. "mae"
+    selected_by: str
+
+
+@dataclass
+class _State:
+    """What a checkpoint carries across epochs (and across a resume)."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_score: float = math.inf
+    best_epoch: int = 0
+    best_state: dict[str, Any] | None = None
+    start_epoch: int = 1
+    resumed_from: int | None = None
+
+
+def _setup_process(cfg: TrainConfig) -> tuple[str, int, bool]:
+    """Threads, the process group (under torchrun) and this rank's device; seeds this rank."""
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    device = dist.init(cfg.device)
+    if dist.is_distributed() and device == "cuda":  # initialised earlier: this rank's GPU
+        device = f"cuda:{torch.cuda.current_device()}"
+    world = dist.world_size()
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the number of "
+                         f"processes ({world})")
+    seed_everything(cfg.seed + dist.rank())  # per-rank augmentation streams; weights broadcast by DDP
+    return device, world, dist.is_main_process()
+
+
+def _make_data(cfg: TrainConfig, df: pd.DataFrame, fold, start_age: int, device: str,
+               world: int) -> _Data:
+    """Datasets and loaders of one fold. The sampler is a seeded ``DistributedSampler`` for any
+    number of processes (one included): rank r of W reads every W-th index of one permutation per
+    epoch, so the ranks' batches together are the one-process batch."""
+    from torch.utils.data import DataLoader
+    from torch.utils.data.distributed import DistributedSampler
+
+    from ageest.data import AgeDataset, build_transforms, cache_spec
+
+    table = _prepare_table(df)
+    rows = {name: np.asarray(part, dtype=np.int64)
+            for name, part in (("train", fold.train), ("val", fold.val), ("test", fold.test))}
+    if len(rows["train"]) == 0:
+        raise ValueError(f"fold {fold.fold_id!r} has no training images")
+
+    def dataset(split: str) -> AgeDataset:
+        augment = split == "train" and cfg.augment
+        tf = build_transforms(cfg.transforms, train=augment, size=cfg.image_size,
+                              normalize=cfg.normalize)
+        side, fit = cache_spec(cfg.transforms, size=cfg.image_size, train=augment)
+        return AgeDataset(table.iloc[rows[split]], start_age=start_age, transform=tf,
+                          size=side, fit=fit).preload()
+
+    pin = device.startswith("cuda")
+
+    def make_loader(split: str) -> DataLoader:
+        return DataLoader(dataset(split), batch_size=cfg.eval_batch_size or 2 * cfg.batch_size,
+                          shuffle=False, num_workers=0, pin_memory=pin)
+
+    train_ds = dataset("train")
+    val_dl = make_loader("val") if len(rows["val"]) else None
+    train_std = pd.to_numeric(table.iloc[rows["train"]]["std"], errors="coerce").to_numpy(
+        dtype=np.float32)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    sampler = DistributedSampler(train_ds, num_replicas=world, rank=dist.rank(), shuffle=True,
+                                 seed=cfg.seed, drop_last=False)
+    train_dl = DataLoader(train_ds, batch_size=cfg.batch_size // world, shuffle=False,
+                          sampler=sampler, generator=gen, drop_last=False,
+                          num_workers=cfg.num_workers, pin_memory=pin,
+                          worker_init_fn=_seed_worker if cfg.num_workers else None,
+                          persistent_workers=cfg.num_workers > 0)
+    return _Data(table, rows, sampler, gen, train_dl, val_dl,
+                 torch.from_numpy(train_std) if np.isfinite(train_std).all() else None,
+                 make_loader)
+
+
+def _make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """AdamW (weight decay 0.01 unless set) or SGD with momentum (1e-4 unless set)."""
+    wd = cfg.weight_decay if cfg.weight_decay is not None else (
+        0.01 if cfg.optimizer == "adamw" else 1e-4)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=wd)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                           weight_decay=wd)
+
+
+def _make_selection(cfg: TrainConfig, data: _Data) -> _Selection:
+    """Selection on validation (clean), on test (official, labelled) or none (the last epoch)."""
+    if cfg.selection == OFFICIAL_SELECTION:
+        loader, split, by = data.make_loader("test"), "test", "test (official: best test epoch)"
+    elif cfg.selection == "val_best" and data.val_dl is not None:
+        loader, split, by = data.val_dl, "val", "validation"
+    else:
+        loader, split = None, None
+        by = "last epoch" + (" (no validation images)" if cfg.selection == "val_best" else "")
+    table = data.table.iloc[data.rows[split]] if split else None
+    key = resolve_select_metric(cfg.select_metric, table,
+                                official=cfg.selection == OFFICIAL_SELECTION)
+    return _Selection(loader, split, key, by + (f" {key}" if loader is not None else ""))
+
+
+def _resume(ckpt_dir: Path | None, device: str, model: torch.nn.Module, opt, scaler,
+            gen: torch.Generator) -> _State:
+    """Continue from ``last.pt`` (weights, optimizer, scaler, RNG, history) when it is there and
+    agrees with ``best.pt``; else a fresh state."""
+    state = _State()
+    last_path = ckpt_dir / "last.pt" if ckpt_dir else None
+    ck = load_checkpoint(last_path, device) if last_path and last_path.is_file() else None
+    if ck is not None and int(ck["best_epoch"]) > 0:
+        best_path = ckpt_dir / "best.pt"
+        best_ck = load_checkpoint(best_path, device) if best_path.is_file() else None
+        if best_ck is None or int(best_ck["epoch"]) != int(ck["best_epoch"]):
+            # killed between writing best.pt and last.pt: the pair disagrees, start over
+            warnings.warn(f"{ckpt_dir}: best.pt and last.pt disagree on the best epoch; "
+                          "restarting this run from scratch", stacklevel=3)
+            ck = None
+        else:
+            state.best_state = best_ck["model"]
+    if ck is None:
+        return state
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    scaler.load_state_dict(ck["scaler"])
+    gen.set_state(ck["loader_generator"])
+    torch.set_rng_state(ck["torch_rng"])
+    state.history = [dict(zip(ck["history_columns"], row, strict=True))
+                     for row in ck["history_values"].tolist()]
+    state.best_score, state.best_epoch = float(ck["best_score"]), int(ck["best_epoch"])
+    state.start_epoch = state.resumed_from = int(ck["epoch"]) + 1
+    return state
+
+
+def _train_epoch(cfg: TrainConfig, epoch: int, model, loss_fn, opt, scaler, data: _Data,
+                 device: str, dtype: torch.dtype, ages_axis: torch.Tensor,
+                 last_path: Path | None) -> dict[str, float]:
+    """One pass over the training loader; returns this rank's sums: ``n``, ``abs_err`` (of the
+    expected age) and each loss component (batch-size weighted)."""
+    sums: dict[str, float] = {"n": 0.0, "abs_err": 0.0}
+    batches = data.train_dl
+    if not cfg.quiet and dist.is_main_process():
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, file=sys.stderr)
+    for it, (x, ages, idx) in enumerate(batches):
+        x = x.to(device, dtype=dtype, non_blocking=True)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        ages = ages.to(device, non_blocking=True)
+        std = data.std[idx].to(device, dtype) if data.std is not None else None
+        with _autocast(device, cfg.amp):
+            logits = model(x)  # (B, C)
+        try:
+            loss = loss_fn(logits.to(dtype), ages, std=std)
+        except ValueError as exc:  # the losses reject non-finite logits themselves
+            if bool(torch.isfinite(logits).all()):
+                raise
+            raise NonFiniteLossError(_nonfinite_message(
+                "model output (logits)", epoch, it, cfg, last_path)) from exc
+        comps = loss_fn.last_components  # floats, one host sync per batch
+        total = comps["total"] if "total" in comps else float(loss.detach())
+        if not math.isfinite(total):
+            raise NonFiniteLossError(_nonfinite_message(
+                f"training loss ({total})", epoch, it, cfg, last_path))
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.grad_clip:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        b = x.shape[0]
+        for k, v in comps.items():
+            sums[f"c:{k}"] = sums.get(f"c:{k}", 0.0) + v * b
+        with torch.no_grad():
+            m = torch.softmax(logits.detach().to(dtype), dim=1) @ ages_axis  # (B,)
+            sums["abs_err"] += float((m - ages.float()).abs().sum())
+        sums["n"] += b
+    return sums
+
+
+def _epoch_row(epoch: int, lr: float, sums: dict[str, float]) -> dict[str, Any]:
+    """The history row of the training part: sums over ranks divided by the image count."""
+    names = sorted(k[2:] for k in sums if k.startswith("c:"))
+    totals = dist.all_reduce_sum(torch.tensor(
+        [sums["n"], sums["abs_err"]] + [sums[f"c:{k}"] for k in names], dtype=torch.float64))
+    n_total = float(totals[0])
+    row: dict[str, Any] = {"epoch": epoch, "lr": lr}  # the rate this epoch trained with
+    row.update({f"train_{k}": float(v) / n_total for k, v in zip(names, totals[2:],
+                                                                 strict=True)})
+    row["train_mae"] = float(totals[1]) / n_total
+    row["_n"] = n_total
+    return row
+
+
+def _evaluate(cfg: TrainConfig, model, data: _Data, sel: _Selection, row: dict[str, Any],
+              device: str, dtype: torch.dtype, start_age: int, epoch: int) -> float:
+    """Score the epoch on validation (and on test under the official selection) into ``row``;
+    return the selection score (lower is better; ``-epoch`` when the last epoch is taken).
+    Evaluation runs on the unwrapped model: no DDP collectives, the same result on every rank."""
+    kw = {"amp": cfg.amp, "channels_last": cfg.channels_last, "dtype": dtype}
+    if data.val_dl is not None:
+        probs, _ = predict_probs(model, data.val_dl, device, **kw)
+        table = data.table.iloc[data.rows["val"]]
+        row.update({f"val_{k}": v for k, v in _score(probs, table, start_age).items()})
+    if sel.split == "test":
+        probs, _ = predict_probs(model, sel.loader, device, **kw)
+        table = data.table.iloc[data.rows["test"]]
+        row.update({f"test_{k}": v for k, v in _score(probs, table, start_age).items()})
+    if sel.loader is None:
+        return -float(epoch)  # "last": every epoch beats the previous one
+    return row[f"{sel.split}_{sel.key}"]
+
+
+def _select_and_save(cfg: TrainConfig, epoch: int, score: float, row: dict[str, Any],
+                     state: _State, model, opt, scaler, data: _Data,
+                     ckpt_dir: Path | None) -> None:
+    """Keep the epoch when it is the best so far (a non-finite score or loss never is), append
+    its row, and write ``best.pt`` / ``last.pt`` on rank 0."""
+    is_main = dist.is_main_process()
+    if math.isfinite(score) and math.isfinite(row.get("train_total", 0.0)) \
+            and score < state.best_score:
+        state.best_score, state.best_epoch = score, epoch
+        state.best_state = copy.deepcopy(model.state_dict())
+        if is_main and ckpt_dir is not None:
+            save_checkpoint(ckpt_dir / "best.pt", {"model": state.best_state, "epoch": epoch,
+                                                   "score": score})
+    state.history.append(row)
+    if is_main and ckpt_dir is not None:
+        hist = pd.DataFrame(state.history)
+        save_checkpoint(ckpt_dir / "last.pt", {
+            "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "scaler": scaler.state_dict(),
+            "loader_generator": data.generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "epoch": epoch, "best_score": state.best_score, "best_epoch": state.best_epoch,
+            "history_columns": list(hist.columns),
+            "history_values": torch.tensor(hist.astype(float).to_numpy()),
+        })
+
+
+def _predict_test(cfg: TrainConfig, model, data: _Data, sel: _Selection, device: str,
+                  dtype: torch.dtype, start_age: int) -> pd.DataFrame:
+    """The test split read once with the selected weights (official: its loader already exists):
+    one row per image with its expected age and full probability vector."""
+    from ageest import metrics
+
+    loader = sel.loader if sel.split == "test" else data.make_loader("test")
+    probs, index = predict_probs(model, loader, device, amp=cfg.amp,
+                                 channels_last=cfg.channels_last, dtype=dtype)
+    rows = data.table.iloc[data.rows["test"]].iloc[index]
+    predictions = pd.DataFrame({
+        "image_id": rows["image_id"].astype(str).to_numpy(),
+        "subject": rows["subject"].astype("string").to_numpy(),
+        "age": rows["age"].to_numpy(dtype=np.int64),
+        "age_mean": rows["age_mean"].to_numpy(dtype=np.float64),
+        "std": pd.to_numeric(rows["std"], errors="coerce").to_numpy(dtype=np.float64),
+        "expected_age": metrics.expected_age(probs, start_age=start_age),
+    })
+    predictions["probs"] = list(probs.astype(np.float32))
+    return predictions
+
+
 def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_age: int,
           ckpt_dir: str | os.PathLike | None = None, resume: bool = True,
           on_epoch=None) -> TrainResult:
@@ -387,304 +669,68 @@ def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_ag
         Called on rank 0 after every epoch with the history so far (a DataFrame), e.g. to
         write ``history.csv`` while the run goes on.
 
-    Returns
-    -------
-    TrainResult
-
     Raises
     ------
     NonFiniteLossError
-        When a training loss is NaN/inf (names the epoch and batch; ``last.pt`` of the last
-        completed epoch is kept).
+        When a training loss, the logits or the weights become NaN/inf (names the epoch and
+        batch; ``last.pt`` of the last completed epoch is kept).
     """
-    from torch.utils.data import DataLoader
-    from torch.utils.data.distributed import DistributedSampler
-
-    from ageest.data import AgeDataset, build_transforms, cache_spec
     from ageest.losses import get_loss
     from ageest.models import get_model
 
-    t_start = time.perf_counter()
-    cfg = config
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
-    device = dist.init(cfg.device)
-    if dist.is_distributed() and device == "cuda":  # initialised earlier: this rank's GPU
-        device = f"cuda:{torch.cuda.current_device()}"
-    world, is_main = dist.world_size(), dist.is_main_process()
-    if cfg.batch_size % world:
-        raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the number of "
-                         f"processes ({world})")
-    seed_everything(cfg.seed + dist.rank())  # per-rank augmentation streams; weights broadcast by DDP
-    official = cfg.selection == OFFICIAL_SELECTION
-    table = _prepare_table(df)
+    t_start, cfg = time.perf_counter(), config
+    device, world, is_main = _setup_process(cfg)
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
-    num_classes = end_age - start_age + 1
     ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else None
+    last_path = ckpt_dir / "last.pt" if ckpt_dir else None
+    data = _make_data(cfg, df, fold, start_age, device, world)
 
-    # --- data: decoded once into uint8 caches; the test set only when it will be read
-    tf_kw = {"size": cfg.image_size, "normalize": cfg.normalize}
-
-    def dataset(rows: np.ndarray, train_mode: bool) -> AgeDataset:
-        train_mode = train_mode and cfg.augment
-        tf = build_transforms(cfg.transforms, train=train_mode, **tf_kw)
-        side, fit = cache_spec(cfg.transforms, size=cfg.image_size, train=train_mode)
-        return AgeDataset(table.iloc[rows], start_age=start_age, transform=tf, size=side,
-                          fit=fit)
-
-    train_rows, val_rows, test_rows = (np.asarray(a, dtype=np.int64)
-                                       for a in (fold.train, fold.val, fold.test))
-    if len(train_rows) == 0:
-        raise ValueError(f"fold {fold.fold_id!r} has no training images")
-    train_ds = dataset(train_rows, True).preload()
-    val_ds = dataset(val_rows, False).preload() if len(val_rows) else None
-    train_table, val_table = table.iloc[train_rows], table.iloc[val_rows]
-    test_table = table.iloc[test_rows]
-    # per-sample apparent-age std for losses that use it (CLAP-style data), else None
-    train_std = pd.to_numeric(train_table["std"], errors="coerce").to_numpy(dtype=np.float32)
-    std_all = torch.from_numpy(train_std) if np.isfinite(train_std).all() else None
-
-    gen = torch.Generator().manual_seed(cfg.seed)
-    per_rank_batch = cfg.batch_size // world
-    # One seeded permutation per epoch for any number of processes (W = 1 included): rank r of W
-    # reads every W-th index, so the ranks' batches together are the one-process batch.
-    sampler = DistributedSampler(train_ds, num_replicas=world, rank=dist.rank(), shuffle=True,
-                                 seed=cfg.seed, drop_last=False)
-    loader_kw = {"num_workers": cfg.num_workers, "pin_memory": device.startswith("cuda"),
-                 "worker_init_fn": _seed_worker if cfg.num_workers else None,
-                 "persistent_workers": cfg.num_workers > 0}
-    train_dl = DataLoader(train_ds, batch_size=per_rank_batch, shuffle=False, sampler=sampler,
-                          generator=gen, drop_last=False, **loader_kw)
-    eval_bs = cfg.eval_batch_size or 2 * cfg.batch_size
-    eval_kw = {"num_workers": 0, "pin_memory": loader_kw["pin_memory"]}
-    val_dl = DataLoader(val_ds, batch_size=eval_bs, shuffle=False, **eval_kw) if val_ds else None
-
-    # --- model, loss, optimizer, schedule
-    model = get_model(cfg.model, num_classes, pretrained=cfg.pretrained).to(device, dtype)
+    model = get_model(cfg.model, end_age - start_age + 1, pretrained=cfg.pretrained).to(
+        device, dtype)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = dist.wrap_model(model, device)
     raw_model = dist.unwrap_model(model)
     loss_fn = get_loss(cfg.loss, start_age=start_age, end_age=end_age, **cfg.loss_kwargs)
-    wd = cfg.weight_decay if cfg.weight_decay is not None else (
-        0.01 if cfg.optimizer == "adamw" else 1e-4)
-    if cfg.optimizer == "adamw":
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=wd)
-    else:
-        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                              weight_decay=wd)
+    opt = _make_optimizer(cfg, model)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16" and device.startswith("cuda"))
     ages_axis = torch.arange(start_age, end_age + 1, device=device, dtype=dtype)  # (C,)
+    sel = _make_selection(cfg, data)
+    state = _resume(ckpt_dir if resume else None, device, raw_model, opt, scaler, data.generator)
 
-    # selection on validation (clean) or on test (official, labelled); none: last epoch
-    if official:
-        test_ds = dataset(test_rows, False).preload()
-        select_dl, select_table = (DataLoader(test_ds, batch_size=eval_bs, shuffle=False,
-                                              **eval_kw), test_table)
-        selected_by = "test (official: best test epoch)"
-    elif cfg.selection == "val_best" and val_dl is not None:
-        select_dl, select_table = val_dl, val_table
-        selected_by = "validation"
-    else:
-        select_dl, select_table = None, None
-        selected_by = "last epoch" + (" (no validation images)" if cfg.selection == "val_best"
-                                      else "")
-    select_key = resolve_select_metric(cfg.select_metric, select_table, official=official)
-    if select_dl is not None:
-        selected_by += f" {select_key}"
-
-    history: list[dict[str, Any]] = []
-    best_score, best_epoch, best_state = math.inf, 0, None
-    start_epoch, resumed_from = 1, None
-    last_path = ckpt_dir / "last.pt" if ckpt_dir else None
-    best_path = ckpt_dir / "best.pt" if ckpt_dir else None
-    ck = load_checkpoint(last_path, device) if (
-        resume and last_path is not None and last_path.is_file()) else None
-    if ck is not None and int(ck["best_epoch"]) > 0:
-        best_ck = load_checkpoint(best_path, device) if best_path.is_file() else None
-        if best_ck is None or int(best_ck["epoch"]) != int(ck["best_epoch"]):
-            # killed between writing best.pt and last.pt: the pair disagrees, start over
-            warnings.warn(f"{ckpt_dir}: best.pt and last.pt disagree on the best epoch; "
-                          "restarting this run from scratch", stacklevel=2)
-            ck = None
-        else:
-            best_state = best_ck["model"]
-    if ck is not None:
-        raw_model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        scaler.load_state_dict(ck["scaler"])
-        gen.set_state(ck["loader_generator"])
-        torch.set_rng_state(ck["torch_rng"])
-        history = [dict(zip(ck["history_columns"], row, strict=True))
-                   for row in ck["history_values"].tolist()]
-        best_score, best_epoch = float(ck["best_score"]), int(ck["best_epoch"])
-        start_epoch = resumed_from = int(ck["epoch"]) + 1
-
-    # --- the loop
     model.train()
-    for epoch in range(start_epoch, cfg.epochs + 1):
+    for epoch in range(state.start_epoch, cfg.epochs + 1):
         t0, c0 = time.perf_counter(), time.process_time()
-        sampler.set_epoch(epoch)
+        data.sampler.set_epoch(epoch)
         lr = epoch_lr(cfg, epoch)
         for group in opt.param_groups:
             group["lr"] = lr
-        sums: dict[str, float] = {}
-        n_seen, abs_err = 0, 0.0
-        batches = train_dl
-        if not cfg.quiet and is_main:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(train_dl, desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
-                           file=sys.stderr)
-        for it, (x, ages, idx) in enumerate(batches):
-            x = x.to(device, dtype=dtype, non_blocking=True)
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            ages = ages.to(device, non_blocking=True)
-            std = std_all[idx].to(device, dtype) if std_all is not None else None
-            with _autocast(device, cfg.amp):
-                logits = model(x)  # (B, C)
-            try:
-                loss = loss_fn(logits.to(dtype), ages, std=std)
-            except ValueError as exc:  # the losses reject non-finite logits themselves
-                if bool(torch.isfinite(logits).all()):
-                    raise
-                raise NonFiniteLossError(_nonfinite_message(
-                    "model output (logits)", epoch, it, cfg, last_path)) from exc
-            comps = loss_fn.last_components  # floats, one host sync per batch
-            total = comps["total"] if "total" in comps else float(loss.detach())
-            if not math.isfinite(total):
-                raise NonFiniteLossError(_nonfinite_message(
-                    f"training loss ({total})", epoch, it, cfg, last_path))
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            # running sums for the epoch's history (batch-size weighted)
-            b = x.shape[0]
-            for k, v in comps.items():
-                sums[k] = sums.get(k, 0.0) + v * b
-            with torch.no_grad():
-                m = torch.softmax(logits.detach().to(dtype), dim=1) @ ages_axis  # (B,)
-                abs_err += float((m - ages.float()).abs().sum())
-            n_seen += b
+        sums = _train_epoch(cfg, epoch, model, loss_fn, opt, scaler, data, device, dtype,
+                            ages_axis, last_path)
         train_time, train_cpu = time.perf_counter() - t0, time.process_time() - c0
-        # sum over ranks: [n, abs_err, component sums...]
-        names = sorted(sums)
-        totals = dist.all_reduce_sum(torch.tensor([n_seen, abs_err] + [sums[k] for k in names],
-                                                  dtype=torch.float64))
-        n_total = float(totals[0])
-        row: dict[str, Any] = {"epoch": epoch, "lr": lr}  # the rate this epoch trained with
-        row.update({f"train_{k}": float(v) / n_total for k, v in zip(names, totals[2:],
-                                                                     strict=True)})
-        row["train_mae"] = float(totals[1]) / n_total
-        # evaluation on the unwrapped model: no DDP collectives, the same result on every rank
-        if val_dl is not None:
-            probs, _ = predict_probs(raw_model, val_dl, device, amp=cfg.amp,
-                                     channels_last=cfg.channels_last, dtype=dtype)
-            row.update({f"val_{k}": v for k, v in _score(probs, val_table, start_age).items()})
-        if official:
-            probs, _ = predict_probs(raw_model, select_dl, device, amp=cfg.amp,
-                                     channels_last=cfg.channels_last, dtype=dtype)
-            row.update({f"test_{k}": v for k, v in _score(probs, test_table, start_age).items()})
-            score = row[f"test_{select_key}"]
-        elif select_dl is not None:
-            score = row[f"val_{select_key}"]
-        else:
-            score = -float(epoch)  # "last": every epoch beats the previous one
-        state_ok = _state_is_finite(raw_model.state_dict())
-        if not state_ok:
+        row = _epoch_row(epoch, lr, sums)
+        n_total = row.pop("_n")
+        score = _evaluate(cfg, raw_model, data, sel, row, device, dtype, start_age, epoch)
+        if not _state_is_finite(raw_model.state_dict()):
             raise NonFiniteLossError(_nonfinite_message(
-                "parameters or buffers", epoch,
-                len(train_dl) - 1, cfg, last_path))
-        # a non-finite score or training loss never selects an epoch (NaN < x is False anyway)
-        if math.isfinite(score) and math.isfinite(row.get("train_total", 0.0)) \
-                and score < best_score:
-            best_score, best_epoch = score, epoch
-            best_state = copy.deepcopy(raw_model.state_dict())
-            if is_main and best_path is not None:
-                save_checkpoint(best_path, {"model": best_state, "epoch": epoch,
-                                            "score": score})
-        elapsed = time.perf_counter() - t0
-        row["epoch_time_s"] = elapsed
+                "parameters or buffers", epoch, len(data.train_dl) - 1, cfg, last_path))
+        row["epoch_time_s"] = time.perf_counter() - t0
         row["images_per_s"] = n_total / train_time  # training throughput (evaluation excluded)
         # CPU time of this process over the same part (not DataLoader workers): load-independent
         row["train_cpu_s"] = train_cpu
         row["selected"] = False
-        history.append(row)
-        if is_main and last_path is not None:
-            hist = pd.DataFrame(history)
-            save_checkpoint(last_path, {
-                "model": raw_model.state_dict(), "optimizer": opt.state_dict(),
-                "scaler": scaler.state_dict(),
-                "loader_generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch,
-                "history_columns": list(hist.columns),
-                "history_values": torch.tensor(hist.astype(float).to_numpy()),
-            })
+        _select_and_save(cfg, epoch, score, row, state, raw_model, opt, scaler, data, ckpt_dir)
         if on_epoch is not None and is_main:
-            on_epoch(pd.DataFrame(history))
+            on_epoch(pd.DataFrame(state.history))
 
-    # --- the selected weights, then the test split read once (official: already evaluated)
-    if best_state is None:  # resumed after the final epoch, or no epoch improved a NaN score
-        best_state = raw_model.state_dict()
-        best_epoch = best_epoch or cfg.epochs
-    raw_model.load_state_dict(best_state)
-    if not official:
-        test_ds = dataset(test_rows, False).preload()
-    test_dl = DataLoader(test_ds, batch_size=eval_bs, shuffle=False, **eval_kw)
-    probs, index = predict_probs(raw_model, test_dl, device, amp=cfg.amp,
-                                 channels_last=cfg.channels_last, dtype=dtype)
-    from ageest import metrics
-
-    rows = test_table.iloc[index]
-    predictions = pd.DataFrame({
-        "image_id": rows["image_id"].astype(str).to_numpy(),
-        "subject": rows["subject"].astype("string").to_numpy(),
-        "age": rows["age"].to_numpy(dtype=np.int64),
-        "age_mean": rows["age_mean"].to_numpy(dtype=np.float64),
-        "std": pd.to_numeric(rows["std"], errors="coerce").to_numpy(dtype=np.float64),
-        "expected_age": metrics.expected_age(probs, start_age=start_age),
-    })
-    predictions["probs"] = list(probs.astype(np.float32))
-    hist = pd.DataFrame(history)
-    hist["selected"] = hist["epoch"] == best_epoch
-    return TrainResult(history=hist, predictions=predictions, best_epoch=int(best_epoch),
-                       selected_by=selected_by, test_selected=official,
-                       wall_time_s=time.perf_counter() - t_start, resumed_from_epoch=resumed_from)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m ageest.train --params params.yaml --out DIR``: one run from a params YAML
-    (the keys of a run's ``params.yaml``; see :func:`ageest.runner.train_run`). Works under
-    ``torchrun --nproc_per_node N``."""
-    import yaml
-
-    from ageest import runner
-
-    parser = argparse.ArgumentParser(prog="python -m ageest.train", description=main.__doc__)
-    parser.add_argument("--params", required=True, help="params YAML (a run's params.yaml)")
-    parser.add_argument("--out", required=True, help="run directory to write")
-    args = parser.parse_args(argv)
-    path = Path(args.params)
-    if not path.is_file():
-        raise SystemExit(f"--params {path}: no such file")
-    params = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(params, dict):
-        raise SystemExit(f"--params {path}: expected a mapping of parameter names to values")
-    try:
-        metrics = runner.train_run(params, args.out)
-        is_main = dist.is_main_process()
-    finally:
-        dist.shutdown()
-    if is_main:
-        print(f"{args.out}: test MAE {metrics['mae']:.3f} (epoch {metrics['best_epoch']}, "
-              f"selected by {metrics['selected_by']})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    if state.best_state is None:  # resumed after the final epoch, or no epoch improved a NaN score
+        state.best_state = raw_model.state_dict()
+        state.best_epoch = state.best_epoch or cfg.epochs
+    raw_model.load_state_dict(state.best_state)
+    predictions = _predict_test(cfg, raw_model, data, sel, device, dtype, start_age)
+    hist = pd.DataFrame(state.history)
+    hist["selected"] = hist["epoch"] == state.best_epoch
+    return TrainResult(history=hist, predictions=predictions, best_epoch=int(state.best_epoch),
+                       selected_by=sel.selected_by, test_selected=sel.split == "test",
+                       wall_time_s=time.perf_counter() - t_start,
+                       resumed_from_epoch=state.resumed_from)

@@ -24,7 +24,7 @@ TIERS = {
     "test_illustrate": "unit", "test_losses": "unit", "test_losses_composite": "unit",
     "test_metrics": "unit", "test_models": "unit", "test_params": "unit", "test_report": "unit",
     "test_report_evaluation": "unit", "test_report_grids": "unit", "test_train": "unit",
-    "test_official": "unit", "test_data_trust": "unit", "test_data_prepare": "pipeline", "test_cli": "pipeline",
+    "test_official": "unit", "test_data_trust": "unit", "test_architecture": "unit", "test_data_prepare": "pipeline", "test_cli": "pipeline",
     "test_runner": "pipeline", "test_notebooks": "pipeline", "test_paper_path": "pipeline",
     "test_tiers": "pipeline",
     "test_ray_executor": "integration", "test_ddp": "integration",

@@ -87,10 +87,10 @@ def test_two_process_ddp_run_matches_one_process(tmp_path):
     if sys.platform.startswith("linux"):
         env["GLOO_SOCKET_IFNAME"] = "lo"  # gloo on the loopback interface only
     one, two = tmp_path / "one", tmp_path / "two"
-    _run([sys.executable, "-m", "ageest.train", "--params", str(path), "--out", str(one)], env)
+    _run([sys.executable, "-m", "ageest.run", "--params", str(path), "--out", str(one)], env)
     torchrun = Path(sys.executable).with_name("torchrun")
     out = _run([str(torchrun), "--nnodes", "1", "--nproc-per-node", "2", "--rdzv-backend",
-                "c10d", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "-m", "ageest.train",
+                "c10d", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "-m", "ageest.run",
                 "--params", str(path), "--out", str(two)], env)
     assert out.stdout.count("test MAE") == 1  # rank 0 alone reports (and writes)
 

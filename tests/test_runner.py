@@ -1,6 +1,6 @@
 """The grid runner: expansion and naming, the run-directory store, resume (including after a
 SIGKILL), changed-configuration handling, failures, parallel workers, aggregation, the CLI and the
-``python -m ageest.train`` entry point. Tiny data: 12 subjects, 120 images, 32 px, 1-3 epochs."""
+``python -m ageest.run`` entry point. Tiny data: 12 subjects, 120 images, 32 px, 1-3 epochs."""
 
 from __future__ import annotations
 
@@ -395,7 +395,7 @@ def test_executor_registry_and_interface():
 
 
 # ---------------------------------------------------------------------------------------------
-# python -m ageest.train
+# python -m ageest.run
 
 
 def test_train_module_entry_point_from_params_yaml(data_dir, tmp_path):
@@ -403,7 +403,7 @@ def test_train_module_entry_point_from_params_yaml(data_dir, tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(task["params"]))
     out = tmp_path / "one-run"
-    proc = subprocess.run([sys.executable, "-m", "ageest.train", "--params", str(params),
+    proc = subprocess.run([sys.executable, "-m", "ageest.run", "--params", str(params),
                            "--out", str(out)], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
