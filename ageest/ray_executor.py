@@ -399,100 +399,116 @@ class RayExecutor(Executor):
         storage = self._storage_dir(tasks)
         if self.check_storage and storage is not None:
             check_shared_storage(storage, node_ids=nodes)
+        return _Scheduler(self, ray, tasks, demands, fn, on_event).run()
 
-        lost = _lost_worker_errors()
-        remote = ray.remote(max_retries=0)(_run_task)  # lost workers are resubmitted below
-        tracker = ray.remote(num_cpus=0)(_Tracker).remote()
-        total = len(tasks)
-        results: list[dict | None] = [None] * total
-        attempts = [0] * total
-        submit_time = [0.0] * total
-        in_flight: dict[Any, int] = {}  # ObjectRef -> task index
-        state: dict[str, Any] = {"running": {}, "last_counts": None,
-                                 "printed_at": time.monotonic()}
 
-        def submit(i: int) -> None:
-            cpus, gpus = demands[i]
-            attempts[i] += 1
-            submit_time[i] = time.perf_counter()
-            options: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus}
-            if self.runtime_env is not None:
-                options["runtime_env"] = self.runtime_env
-            ref = remote.options(**options).remote(
-                fn, tasks[i], max(1, int(cpus)), tracker, i, attempts[i])
-            in_flight[ref] = i
+class _Scheduler:
+    """One :meth:`RayExecutor.run`: submits every task, collects results as they finish,
+    resubmits runs whose worker was lost (up to ``retries``), and reports progress."""
 
-        def emit(event: str, last: dict | None = None, force: bool = False, **extra) -> None:
-            finished = [r for r in results if r is not None]
-            failed = sum(r.get("status") == "failed" for r in finished)
-            skipped = sum(r.get("status") == "skipped" for r in finished)
-            running = {i: w for i, w in state["running"].items() if results[i] is None}
-            counts = {"done": len(finished) - failed, "skipped": skipped, "failed": failed,
-                      "running": len(running), "pending": total - len(finished) - len(running),
-                      "total": total}
-            if counts != state["last_counts"] and self.progress_every_s is not None and (
-                    time.monotonic() - state["printed_at"] >= self.progress_every_s):
-                state["printed_at"] = time.monotonic()
-                print(f"ray: {counts['done']} done, {counts['failed']} failed, "
-                      f"{counts['running']} running, {counts['pending']} pending of {total}",
-                      file=sys.stderr, flush=True)
-            if on_event is None or (not force and counts == state["last_counts"]):
-                state["last_counts"] = counts
-                return
-            state["last_counts"] = counts
-            workers = [{"run_dir": tasks[i].get("run_dir"), **w} for i, w in sorted(running.items())]
-            on_event({**counts, "last": last, "event": event, "workers": workers, **extra})
+    def __init__(self, ex: RayExecutor, ray, tasks: list[dict], demands: list[tuple],
+                 fn: Callable[[dict], dict], on_event: Callable[[dict], None] | None) -> None:
+        self.ex, self.ray, self.tasks, self.demands = ex, ray, tasks, demands
+        self.fn, self.on_event = fn, on_event
+        self.lost = _lost_worker_errors()
+        self.remote = ray.remote(max_retries=0)(_run_task)  # lost workers are resubmitted here
+        self.tracker = ray.remote(num_cpus=0)(_Tracker).remote()
+        self.total = len(tasks)
+        self.results: list[dict | None] = [None] * self.total
+        self.attempts = [0] * self.total
+        self.submit_time = [0.0] * self.total
+        self.in_flight: dict[Any, int] = {}  # ObjectRef -> task index
+        self.running: dict[int, dict] = {}
+        self.last_counts: dict | None = None
+        self.printed_at = time.monotonic()
 
-        def refresh_running() -> None:
-            try:
-                snap = ray.get(tracker.snapshot.remote(), timeout=30)
-            except ray.exceptions.RayError:
-                return  # tracker lost with its node: keep the last known picture
-            state["running"] = {i: w for i, w in snap.items()
-                                if w["attempt"] == attempts[i] and results[i] is None}
+    def submit(self, i: int) -> None:
+        cpus, gpus = self.demands[i]
+        self.attempts[i] += 1
+        self.submit_time[i] = time.perf_counter()
+        options: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus}
+        if self.ex.runtime_env is not None:
+            options["runtime_env"] = self.ex.runtime_env
+        ref = self.remote.options(**options).remote(
+            self.fn, self.tasks[i], max(1, int(cpus)), self.tracker, i, self.attempts[i])
+        self.in_flight[ref] = i
 
-        for i in range(total):
-            submit(i)
-        emit("submitted", force=True)
+    def emit(self, event: str, last: dict | None = None, force: bool = False, **extra) -> None:
+        finished = [r for r in self.results if r is not None]
+        failed = sum(r.get("status") == "failed" for r in finished)
+        skipped = sum(r.get("status") == "skipped" for r in finished)
+        running = {i: w for i, w in self.running.items() if self.results[i] is None}
+        counts = {"done": len(finished) - failed, "skipped": skipped, "failed": failed,
+                  "running": len(running),
+                  "pending": self.total - len(finished) - len(running), "total": self.total}
+        every = self.ex.progress_every_s
+        if counts != self.last_counts and every is not None and (
+                time.monotonic() - self.printed_at >= every):
+            self.printed_at = time.monotonic()
+            print(f"ray: {counts['done']} done, {counts['failed']} failed, "
+                  f"{counts['running']} running, {counts['pending']} pending of {self.total}",
+                  file=sys.stderr, flush=True)
+        unchanged = counts == self.last_counts
+        self.last_counts = counts
+        if self.on_event is None or (not force and unchanged):
+            return
+        workers = [{"run_dir": self.tasks[i].get("run_dir"), **w}
+                   for i, w in sorted(running.items())]
+        self.on_event({**counts, "last": last, "event": event, "workers": workers, **extra})
+
+    def refresh_running(self) -> None:
         try:
-            while in_flight:
-                ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=self.poll_s)
-                refresh_running()
+            snap = self.ray.get(self.tracker.snapshot.remote(), timeout=30)
+        except self.ray.exceptions.RayError:
+            return  # tracker lost with its node: keep the last known picture
+        self.running = {i: w for i, w in snap.items()
+                        if w["attempt"] == self.attempts[i] and self.results[i] is None}
+
+    def collect(self, ref) -> None:
+        """The result of one finished task, or its resubmission when its worker was lost."""
+        i = self.in_flight.pop(ref)
+        task = self.tasks[i]
+        try:
+            result = self.ray.get(ref)
+        except self.lost as exc:
+            where = self.running.pop(i, {})
+            message = (f"worker {where.get('host', '?')} pid {where.get('pid', '?')} lost "
+                       f"during attempt {self.attempts[i]}: {type(exc).__name__}: {exc}")
+            if self.attempts[i] <= self.ex.retries:
+                _release_lock_of(task.get("run_dir"), where.get("host"), where.get("pid"))
+                self.submit(i)
+                log.warning("%s; run %s submitted again (attempt %d of %d)", message,
+                            task.get("run_dir"), self.attempts[i], self.ex.retries + 1)
+                self.emit("retry", force=True, run_dir=task.get("run_dir"),
+                          attempt=self.attempts[i], error=message)
+                return
+            result = failed_result(task, f"{message}; gave up after {self.attempts[i]} "
+                                   "attempts", time.perf_counter() - self.submit_time[i])
+        except self.ray.exceptions.RayError as exc:
+            # The task could not run fn (e.g. ageest does not import on the worker);
+            # str(RayTaskError) carries the remote traceback.
+            result = failed_result(task, f"{type(exc).__name__}: {exc}",
+                                   time.perf_counter() - self.submit_time[i])
+        self.results[i] = result
+        self.running.pop(i, None)
+        self.emit("finished", last=result, force=True)
+
+    def run(self) -> list[dict]:
+        for i in range(self.total):
+            self.submit(i)
+        self.emit("submitted", force=True)
+        try:
+            while self.in_flight:
+                ready, _ = self.ray.wait(list(self.in_flight), num_returns=1,
+                                         timeout=self.ex.poll_s)
+                self.refresh_running()
                 for ref in ready:
-                    i = in_flight.pop(ref)
-                    try:
-                        result = ray.get(ref)
-                    except lost as exc:
-                        where = state["running"].get(i, {})
-                        message = (f"worker {where.get('host', '?')} pid {where.get('pid', '?')} "
-                                   f"lost during attempt {attempts[i]}: {type(exc).__name__}: "
-                                   f"{exc}")
-                        state["running"].pop(i, None)
-                        if attempts[i] <= self.retries:
-                            _release_lock_of(tasks[i].get("run_dir"), where.get("host"),
-                                             where.get("pid"))
-                            submit(i)
-                            log.warning("%s; run %s submitted again (attempt %d of %d)", message,
-                                        tasks[i].get("run_dir"), attempts[i], self.retries + 1)
-                            emit("retry", force=True, run_dir=tasks[i].get("run_dir"),
-                                 attempt=attempts[i], error=message)
-                            continue
-                        result = failed_result(
-                            tasks[i], f"{message}; gave up after {attempts[i]} attempts",
-                            time.perf_counter() - submit_time[i])
-                    except ray.exceptions.RayError as exc:
-                        # The task could not run fn (e.g. ageest does not import on the worker);
-                        # str(RayTaskError) carries the remote traceback.
-                        result = failed_result(tasks[i], f"{type(exc).__name__}: {exc}",
-                                               time.perf_counter() - submit_time[i])
-                    results[i] = result
-                    state["running"].pop(i, None)
-                    emit("finished", last=result, force=True)
-                emit("progress")
+                    self.collect(ref)
+                self.emit("progress")
         except BaseException:
-            for ref in in_flight:
-                ray.cancel(ref, force=True)
+            for ref in self.in_flight:
+                self.ray.cancel(ref, force=True)
             raise
         finally:
-            ray.kill(tracker)
-        return [r for r in results if r is not None]
+            self.ray.kill(self.tracker)
+        return [r for r in self.results if r is not None]

@@ -460,6 +460,17 @@ def _make_data(cfg: TrainConfig, df: pd.DataFrame, fold, start_age: int, device:
                  make_loader)
 
 
+def _make_model(cfg: TrainConfig, num_classes: int, device: str,
+                dtype: torch.dtype) -> torch.nn.Module:
+    """The backbone on ``device`` in ``dtype`` (NHWC when asked), DDP-wrapped under torchrun."""
+    from ageest.models import get_model
+
+    model = get_model(cfg.model, num_classes, pretrained=cfg.pretrained).to(device, dtype)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return dist.wrap_model(model, device)
+
+
 def _make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     """AdamW (weight decay 0.01 unless set) or SGD with momentum (1e-4 unless set)."""
     wd = cfg.weight_decay if cfg.weight_decay is not None else (
@@ -669,14 +680,10 @@ def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_ag
         Called on rank 0 after every epoch with the history so far (a DataFrame), e.g. to
         write ``history.csv`` while the run goes on.
 
-    Raises
-    ------
-    NonFiniteLossError
-        When a training loss, the logits or the weights become NaN/inf (names the epoch and
-        batch; ``last.pt`` of the last completed epoch is kept).
+    Raises :class:`NonFiniteLossError` when the loss, the logits or the weights become NaN/inf
+    (naming the epoch and batch; ``last.pt`` of the last completed epoch is kept).
     """
     from ageest.losses import get_loss
-    from ageest.models import get_model
 
     t_start, cfg = time.perf_counter(), config
     device, world, is_main = _setup_process(cfg)
@@ -685,11 +692,7 @@ def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_ag
     last_path = ckpt_dir / "last.pt" if ckpt_dir else None
     data = _make_data(cfg, df, fold, start_age, device, world)
 
-    model = get_model(cfg.model, end_age - start_age + 1, pretrained=cfg.pretrained).to(
-        device, dtype)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model = dist.wrap_model(model, device)
+    model = _make_model(cfg, end_age - start_age + 1, device, dtype)
     raw_model = dist.unwrap_model(model)
     loss_fn = get_loss(cfg.loss, start_age=start_age, end_age=end_age, **cfg.loss_kwargs)
     opt = _make_optimizer(cfg, model)

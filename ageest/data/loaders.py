@@ -32,6 +32,7 @@ import os
 import re
 import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -415,27 +416,56 @@ def load_clap2016(
     check_on_bad(on_bad)
     root = _require_dir(root, "CLAP2016", "pass the APPA-REAL folder holding train/, valid/, "
                         "test/ and gt_avg_*.csv")
-    ignore = _read_name_list(ignore_list) if ignore_list is not None else set()
     ignore_splits = tuple(ignore_splits)
     unknown = [sp for sp in ignore_splits if sp not in SPLITS]
     if unknown:
         raise ValueError(f"ignore_splits: {unknown} not among {SPLITS}")
     if label_rounding not in LABEL_ROUNDINGS:
         raise ValueError(f"label_rounding={label_rounding!r}: expected one of {LABEL_ROUNDINGS}")
-    # what each rule dropped, per split (reported in the data summary)
-    dropped: dict[str, dict[str, int]] = {"ignore_list": {sp: 0 for sp in SPLITS},
-                                          "min_pixels": {sp: 0 for sp in SPLITS}}
-    too_small: list[str] = []
-    bad = BadRecords(on_bad, f"CLAP2016 folder {root}")
-    rows: list[dict[str, Any]] = []
-    unlabelled: list[str] = []
-    crop_missing: list[str] = []
-    ignored_train: list[str] = []
-    ignored_elsewhere: list[str] = []
-    seen_names: dict[str, str] = {}
+    scan = _ClapScan(
+        ignore=_read_name_list(ignore_list) if ignore_list is not None else set(),
+        ignore_splits=ignore_splits, bad=BadRecords(on_bad, f"CLAP2016 folder {root}"),
+        use_face_crops=use_face_crops, check_images=check_images, min_pixels=min_pixels,
+        age_range=age_range, label_rounding=label_rounding)
     for split in splits:
         if split not in SPLITS:
             raise ValueError(f"splits: {split!r} is not one of {SPLITS}")
+        scan.read_split(root, split)
+    scan.warn(root)
+    return _finish(scan.rows, scan.bad, source=str(root), attrs={
+        "unlabelled": scan.unlabelled, "face_crop_missing": scan.crop_missing,
+        "ignored_train": scan.ignored_train, "ignored_not_train": scan.ignored_elsewhere,
+        "dropped": scan.dropped, "too_small": scan.too_small,
+        "filters": {"ignore_list_names": len(scan.ignore),
+                    "ignore_splits": list(ignore_splits), "min_pixels": min_pixels,
+                    "label_rounding": label_rounding}})
+
+
+@dataclass
+class _ClapScan:
+    """The CLAP2016 loader's pass over the release: its rules, and what each row became (kept,
+    bad, dropped by the ignore list or the size rule, unlabelled), for the data summary."""
+
+    ignore: set[str]
+    ignore_splits: tuple[str, ...]
+    bad: BadRecords
+    use_face_crops: bool
+    check_images: str
+    min_pixels: int | None
+    age_range: tuple[int, int]
+    label_rounding: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    unlabelled: list[str] = field(default_factory=list)
+    crop_missing: list[str] = field(default_factory=list)
+    ignored_train: list[str] = field(default_factory=list)
+    ignored_elsewhere: list[str] = field(default_factory=list)
+    too_small: list[str] = field(default_factory=list)
+    seen_names: dict[str, str] = field(default_factory=dict)
+    # what each rule dropped, per split (reported in the data summary)
+    dropped: dict[str, dict[str, int]] = field(default_factory=lambda: {
+        "ignore_list": dict.fromkeys(SPLITS, 0), "min_pixels": dict.fromkeys(SPLITS, 0)})
+
+    def read_split(self, root: Path, split: str) -> None:
         folder = _require_dir(root / split, f"CLAP2016 {split}",
                               f"the release has {root}/{split}/ next to gt_avg_{split}.csv")
         csv = _require_file(root / f"gt_avg_{split}.csv", "CLAP2016 label file",
@@ -450,89 +480,82 @@ def load_clap2016(
         labelled = set()
         for i, rec in enumerate(table.to_dict("records")):
             name = str(rec["file_name"]).strip()
-            where = f"{csv}:{i + 2} ({name})"  # +2: header line, 1-based
             labelled.add(name)
-            if name in seen_names:
-                bad.add(where, f"duplicate file name (also in {seen_names[name]})",
-                        "remove the duplicated row")
-                continue
-            seen_names[name] = f"{csv.name}:{i + 2}"
-            image = folder / name
-            if not image.is_file():
-                bad.add(where, f"label without image: {image} does not exist",
-                        f"restore the image or delete its row from {csv.name}")
-                continue
-            if name in ignore and split in ignore_splits:
-                dropped["ignore_list"][split] += 1
+            self.read_row(folder, csv, split, i, name, rec)
+        self.unlabelled += [str(p) for p in files
+                            if not (p.name.endswith("_face.jpg") or p.name in labelled)]
+
+    def read_row(self, folder: Path, csv: Path, split: str, i: int, name: str,
+                 rec: dict[str, Any]) -> None:
+        where = f"{csv}:{i + 2} ({name})"  # +2: header line, 1-based
+        if name in self.seen_names:
+            self.bad.add(where, f"duplicate file name (also in {self.seen_names[name]})",
+                         "remove the duplicated row")
+            return
+        self.seen_names[name] = f"{csv.name}:{i + 2}"
+        image = folder / name
+        if not image.is_file():
+            self.bad.add(where, f"label without image: {image} does not exist",
+                         f"restore the image or delete its row from {csv.name}")
+            return
+        if name in self.ignore:
+            if split not in self.ignore_splits or split != "train":
+                self.ignored_elsewhere.append(f"{split}/{name}")
+            if split in self.ignore_splits:
+                self.dropped["ignore_list"][split] += 1
                 if split == "train":
-                    ignored_train.append(str(image))
-                else:
-                    ignored_elsewhere.append(f"{split}/{name}")
-                continue
-            if name in ignore:
-                ignored_elsewhere.append(f"{split}/{name}")
-            path = image
-            if use_face_crops:
-                crops = [folder / f"{name}_face.jpg", folder / f"{Path(name).stem}_face.jpg"]
-                found = next((c for c in crops if c.is_file()), None)
-                if found is None:
-                    crop_missing.append(str(image))
-                else:
-                    path = found
-            problem = check_image_file(path, check_images)
-            if problem is not None:
-                bad.add(path, problem, "replace the image with the release's copy")
-                continue
-            if min_pixels is not None:
-                pixels = _pixel_count(path)
-                if pixels is not None and pixels < int(min_pixels):
-                    dropped["min_pixels"][split] += 1
-                    too_small.append(f"{split}/{name}")
-                    continue
-            mean, std = rec["apparent_age_avg"], rec["apparent_age_std"]
-            problem = _age_problem(mean, age_range)
-            if problem is None and not (isinstance(std, (int, float)) and std >= 0):
-                problem = f"apparent_age_std {std!r} is not a non-negative number"
-            if problem is not None:
-                bad.add(where, problem, f"correct the row in {csv.name}")
-                continue
-            nr = rec.get("num_ratings", np.nan)
-            rows.append(_row(path, round_age(mean, label_rounding), age_mean=float(mean),
-                             std=float(std),
-                             split=split, image_id=f"{split}/{name}", file_name=name,
-                             num_ratings=float(nr)))
-        for p in files:
-            if p.name.endswith("_face.jpg") or p.name in labelled:
-                continue
-            unlabelled.append(str(p))
-    if unlabelled:
-        warnings.warn(f"CLAP2016 {root}: {len(unlabelled)} file(s) have no label in "
-                      f"gt_avg_*.csv and are not used, e.g. {unlabelled[:5]} "
-                      "(listed in df.attrs['unlabelled'])", stacklevel=2)
-    if crop_missing:
-        warnings.warn(f"CLAP2016 {root}: {len(crop_missing)} image(s) have no _face.jpg crop; "
-                      f"their full image is used, e.g. {crop_missing[:5]}", stacklevel=2)
-    kept_listed = [n for n in ignored_elsewhere if n.split("/", 1)[0] not in ignore_splits]
-    if kept_listed:
-        warnings.warn(f"CLAP2016 ignore list names {len(kept_listed)} file(s) of splits it does "
-                      f"not filter ({', '.join(ignore_splits) or 'none'} only), e.g. "
-                      f"{kept_listed[:5]}; they are kept", stacklevel=2)
-    unused = ignore - {Path(p).name for p in ignored_train} - {
-        n.split("/", 1)[1] for n in ignored_elsewhere}
-    if unused:
-        warnings.warn(f"CLAP2016 ignore list: {len(unused)} name(s) match no labelled file, "
-                      f"e.g. {sorted(unused)[:5]}", stacklevel=2)
-    return _finish(rows, bad, source=str(root), attrs={
-        "unlabelled": unlabelled, "face_crop_missing": crop_missing,
-        "ignored_train": ignored_train, "ignored_not_train": ignored_elsewhere,
-        "dropped": dropped, "too_small": too_small,
-        "filters": {"ignore_list_names": len(ignore),
-                    "ignore_splits": list(ignore_splits), "min_pixels": min_pixels,
-                    "label_rounding": label_rounding}})
+                    self.ignored_train.append(str(image))
+                return
+        path = self.face_crop(folder, image, name) if self.use_face_crops else image
+        problem = check_image_file(path, self.check_images)
+        if problem is not None:
+            self.bad.add(path, problem, "replace the image with the release's copy")
+            return
+        if self.min_pixels is not None:
+            pixels = _pixel_count(path)
+            if pixels is not None and pixels < int(self.min_pixels):
+                self.dropped["min_pixels"][split] += 1
+                self.too_small.append(f"{split}/{name}")
+                return
+        mean, std = rec["apparent_age_avg"], rec["apparent_age_std"]
+        problem = _age_problem(mean, self.age_range)
+        if problem is None and not (isinstance(std, (int, float)) and std >= 0):
+            problem = f"apparent_age_std {std!r} is not a non-negative number"
+        if problem is not None:
+            self.bad.add(where, problem, f"correct the row in {csv.name}")
+            return
+        self.rows.append(_row(path, round_age(mean, self.label_rounding), age_mean=float(mean),
+                              std=float(std), split=split, image_id=f"{split}/{name}",
+                              file_name=name, num_ratings=float(rec.get("num_ratings", np.nan))))
 
+    def face_crop(self, folder: Path, image: Path, name: str) -> Path:
+        crops = [folder / f"{name}_face.jpg", folder / f"{Path(name).stem}_face.jpg"]
+        found = next((c for c in crops if c.is_file()), None)
+        if found is None:
+            self.crop_missing.append(str(image))
+        return found or image
 
-# --------------------------------------------------------------------------------------------
-# UTKFace
+    def warn(self, root: Path) -> None:
+        """What was not used, and why, as warnings (nothing is dropped silently)."""
+        if self.unlabelled:
+            warnings.warn(f"CLAP2016 {root}: {len(self.unlabelled)} file(s) have no label in "
+                          f"gt_avg_*.csv and are not used, e.g. {self.unlabelled[:5]} "
+                          "(listed in df.attrs['unlabelled'])", stacklevel=3)
+        if self.crop_missing:
+            warnings.warn(f"CLAP2016 {root}: {len(self.crop_missing)} image(s) have no "
+                          f"_face.jpg crop; their full image is used, e.g. "
+                          f"{self.crop_missing[:5]}", stacklevel=3)
+        kept_listed = [n for n in self.ignored_elsewhere
+                       if n.split("/", 1)[0] not in self.ignore_splits]
+        if kept_listed:
+            warnings.warn(f"CLAP2016 ignore list names {len(kept_listed)} file(s) of splits it "
+                          f"does not filter ({', '.join(self.ignore_splits) or 'none'} only), "
+                          f"e.g. {kept_listed[:5]}; they are kept", stacklevel=3)
+        unused = self.ignore - {Path(p).name for p in self.ignored_train} - {
+            n.split("/", 1)[1] for n in self.ignored_elsewhere}
+        if unused:
+            warnings.warn(f"CLAP2016 ignore list: {len(unused)} name(s) match no labelled file, "
+                          f"e.g. {sorted(unused)[:5]}", stacklevel=3)
 
 
 def load_utkface(
@@ -649,50 +672,56 @@ def load_csv(
     if table.empty:
         raise DataError(f"{csv_path}: no rows; add one row per image (path, age)")
     bad = BadRecords(on_bad, f"label CSV {csv_path}")
-    rows = []
     seen: dict[str, int] = {}
-    for i, rec in enumerate(table.to_dict("records")):
-        line = i + 2
-        entry = str(rec["path"]).strip()
-        where = f"{csv_path}:{line} ({entry})"
-        path, outside = _inside_root(entry, root, allow_outside_root)
-        if outside is not None:
-            bad.add(where, outside, "fix the path in the CSV")
-            continue
-        if str(path) in seen:
-            bad.add(where, f"duplicate file name (also on line {seen[str(path)]})",
-                    "remove the duplicated row")
-            continue
-        seen[str(path)] = line
-        if not path.exists():
-            bad.add(where, f"label without image: {path} does not exist",
-                    "fix the path (relative to --image-root) or delete the row")
-            continue
-        problem = check_image_file(path, check_images)
-        if problem is not None:
-            bad.add(path, problem, "replace the image or delete its row")
-            continue
-        problem = _age_problem(rec["age"], age_range)
-        if problem is not None:
-            bad.add(where, problem, "correct the age" + (
-                " or declare an age range covering it (--age-range LO,HI)" if age_range
-                else ""))
-            continue
-        age_f = float(rec["age"])
-        mean = rec.get("age_mean", age_f)
-        mean = age_f if pd.isna(mean) else float(mean)
-        split = _normalise_split(rec.get("split"), where, bad)
-        if split is None:
-            continue
-        subject = rec.get("subject", pd.NA)
-        subject = pd.NA if pd.isna(subject) else str(subject).strip()
-        std = rec.get("std", float("nan"))
-        extra = {k: v for k, v in rec.items() if k not in COLUMNS}
-        rows.append(_row(path, round_age(age_f), age_mean=mean, subject=subject,
-                         std=float("nan") if pd.isna(std) else float(std), split=split,
-                         image_id=entry, **extra))
+    rows = [row for i, rec in enumerate(table.to_dict("records"))
+            if (row := _csv_row(rec, i + 2, csv_path, root, bad, seen, check_images=check_images,
+                                age_range=age_range, allow_outside_root=allow_outside_root))
+            is not None]
     return _finish(rows, bad, source=str(csv_path), attrs={"image_root": str(root)})
 
+
+
+def _csv_row(rec: dict[str, Any], line: int, csv_path: Path, root: Path, bad: BadRecords,
+             seen: dict[str, int], *, check_images: str, age_range: tuple[int, int] | None,
+             allow_outside_root: bool) -> dict[str, Any] | None:
+    """One CSV line as a table row, or ``None`` after recording why it is bad."""
+    entry = str(rec["path"]).strip()
+    where = f"{csv_path}:{line} ({entry})"
+    path, outside = _inside_root(entry, root, allow_outside_root)
+    if outside is not None:
+        bad.add(where, outside, "fix the path in the CSV")
+        return None
+    if str(path) in seen:
+        bad.add(where, f"duplicate file name (also on line {seen[str(path)]})",
+                "remove the duplicated row")
+        return None
+    seen[str(path)] = line
+    if not path.exists():
+        bad.add(where, f"label without image: {path} does not exist",
+                "fix the path (relative to --image-root) or delete the row")
+        return None
+    problem = check_image_file(path, check_images)
+    if problem is not None:
+        bad.add(path, problem, "replace the image or delete its row")
+        return None
+    problem = _age_problem(rec["age"], age_range)
+    if problem is not None:
+        bad.add(where, problem, "correct the age" + (
+            " or declare an age range covering it (--age-range LO,HI)" if age_range else ""))
+        return None
+    age_f = float(rec["age"])
+    mean = rec.get("age_mean", age_f)
+    mean = age_f if pd.isna(mean) else float(mean)
+    split = _normalise_split(rec.get("split"), where, bad)
+    if split is None:
+        return None
+    subject = rec.get("subject", pd.NA)
+    subject = pd.NA if pd.isna(subject) else str(subject).strip()
+    std = rec.get("std", float("nan"))
+    extra = {k: v for k, v in rec.items() if k not in COLUMNS}
+    return _row(path, round_age(age_f), age_mean=mean, subject=subject,
+                std=float("nan") if pd.isna(std) else float(std), split=split,
+                image_id=entry, **extra)
 
 # --------------------------------------------------------------------------------------------
 # Facial-Age-Estimation-Benchmark database JSON
@@ -757,66 +786,82 @@ def load_benchmark_json(
         raise DataError(f"{json_path}: expected a non-empty list of entries with img_path, age")
     if database is not None:
         entries = [e for e in entries if e.get("database") == database]
-    folders = sorted({int(e["folder"]) for e in entries
-                      if isinstance(e, dict) and e.get("folder") is not None})
-    if benchmark_split == -1 or not folders:
-        folder_to_split: dict[int, str] = {}
-    elif set(folders) <= {0, 1, 2} and len(folders) <= 3:
-        folder_to_split = {0: "train", 1: "valid", 2: "test"}
-    else:
-        if benchmark_split not in BENCHMARK_SPLITS:
-            raise ValueError(f"benchmark_split={benchmark_split}: expected 0-4 (or -1)")
-        trn, val, tst = BENCHMARK_SPLITS[benchmark_split]
-        folder_to_split = {**{f: "train" for f in trn}, **{f: "valid" for f in val},
-                           **{f: "test" for f in tst}}
+    folder_to_split = _benchmark_folder_splits(entries, benchmark_split)
     bad = BadRecords(on_bad, f"benchmark JSON {json_path}")
-    rows, seen = [], {}
-    for i, e in enumerate(entries):
-        where = f"{json_path}[{i}]"
-        if not isinstance(e, dict):
-            bad.add(where, "entry is not an object", "fix the JSON")
-            continue
-        missing = [k for k in ("img_path", "age") if k not in e]
-        if missing:
-            bad.add(where, f"entry lacks {missing}", "every entry needs img_path and age")
-            continue
-        entry = str(e["img_path"])
-        where = f"{json_path}[{i}] ({entry})"
-        if entry in seen:
-            bad.add(where, f"duplicate img_path (also entry {seen[entry]})", "remove one entry")
-            continue
-        seen[entry] = i
-        age = e["age"]
-        problem = ("age is -1 (unknown)" if age == -1 else _age_problem(age, age_range))
-        if problem is not None:
-            bad.add(where, problem, "correct the age or remove the entry")
-            continue
-        path, outside = _inside_root(entry, root, allow_outside_root)
-        if outside is not None:
-            bad.add(where, outside, "fix img_path in the JSON")
-            continue
-        if not path.exists():
-            bad.add(where, f"label without image: {path} does not exist",
-                    "check --image-root, or restore the image")
-            continue
-        problem = check_image_file(path, check_images)
-        if problem is not None:
-            bad.add(path, problem, "replace the image or remove its entry")
-            continue
-        folder = e.get("folder")
-        split = folder_to_split.get(int(folder), pd.NA) if folder is not None else pd.NA
-        subject = e.get("id_num")
-        std = e.get("std_age")
-        rows.append(_row(
-            path, round_age(age), age_mean=float(age),
-            subject=pd.NA if subject is None else str(subject),
-            std=float("nan") if std is None else float(std), split=split, image_id=entry,
-            folder=pd.NA if folder is None else int(folder), database=e.get("database", pd.NA),
-            gender=e.get("gender", pd.NA)))
+    seen: dict[str, int] = {}
+    rows = [row for i, e in enumerate(entries)
+            if (row := _benchmark_row(e, i, json_path, root, bad, seen, folder_to_split,
+                                      check_images=check_images, age_range=age_range,
+                                      allow_outside_root=allow_outside_root)) is not None]
     df = _finish(rows, bad, source=str(json_path), attrs={"image_root": str(root),
                                                           "benchmark_split": benchmark_split})
     df["folder"] = df["folder"].astype("Int64")
     return df
+
+
+
+def _benchmark_folder_splits(entries: list, benchmark_split: int) -> dict[int, str]:
+    """Folder -> split: three-folder databases are train/valid/test; ten folders follow
+    :data:`BENCHMARK_SPLITS`; ``-1`` (or no folders) leaves ``split`` NA."""
+    folders = sorted({int(e["folder"]) for e in entries
+                      if isinstance(e, dict) and e.get("folder") is not None})
+    if benchmark_split == -1 or not folders:
+        return {}
+    if set(folders) <= {0, 1, 2} and len(folders) <= 3:
+        return {0: "train", 1: "valid", 2: "test"}
+    if benchmark_split not in BENCHMARK_SPLITS:
+        raise ValueError(f"benchmark_split={benchmark_split}: expected 0-4 (or -1)")
+    trn, val, tst = BENCHMARK_SPLITS[benchmark_split]
+    return {**dict.fromkeys(trn, "train"), **dict.fromkeys(val, "valid"),
+            **dict.fromkeys(tst, "test")}
+
+
+def _benchmark_row(e: Any, i: int, json_path: Path, root: Path, bad: BadRecords,
+                   seen: dict[str, int], folder_to_split: dict[int, str], *, check_images: str,
+                   age_range: tuple[int, int] | None,
+                   allow_outside_root: bool) -> dict[str, Any] | None:
+    """One database entry as a table row, or ``None`` after recording why it is bad."""
+    where = f"{json_path}[{i}]"
+    if not isinstance(e, dict):
+        bad.add(where, "entry is not an object", "fix the JSON")
+        return None
+    missing = [k for k in ("img_path", "age") if k not in e]
+    if missing:
+        bad.add(where, f"entry lacks {missing}", "every entry needs img_path and age")
+        return None
+    entry = str(e["img_path"])
+    where = f"{json_path}[{i}] ({entry})"
+    if entry in seen:
+        bad.add(where, f"duplicate img_path (also entry {seen[entry]})", "remove one entry")
+        return None
+    seen[entry] = i
+    age = e["age"]
+    problem = ("age is -1 (unknown)" if age == -1 else _age_problem(age, age_range))
+    if problem is not None:
+        bad.add(where, problem, "correct the age or remove the entry")
+        return None
+    path, outside = _inside_root(entry, root, allow_outside_root)
+    if outside is not None:
+        bad.add(where, outside, "fix img_path in the JSON")
+        return None
+    if not path.exists():
+        bad.add(where, f"label without image: {path} does not exist",
+                "check --image-root, or restore the image")
+        return None
+    problem = check_image_file(path, check_images)
+    if problem is not None:
+        bad.add(path, problem, "replace the image or remove its entry")
+        return None
+    folder = e.get("folder")
+    split = folder_to_split.get(int(folder), pd.NA) if folder is not None else pd.NA
+    subject = e.get("id_num")
+    std = e.get("std_age")
+    return _row(
+        path, round_age(age), age_mean=float(age),
+        subject=pd.NA if subject is None else str(subject),
+        std=float("nan") if std is None else float(std), split=split, image_id=entry,
+        folder=pd.NA if folder is None else int(folder), database=e.get("database", pd.NA),
+        gender=e.get("gender", pd.NA))
 
 
 __all__ = [

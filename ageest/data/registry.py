@@ -210,6 +210,27 @@ def get_dataset(
             raise ValueError(f"dataset {name!r} needs {_FLAGS[need]} ({need}=...): "
                              f"{spec.description}")
     opts = dict(loader_options or {})
+    df, root = _load(name, opts, data_dir=data_dir, csv=csv, json=json, image_root=image_root,
+                     size=size, seed=seed, on_bad=on_bad)
+    if verify:
+        df = _verify_content(df, on_bad=on_bad, source=f"dataset {name!r} ({root})",
+                             cache_path=hash_cache)
+    info = _dataset_info(name, df, root, opts.get("age_range"))
+    df.attrs["dataset"] = name
+    if manifest is not None:
+        manifest = Path(manifest)
+        if manifest.is_file():
+            info.extra["manifest_report"] = str(verify_dataset_manifest(df, manifest))
+        else:
+            write_dataset_manifest(df, manifest, extra={"dataset": name})
+        info.manifest = manifest
+    return df, info
+
+
+def _load(name: str, opts: dict[str, Any], *, data_dir, csv, json, image_root, size: int,
+          seed: int, on_bad: str) -> tuple[pd.DataFrame, Path]:
+    """Call dataset ``name``'s loader (generating synthetic data on first use); returns the
+    table and the folder its images live in."""
     if name == "synthetic-fgnet":
         root = Path(data_dir) if data_dir is not None else synthetic_root(name, size=size,
                                                                            seed=seed)
@@ -240,12 +261,16 @@ def get_dataset(
     else:  # benchmark-json
         df = loaders.load_benchmark_json(json, image_root, on_bad=on_bad, **opts)
         root = Path(df.attrs["image_root"])
-    if verify:
-        df = _verify_content(df, on_bad=on_bad, source=f"dataset {name!r} ({root})",
-                             cache_path=hash_cache)
+    return df, root
+
+
+def _dataset_info(name: str, df: pd.DataFrame, root: Path,
+                  declared: tuple[int, int] | None) -> DatasetInfo:
+    """The label range (the registry's, else the declared or observed one), the default
+    protocol and whether an official split is present."""
+    spec = DATASETS[name]
     start, end = spec.start_age, spec.end_age
     if start is None:
-        declared = opts.get("age_range")
         start, end = (declared if declared is not None
                       else (int(df["age"].min()), int(df["age"].max())))
     has_split = spec.has_official_split and bool(df["split"].notna().any())
@@ -254,15 +279,7 @@ def get_dataset(
                        has_official_split=has_split,
                        default_protocol=spec.default_protocol if (
                            spec.default_protocol != "official" or has_split) else "group-kfold")
-    df.attrs["dataset"] = name
-    if manifest is not None:
-        manifest = Path(manifest)
-        if manifest.is_file():
-            info.extra["manifest_report"] = str(verify_dataset_manifest(df, manifest))
-        else:
-            write_dataset_manifest(df, manifest, extra={"dataset": name})
-        info.manifest = manifest
-    return df, info
+    return info
 
 
 def _verify_content(df: pd.DataFrame, *, on_bad: str, source: str,
