@@ -29,7 +29,7 @@ def format_user_error(command: str, exc: BaseException) -> str:
     multi-line messages (a list of files) keep their lines, indented.
 
     >>> format_user_error("run", ValueError("on_bad='skip' was not given"))
-    "ageest run: error: --on-bad skip was not given"
+    'ageest run: error: --on-bad skip was not given'
     """
     text = str(exc)
     for lib, cli in CLI_SPELLING.items():

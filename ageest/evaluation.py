@@ -20,7 +20,9 @@ import numpy as np
 import pandas as pd
 
 from ageest import metrics
+from ageest.losses import LOSSES, loss_order
 from ageest.official import OFFICIAL_SELECTION
+from ageest.parameters import as_list
 from ageest.report import OFFICIAL_LABEL
 
 # Columns identifying a method (one row of a comparison table).
@@ -44,8 +46,10 @@ def protocol_label(selection: str) -> str:
     return OFFICIAL_LABEL if selection == OFFICIAL_SELECTION else f"clean ({selection})"
 
 
-#: losses that have a top-K at all; the prediction store writes "adaptive" for every other loss
-TOPK_LOSSES = ("amr", "mean_residue")
+def _has_topk(loss: str) -> bool:
+    """Whether ``loss`` has a top-K at all (the registry says); the prediction store writes
+    "adaptive" for every other loss."""
+    return loss in LOSSES and LOSSES[loss].has_topk
 
 
 def k_label(loss: str, k: object) -> str:
@@ -54,7 +58,7 @@ def k_label(loss: str, k: object) -> str:
     >>> k_label("amr", "adaptive"), k_label("mean_residue", 3), k_label("ce", "adaptive")
     ('adaptive', '3', 'n/a')
     """
-    return str(k) if loss in TOPK_LOSSES else "n/a"
+    return str(k) if _has_topk(loss) else "n/a"
 
 
 def method_label(loss: str, k: object, selection: str = "") -> str:
@@ -122,14 +126,7 @@ def _clusters(group: pd.DataFrame) -> pd.Series:
 def _methods(preds: pd.DataFrame) -> list[tuple]:
     keys = preds[list(METHOD_COLUMNS)].drop_duplicates()
     return sorted(keys.itertuples(index=False, name=None),
-                  key=lambda t: (t[2] == OFFICIAL_SELECTION, _loss_order(t[0]), _k_order(t[1])))
-
-
-LOSS_ORDER = ("amr", "mean_residue", "mean_variance", "ce", "dldl", "dldl_v2", "l1")
-
-
-def _loss_order(loss: str) -> int:
-    return LOSS_ORDER.index(loss) if loss in LOSS_ORDER else len(LOSS_ORDER)
+                  key=lambda t: (t[2] == OFFICIAL_SELECTION, loss_order(t[0]), _k_order(t[1])))
 
 
 def _k_order(k: object) -> float:
@@ -154,7 +151,7 @@ def add_published(table: pd.DataFrame, preds: pd.DataFrame, *, dataset: str, pro
             value, source = np.nan, f"not comparable: data {', '.join(sorted(datasets))}"
         elif protocols != {protocol}:
             value, source = np.nan, f"not comparable: protocol {', '.join(sorted(protocols))}"
-        elif str(k) != "adaptive" and loss in TOPK_LOSSES:
+        elif str(k) != "adaptive" and _has_topk(loss):
             value, source = np.nan, "not available"
         else:
             value, source = paper_value(dataset, str(loss), metric)
@@ -559,8 +556,7 @@ def by_format(preds: pd.DataFrame, kind: str, *, losses: str | Sequence[str] = "
         raise ValueError(f"the results folder holds runs of both {names[0]!r} and {names[1]!r}; "
                          "use a separate results_dir for real and synthetic data")
     chosen = preds[preds["dataset"] == names[0]]
-    wanted = [x.strip() for x in losses.split(",") if x.strip()] if isinstance(losses, str) \
-        else list(losses)
+    wanted = as_list(losses)
     if wanted:
         missing = sorted(set(wanted) - set(chosen["loss"]))
         if missing:

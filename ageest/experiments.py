@@ -19,67 +19,74 @@ from typing import Any
 import pandas as pd
 
 from ageest.dataprep import dataset_choice
-
-#: losses whose second term is weighted by λ2, and the name of that weight
-SECOND_TERM = {"amr": "lambda_residue", "mean_residue": "lambda_residue",
-               "mean_variance": "lambda_variance"}
+from ageest.parameters import as_list, int_list
 
 
 class RunsFailed(RuntimeError):
     """Some runs of a grid failed; the message lists them with the last line of each error."""
 
 
-def loss_kwargs(lambda_mean: float, lambda_second: float) -> dict[str, dict[str, float]]:
+def loss_kwargs(lambda_mean: float, lambda_residue: float,
+                lambda_variance: float) -> dict[str, dict[str, float]]:
     """Per-loss keyword arguments for the paper's weights: λ1 on the mean term of AMR,
-    mean-residue and mean-variance, λ2 on their residue / variance term.
+    mean-residue and mean-variance, λ2 on their residue / variance term (the registry's
+    :func:`ageest.losses.weight_kwargs` gives each loss the weights it takes).
 
-    >>> loss_kwargs(0.2, 0.05)["mean_variance"]
+    >>> loss_kwargs(0.2, 0.05, 0.05)["mean_variance"]
     {'lambda_mean': 0.2, 'lambda_variance': 0.05}
     """
-    return {loss: {"lambda_mean": float(lambda_mean), second: float(lambda_second)}
-            for loss, second in SECOND_TERM.items()}
+    from ageest.losses import weight_kwargs
+
+    return weight_kwargs({"lambda_mean": lambda_mean, "lambda_residue": lambda_residue,
+                          "lambda_variance": lambda_variance})
 
 
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in str(text).split(",") if t.strip()]
+#: the notebook parameters :func:`training_settings` reads (notebooks 02 and 04 declare them all)
+TRAINING_PARAMETERS = (
+    "model", "pretrained", "optimizer", "lr", "milestones", "lr_schedule", "epochs",
+    "batch_size", "image_size", "transforms", "normalize", "grad_clip", "lambda_mean",
+    "lambda_residue", "lambda_variance", "seeds", "device", "workers", "executor", "address",
+    "synthetic_size", "val_fraction", "split_seed")
 
 
-def training_settings(*, model: str, pretrained: bool, optimizer: str, lr: float,
-                      milestones: str, epochs: int, batch_size: int, image_size: int,
-                      transforms: str, normalize: bool, grad_clip: float, lambda_mean: float,
-                      lambda_second: float, seeds: str, device: str, workers: int,
-                      executor: str, synthetic_size: int, val_fraction: float,
-                      split_seed: int, address: str = "", lr_schedule: str = "multistep"
-                      ) -> dict[str, Any]:
-    """Runner grid keys shared by every grid of a notebook (``grad_clip`` 0 = none)."""
+def training_settings(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Runner grid keys shared by every grid of a notebook, from its parameters (a notebook
+    passes ``globals()``; ``grad_clip`` 0 = none). A missing parameter is an error naming it."""
+    missing = [name for name in TRAINING_PARAMETERS if name not in params]
+    if missing:
+        raise ValueError(f"training parameters {missing} are not set; declare them in the "
+                         "notebook's parameters cell (see notebooks/02_training.ipynb)")
+    p = {name: params[name] for name in TRAINING_PARAMETERS}
     return {
-        "model": model, "pretrained": bool(pretrained), "optimizer": optimizer,
-        "lr": float(lr), "milestones": [int(m) for m in _csv(milestones)],
-        "lr_schedule": lr_schedule,
-        "epochs": int(epochs), "batch_size": int(batch_size), "image_size": int(image_size),
-        "transforms": transforms, "normalize": bool(normalize),
-        "grad_clip": float(grad_clip) if grad_clip else None,
-        "loss_kwargs": loss_kwargs(lambda_mean, lambda_second),
-        "seeds": [int(s) for s in _csv(seeds)], "device": device, "workers": int(workers),
-        "executor": executor, "address": address or None,
-        "synthetic_size": int(synthetic_size),
-        "val_fraction": float(val_fraction), "split_seed": int(split_seed),
+        "model": p["model"], "pretrained": bool(p["pretrained"]), "optimizer": p["optimizer"],
+        "lr": float(p["lr"]), "milestones": int_list(p["milestones"], "milestones"),
+        "lr_schedule": p["lr_schedule"],
+        "epochs": int(p["epochs"]), "batch_size": int(p["batch_size"]),
+        "image_size": int(p["image_size"]),
+        "transforms": p["transforms"], "normalize": bool(p["normalize"]),
+        "grad_clip": float(p["grad_clip"]) if p["grad_clip"] else None,
+        "loss_kwargs": loss_kwargs(p["lambda_mean"], p["lambda_residue"], p["lambda_variance"]),
+        "seeds": int_list(p["seeds"], "seeds"), "device": p["device"],
+        "workers": int(p["workers"]), "executor": p["executor"],
+        "address": p["address"] or None, "synthetic_size": int(p["synthetic_size"]),
+        "val_fraction": float(p["val_fraction"]), "split_seed": int(p["split_seed"]),
         # several workers: one line per finished run (the runner silences their epoch bars);
         # one worker would print a progress bar per epoch into the executed notebook
-        "quiet": None if int(workers) > 1 else True,
+        "quiet": None if int(p["workers"]) > 1 else True,
     }
 
 
 def comparison_grids(settings: Mapping[str, Any], *, fgnet_dir: str, clap_dir: str,
-                     protocol: str, n_folds: int, folds: str, losses: str, official: bool,
-                     clap_losses: str, clap_settings: Mapping[str, Any] | None = None,
-                     official_losses: str = "amr") -> dict[str, dict[str, Any]]:
+                     protocol: str, n_folds: int, folds: list[int] | str,
+                     losses: list[str] | str, official: bool, clap_losses: list[str] | str,
+                     clap_settings: Mapping[str, Any] | None = None,
+                     official_losses: list[str] | str = ("amr",)) -> dict[str, dict[str, Any]]:
     """Notebook 02's grids, by name: ``fgnet`` (every loss, validation-selected), ``clap`` (the
     CLAP2016-format losses on its official split; none when ``clap_losses`` is empty) and, when
     ``official``, their official-protocol twins ``fgnet_official`` and ``clap_official``
     (``official_losses`` with the official code's training set, data filters and test-selected
-    epoch on its own metric: :func:`ageest.official.official_grid`). ``folds`` is a comma list
-    of fold positions ("" = all). ``clap_settings`` overrides runner keys for the CLAP grids
+    epoch on its own metric: :func:`ageest.official.official_grid`). ``folds`` are fold
+    positions (empty = all); list arguments also take comma strings. ``clap_settings`` overrides runner keys for the CLAP grids
     only (the official CLAP2016 script uses SGD, gradient clipping and its own augmentation,
     see :func:`clap_overrides`)."""
     from ageest.official import official_grid
@@ -87,50 +94,51 @@ def comparison_grids(settings: Mapping[str, Any], *, fgnet_dir: str, clap_dir: s
     fgnet_name, fgnet_path = dataset_choice("fgnet", fgnet_dir)
     fgnet = {**settings, "dataset": [fgnet_name], "data_dir": fgnet_path,
              "protocol": [protocol], "n_folds": int(n_folds),
-             "folds": [int(f) for f in _csv(folds)] or None, "selection": ["val_best"]}
-    grids = {"fgnet": {**fgnet, "losses": _csv(losses)}}
+             "folds": int_list(folds, "folds") or None, "selection": ["val_best"]}
+    grids = {"fgnet": {**fgnet, "losses": as_list(losses)}}
     if not grids["fgnet"]["losses"]:
         raise ValueError("losses is empty: name at least one loss, e.g. 'amr,mean_variance,ce'")
-    if official and not _csv(official_losses):
+    if official and not as_list(official_losses):
         raise ValueError("official_losses is empty: name the losses of the official-protocol "
                          "runs, e.g. 'amr'")
     if official:
-        grids["fgnet_official"] = official_grid(fgnet, "fgnet", _csv(official_losses))
-    if _csv(clap_losses):
+        grids["fgnet_official"] = official_grid(fgnet, "fgnet", as_list(official_losses))
+    if as_list(clap_losses):
         clap_name, clap_path = dataset_choice("clap", clap_dir)
         grids["clap"] = {**settings, "dataset": [clap_name], "data_dir": clap_path,
-                         "protocol": ["official"], "losses": _csv(clap_losses),
+                         "protocol": ["official"], "losses": as_list(clap_losses),
                          "selection": ["val_best"], **(clap_settings or {})}
         if official:
             grids["clap_official"] = official_grid(grids["clap"], "clap",
-                                                   _csv(official_losses))
+                                                   as_list(official_losses))
     return grids
 
 
 def clap_overrides(*, optimizer: str, epochs: int, grad_clip: float, transforms: str,
-                   normalize: bool, seeds: str = "", label_rounding: str = "half_up"
+                   normalize: bool, seeds: list[int] | str = (), label_rounding: str = "half_up"
                    ) -> dict[str, Any]:
     """Runner keys in which the CLAP2016-format runs differ from the FG-NET-format ones
-    (``grad_clip`` 0 = none; ``seeds`` "" = the FG-NET-format seeds)."""
+    (``grad_clip`` 0 = none; ``seeds`` empty = the FG-NET-format seeds)."""
     out = {"optimizer": optimizer, "epochs": int(epochs),
            "grad_clip": float(grad_clip) if grad_clip else None, "transforms": transforms,
            "normalize": bool(normalize), "label_rounding": label_rounding}
-    if _csv(seeds):
-        out["seeds"] = [int(x) for x in _csv(seeds)]
+    if as_list(seeds):
+        out["seeds"] = int_list(seeds, "clap_seeds")
     return out
 
 
 def k_ablation_grid(settings: Mapping[str, Any], *, fgnet_dir: str, protocol: str,
-                    n_folds: int, folds: str, ks: str) -> dict[str, dict[str, Any]]:
+                    n_folds: int, folds: list[int] | str,
+                    ks: list[int] | str) -> dict[str, dict[str, Any]]:
     """Notebook 04's grid: ``mean_residue`` for every fixed K in ``ks`` plus the adaptive AMR
     (``k: adaptive``), on the same folds and seeds."""
     fgnet_name, fgnet_path = dataset_choice("fgnet", fgnet_dir)
-    k_values = [int(k) for k in _csv(ks)]
+    k_values = int_list(ks, "ks")
     if not k_values:
         raise ValueError("ks is empty: give fixed K values, e.g. '1,2,3,4,5,6,8,10'")
     return {"k_ablation": {**settings, "dataset": [fgnet_name], "data_dir": fgnet_path,
                            "protocol": [protocol], "n_folds": int(n_folds),
-                           "folds": [int(f) for f in _csv(folds)] or None,
+                           "folds": int_list(folds, "folds") or None,
                            "selection": ["val_best"], "losses": ["mean_residue"],
                            "k": [*k_values, "adaptive"]}}
 

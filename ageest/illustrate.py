@@ -208,11 +208,9 @@ def _stack(examples: Mapping[str, torch.Tensor]) -> tuple[list[str], torch.Tenso
 
 def topk_mask(logits: torch.Tensor, true_age: int, *, start_age: int = 0,
               k: int | None = None) -> torch.Tensor:
-    """Boolean ``(C,)`` mask of the top-K set of one distribution (logits ``(C,)``).
-
-    Adaptive (``k=None``): the classes at least as probable as the true one, the set the residue
-    loss leaves out. Fixed ``k``: the ``k`` most probable classes, ties to the younger age (the
-    rule of :func:`ageest.losses.residue_loss`).
+    """Boolean ``(C,)`` mask of the top-K set of one distribution (logits ``(C,)``): the set the
+    residue loss leaves out, by its own rule (:func:`ageest.losses.topk_mask`, ranked on the
+    logits; fixed ``k`` breaks ties to the younger age).
 
     Examples
     --------
@@ -224,13 +222,8 @@ def topk_mask(logits: torch.Tensor, true_age: int, *, start_age: int = 0,
     """
     logits = torch.as_tensor(logits, dtype=torch.float64)
     _check_age(true_age, logits.shape[-1], start_age)
-    p = torch.softmax(logits.detach(), dim=-1)  # (C,)
-    if k is None:
-        return p >= p[true_age - start_age]
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= p.shape[0]:
-        raise ValueError(f"k must be None (adaptive) or an integer in [1, {p.shape[0]}], got {k!r}")
-    order = torch.sort(p, descending=True, stable=True).indices[:k]
-    return torch.zeros_like(p, dtype=torch.bool).scatter_(0, order, True)
+    return losses.topk_mask(logits.detach().unsqueeze(0), torch.tensor([true_age]),
+                            start_age=start_age, k=k)[0]
 
 
 def terms_table(
@@ -290,16 +283,18 @@ def compared_losses(
     *,
     num_classes: int = 70,
     start_age: int = 0,
-    lambda1: float = 0.2,
-    lambda2: float = 0.05,
+    lambda_mean: float = 0.2,
+    lambda_residue: float = 0.05,
+    lambda_variance: float = 0.05,
     fixed_k: int = 4,
     eps: float = 1e-3,
     sigma: float = 2.0,
 ) -> dict[str, torch.nn.Module]:
-    """The five losses notebook 01 compares, label -> composite loss from the registry.
+    """The five losses notebook 01 compares, display label (the registry's) -> composite loss.
 
-    ``CE``, ``mean-variance`` (λ1, λ2), ``AMR`` (adaptive K; λ1, λ2), ``mean-residue K=<fixed_k>``
-    (λ1, λ2) and ``DLDL`` (label σ = ``sigma``).
+    ``CE``, ``mean-variance`` (λ1, λ2 = ``lambda_variance``), ``AMR`` (adaptive K; λ1, λ2 =
+    ``lambda_residue``), ``mean-residue K=<fixed_k>`` (λ1, λ2) and ``DLDL`` (label σ =
+    ``sigma``).
 
     Examples
     --------
@@ -307,15 +302,17 @@ def compared_losses(
     ['CE', 'mean-variance', 'AMR', 'mean-residue K=4', 'DLDL']
     """
     rng = {"start_age": start_age, "end_age": start_age + num_classes - 1}
+    weights = losses.weight_kwargs({"lambda_mean": lambda_mean, "lambda_residue": lambda_residue,
+                                    "lambda_variance": lambda_variance})
+    label = {name: spec.label for name, spec in losses.LOSSES.items()}
     return {
-        "CE": losses.get_loss("ce", **rng),
-        "mean-variance": losses.get_loss(
-            "mean_variance", lambda_mean=lambda1, lambda_variance=lambda2, **rng),
-        "AMR": losses.get_loss("amr", lambda_mean=lambda1, lambda_residue=lambda2, eps=eps, **rng),
-        f"mean-residue K={fixed_k}": losses.get_loss(
-            "mean_residue", lambda_mean=lambda1, lambda_residue=lambda2, k=fixed_k, eps=eps,
-            **rng),
-        "DLDL": losses.get_loss("dldl", sigma=sigma, **rng),
+        label["ce"]: losses.get_loss("ce", **rng),
+        label["mean_variance"]: losses.get_loss("mean_variance", **weights["mean_variance"],
+                                                **rng),
+        label["amr"]: losses.get_loss("amr", **weights["amr"], eps=eps, **rng),
+        f"{label['mean_residue']} K={fixed_k}": losses.get_loss(
+            "mean_residue", **weights["mean_residue"], k=fixed_k, eps=eps, **rng),
+        label["dldl"]: losses.get_loss("dldl", sigma=sigma, **rng),
     }
 
 
@@ -324,8 +321,9 @@ def loss_response_table(
     true_age: int,
     *,
     start_age: int = 0,
-    lambda1: float = 0.2,
-    lambda2: float = 0.05,
+    lambda_mean: float = 0.2,
+    lambda_residue: float = 0.05,
+    lambda_variance: float = 0.05,
     fixed_k: int = 4,
     eps: float = 1e-3,
     sigma: float = 2.0,
@@ -346,8 +344,9 @@ def loss_response_table(
     names, logits = _stack(examples)
     n, c = logits.shape
     _check_age(true_age, c, start_age)
-    table = compared_losses(num_classes=c, start_age=start_age, lambda1=lambda1,
-                            lambda2=lambda2, fixed_k=fixed_k, eps=eps, sigma=sigma)
+    table = compared_losses(num_classes=c, start_age=start_age, lambda_mean=lambda_mean,
+                            lambda_residue=lambda_residue, lambda_variance=lambda_variance,
+                            fixed_k=fixed_k, eps=eps, sigma=sigma)
     rows = []
     with torch.no_grad():
         # one call per example (not per batch element inside a loss): each row is its own batch
@@ -378,8 +377,8 @@ def term_gradients(
     k: int | None = None,
     eps: float = 1e-3,
     sigma: float = 2.0,
-    lambda1: float = 0.2,
-    lambda2: float = 0.05,
+    lambda_mean: float = 0.2,
+    lambda_residue: float = 0.05,
 ) -> dict[str, np.ndarray]:
     r"""Gradient of each loss term with respect to the logits of one distribution (autograd).
 
@@ -409,7 +408,8 @@ def term_gradients(
         "residue": lambda z: losses.residue_loss(z, ages, start_age=start_age, k=k, eps=eps),
         "kl": lambda z: losses.label_distribution_kl(z, ages, sigma, start_age=start_age),
     }
-    fns["total"] = lambda z: fns["ce"](z) + lambda1 * fns["mean"](z) + lambda2 * fns["residue"](z)
+    fns["total"] = lambda z: (fns["ce"](z) + lambda_mean * fns["mean"](z)
+                              + lambda_residue * fns["residue"](z))
     out = {}
     for name, fn in fns.items():
         z = z0.clone().unsqueeze(0).requires_grad_(True)  # (1, C)
@@ -426,8 +426,8 @@ def gradient_table(
     k: int | None = None,
     eps: float = 1e-3,
     sigma: float = 2.0,
-    lambda1: float = 0.2,
-    lambda2: float = 0.05,
+    lambda_mean: float = 0.2,
+    lambda_residue: float = 0.05,
 ) -> pd.DataFrame:
     """Per example and term: the gradient's L2 norm, its largest magnitude and the age where that
     occurs, and the gradient at the true age (negative: the term pushes ``p_y`` up).
@@ -441,7 +441,7 @@ def gradient_table(
     rows = []
     for name, z in examples.items():
         grads = term_gradients(z, true_age, start_age=start_age, k=k, eps=eps, sigma=sigma,
-                               lambda1=lambda1, lambda2=lambda2)
+                               lambda_mean=lambda_mean, lambda_residue=lambda_residue)
         for term, g in grads.items():
             j = int(np.abs(g).argmax())
             rows.append({
@@ -707,8 +707,9 @@ def explorer_state(
     shape: str,
     *,
     k: int | None = None,
-    lambda1: float = 0.2,
-    lambda2: float = 0.05,
+    lambda_mean: float = 0.2,
+    lambda_residue: float = 0.05,
+    lambda_variance: float = 0.05,
     num_classes: int = 70,
     start_age: int = 0,
     base_sigma: float = 4.0,
@@ -731,16 +732,18 @@ def explorer_state(
     row = terms_table({"x": logits}, true_age, start_age=start_age, k=k, eps=eps,
                       sigma=sigma).iloc[0]
     grads = term_gradients(logits, true_age, start_age=start_age, k=k, eps=eps, sigma=sigma,
-                           lambda1=lambda1, lambda2=lambda2)
+                           lambda_mean=lambda_mean, lambda_residue=lambda_residue)
     response = loss_response_table({"x": logits}, true_age, start_age=start_age,
-                                   lambda1=lambda1, lambda2=lambda2, fixed_k=fixed_k, eps=eps,
+                                   lambda_mean=lambda_mean, lambda_residue=lambda_residue,
+                                   lambda_variance=lambda_variance, fixed_k=fixed_k, eps=eps,
                                    sigma=sigma)
     terms = {t: float(row[t]) for t in TERMS}
-    weighted = {"ce": terms["ce"], "mean": lambda1 * terms["mean"],
-                "residue": lambda2 * terms["residue"]}
+    weighted = {"ce": terms["ce"], "mean": lambda_mean * terms["mean"],
+                "residue": lambda_residue * terms["residue"]}
     return {
         "true_age": true_age, "sharpness": sharpness, "shape": shape, "k_mode": (
-            "adaptive" if k is None else "fixed"), "lambda1": lambda1, "lambda2": lambda2,
+            "adaptive" if k is None else "fixed"), "lambda_mean": lambda_mean,
+        "lambda_residue": lambda_residue,
         "ages": np.arange(num_classes) + start_age,
         "probs": torch.softmax(logits, dim=0).numpy().astype(np.float64),
         "in_topk": topk_mask(logits, true_age, start_age=start_age, k=k).numpy(),
@@ -765,7 +768,7 @@ def explorer_figure(state: Mapping[str, object]) -> Figure:
     ax_p.set_title(f"{state['shape']}, sharpness {state['sharpness']:.2f}: "
                    f"{kind} K = {state['k']}, p(y) = {state['p_true']:.3f}")
     g = state["gradients"]
-    lam1, lam2 = state["lambda1"], state["lambda2"]
+    lam1, lam2 = state["lambda_mean"], state["lambda_residue"]
     ax_g.plot(ages, g["ce"], color="tab:gray", lw=1.2, label="$L_s$")
     ax_g.plot(ages, lam1 * g["mean"], color="tab:red", lw=1.2, label=r"$\lambda_1 L_m$")
     ax_g.plot(ages, lam2 * g["residue"], color=RESIDUE_COLOR, lw=1.2, label=r"$\lambda_2 L_r$")
@@ -791,8 +794,8 @@ def explorer_html(state: Mapping[str, object]) -> str:
     name = "AMR (adaptive K)" if state["k_mode"] == "adaptive" else f"mean-residue (K={state['k']})"
     rows = [
         ("cross-entropy L<sub>s</sub>", t["ce"], "1", w["ce"]),
-        ("mean L<sub>m</sub>", t["mean"], f"λ1 = {state['lambda1']:.2f}", w["mean"]),
-        ("residue L<sub>r</sub>", t["residue"], f"λ2 = {state['lambda2']:.2f}", w["residue"]),
+        ("mean L<sub>m</sub>", t["mean"], f"λ1 = {state['lambda_mean']:.2f}", w["mean"]),
+        ("residue L<sub>r</sub>", t["residue"], f"λ2 = {state['lambda_residue']:.2f}", w["residue"]),
     ]
     cell = 'style="padding:1px 8px;text-align:right"'
     body = "".join(
@@ -824,8 +827,8 @@ class LossExplorer(widgets.VBox):
     Attributes
     ----------
     controls : dict[str, ipywidgets.Widget]
-        ``true_age``, ``sharpness``, ``shape``, ``noise``, ``k_mode``, ``k``, ``lambda1``,
-        ``lambda2``. Setting ``.value`` on any of them updates the explorer (also without a
+        ``true_age``, ``sharpness``, ``shape``, ``noise``, ``k_mode``, ``k``, ``lambda_mean``,
+        ``lambda_residue``. Setting ``.value`` on any of them updates the explorer (also without a
         browser).
     values : dict
         The last :func:`explorer_state`.
@@ -842,8 +845,9 @@ class LossExplorer(widgets.VBox):
         sharpness: float = 1.0,
         shape: str = "bimodal",
         k: int | None = None,
-        lambda1: float = 0.2,
-        lambda2: float = 0.05,
+        lambda_mean: float = 0.2,
+        lambda_residue: float = 0.05,
+        lambda_variance: float = 0.05,
         num_classes: int = 70,
         start_age: int = 0,
         base_sigma: float = 4.0,
@@ -859,7 +863,7 @@ class LossExplorer(widgets.VBox):
             raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
         self._fixed = {"num_classes": num_classes, "start_age": start_age,
                        "base_sigma": base_sigma, "seed": seed, "eps": eps, "sigma": sigma,
-                       "fixed_k": fixed_k}
+                       "fixed_k": fixed_k, "lambda_variance": lambda_variance}
         self._dpi = dpi
         style = {"description_width": "100px"}
         layout = widgets.Layout(width="360px")
@@ -884,10 +888,10 @@ class LossExplorer(widgets.VBox):
                                    max=min(num_classes, 30), description="fixed K",
                                    continuous_update=False, style=style, layout=layout,
                                    disabled=k is None),
-            "lambda1": widgets.FloatSlider(value=lambda1, min=0.0, max=1.0, step=0.01,
+            "lambda_mean": widgets.FloatSlider(value=lambda_mean, min=0.0, max=1.0, step=0.01,
                                            description="λ1 (mean)", continuous_update=False,
                                            style=style, layout=layout),
-            "lambda2": widgets.FloatSlider(value=lambda2, min=0.0, max=1.0, step=0.01,
+            "lambda_residue": widgets.FloatSlider(value=lambda_residue, min=0.0, max=1.0, step=0.01,
                                            description="λ2 (residue)", continuous_update=False,
                                            style=style, layout=layout),
         }
@@ -921,8 +925,8 @@ class LossExplorer(widgets.VBox):
         c["k"].disabled = adaptive
         state = explorer_state(
             int(c["true_age"].value), float(c["sharpness"].value), c["shape"].value,
-            k=None if adaptive else int(c["k"].value), lambda1=float(c["lambda1"].value),
-            lambda2=float(c["lambda2"].value), noise=float(c["noise"].value), **self._fixed,
+            k=None if adaptive else int(c["k"].value), lambda_mean=float(c["lambda_mean"].value),
+            lambda_residue=float(c["lambda_residue"].value), noise=float(c["noise"].value), **self._fixed,
         )
         self.values = state
         self.summary.value = explorer_html(state)
@@ -936,7 +940,7 @@ def loss_explorer(**kwargs) -> LossExplorer:
     """Build the interactive loss explorer of notebook 01 (display it as a cell's last value).
 
     Keyword arguments are those of :class:`LossExplorer`: the initial ``true_age``,
-    ``sharpness``, ``shape``, ``k`` (None = adaptive), ``lambda1``, ``lambda2``, ``noise`` and the
+    ``sharpness``, ``shape``, ``k`` (None = adaptive), ``lambda_mean``, ``lambda_residue``, ``noise`` and the
     fixed ``num_classes``, ``start_age``, ``base_sigma``, ``seed``, ``eps``, ``sigma``,
     ``fixed_k``.
 

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -51,8 +52,15 @@ __all__ = [
     "DLDLv2Loss",
     "L1ExpectationLoss",
     "LOSSES",
+    "LossSpec",
+    "WEIGHT_DEFAULTS",
+    "component_order",
     "get_loss",
     "list_losses",
+    "loss_order",
+    "loss_spec",
+    "topk_mask",
+    "weight_kwargs",
 ]
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -91,6 +99,15 @@ def _check_logits_shape(logits: torch.Tensor) -> None:
         raise ValueError(f"logits needs at least 2 age classes, got shape {tuple(logits.shape)}")
     if not logits.is_floating_point():
         raise ValueError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
+
+
+def _check_k(k: int | None, logits: torch.Tensor) -> None:
+    c = logits.shape[1]
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= c):
+        raise ValueError(
+            f"k must be None (adaptive) or an integer in [1, C] = [1, {c}] for logits of "
+            f"shape {tuple(logits.shape)}, got {k!r}"
+        )
 
 
 def _prepare(logits: torch.Tensor, ages, start_age: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -422,13 +439,7 @@ def residue_loss(
     """
     _check_reduction(reduction)
     _check_logits_shape(logits)
-    c = logits.shape[1]
-    if k is not None:
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= c:
-            raise ValueError(
-                f"k must be None (adaptive) or an integer in [1, C] = [1, {c}] for logits of "
-                f"shape {tuple(logits.shape)}, got {k!r}"
-            )
+    _check_k(k, logits)
     if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
         raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
     idx, _ = _prepare(logits, ages, start_age)
@@ -1050,16 +1061,115 @@ def _mean_residue(**kwargs) -> MeanResidueLoss:
     return MeanResidueLoss(**kwargs)
 
 
-#: name -> (constructor, class whose __init__ defines the accepted keyword arguments)
-LOSSES: dict[str, tuple[Callable[..., _AgeLoss], type[_AgeLoss]]] = {
-    "ce": (CrossEntropyLoss, CrossEntropyLoss),
-    "mean_variance": (MeanVarianceLoss, MeanVarianceLoss),
-    "amr": (_amr, MeanResidueLoss),
-    "mean_residue": (_mean_residue, MeanResidueLoss),
-    "dldl": (DLDLLoss, DLDLLoss),
-    "dldl_v2": (DLDLv2Loss, DLDLv2Loss),
-    "l1": (L1ExpectationLoss, L1ExpectationLoss),
+@dataclass(frozen=True)
+class LossSpec:
+    """A registry entry: everything tables, figures, grids and tests need to know of a loss.
+
+    Attributes
+    ----------
+    build : callable
+        The constructor ``get_loss`` calls.
+    cls : type
+        The class whose ``__init__`` defines the accepted keyword arguments.
+    label : str
+        Display name in tables and figures (``"AMR"``, ``"mean-variance"`` ...).
+    has_topk : bool
+        Whether the loss has a top-K set (its K is shown; others read ``n/a``).
+    weights : tuple of str
+        Its term weights, by the constructor's argument names (``lambda_mean`` ...).
+    components : tuple of str
+        The terms of ``last_components`` that make up ``total`` (besides ``total`` itself).
+    """
+
+    build: Callable[..., _AgeLoss]
+    cls: type[_AgeLoss]
+    label: str
+    has_topk: bool = False
+    weights: tuple[str, ...] = ()
+    components: tuple[str, ...] = ()
+
+    def parameters(self) -> list[str]:
+        """Keyword arguments the constructor accepts."""
+        return [p.name for p in inspect.signature(self.cls.__init__).parameters.values()
+                if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+
+
+#: name -> :class:`LossSpec`; the order is the order of every table and figure (the paper's
+#: loss first, then its fixed-K variant, then the baselines)
+LOSSES: dict[str, LossSpec] = {
+    "amr": LossSpec(_amr, MeanResidueLoss, "AMR", has_topk=True,
+                    weights=("lambda_mean", "lambda_residue"),
+                    components=("ce", "mean", "residue")),
+    "mean_residue": LossSpec(_mean_residue, MeanResidueLoss, "mean-residue", has_topk=True,
+                             weights=("lambda_mean", "lambda_residue"),
+                             components=("ce", "mean", "residue")),
+    "mean_variance": LossSpec(MeanVarianceLoss, MeanVarianceLoss, "mean-variance",
+                              weights=("lambda_mean", "lambda_variance"),
+                              components=("ce", "mean", "variance")),
+    "ce": LossSpec(CrossEntropyLoss, CrossEntropyLoss, "CE", components=("ce",)),
+    "dldl": LossSpec(DLDLLoss, DLDLLoss, "DLDL", components=("kl",)),
+    "dldl_v2": LossSpec(DLDLv2Loss, DLDLv2Loss, "DLDL-v2", weights=("lambda_l1",),
+                        components=("kl", "l1")),
+    "l1": LossSpec(L1ExpectationLoss, L1ExpectationLoss, "L1", components=("l1",)),
 }
+#: the paper's weight of each term, one name everywhere (losses, notebooks, grids, CLI)
+WEIGHT_DEFAULTS = {"lambda_mean": 0.2, "lambda_residue": 0.05, "lambda_variance": 0.05}
+
+
+def loss_spec(name: str) -> LossSpec:
+    """The registry entry of ``name``, or a ``ValueError`` listing the valid names."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(LOSSES)}")
+    return LOSSES[name]
+
+
+def loss_order(name: str) -> int:
+    """Position of ``name`` in tables and figures (unknown names last).
+
+    >>> sorted(["ce", "amr", "dldl"], key=loss_order)
+    ['amr', 'ce', 'dldl']
+    """
+    return list(LOSSES).index(name) if name in LOSSES else len(LOSSES)
+
+
+def component_order() -> tuple[str, ...]:
+    """Every loss term in registry order, each once (the learning-curve panels).
+
+    >>> component_order()
+    ('ce', 'mean', 'residue', 'variance', 'kl', 'l1')
+    """
+    return tuple(dict.fromkeys(c for spec in LOSSES.values() for c in spec.components))
+
+
+def weight_kwargs(weights: Mapping[str, float]) -> dict[str, dict[str, float]]:
+    """Per-loss keyword arguments from one set of named weights: each loss gets the weights it
+    takes (``lambda_mean`` and ``lambda_residue`` for AMR ...).
+
+    >>> weight_kwargs({"lambda_mean": 0.2, "lambda_variance": 0.05})["mean_variance"]
+    {'lambda_mean': 0.2, 'lambda_variance': 0.05}
+    """
+    out = {}
+    for name, spec in LOSSES.items():
+        kw = {w: float(weights[w]) for w in spec.weights if w in weights}
+        if kw:
+            out[name] = kw
+    return out
+
+
+def topk_mask(logits: torch.Tensor, ages, *, start_age: int = 0,
+              k: int | None = None) -> torch.Tensor:
+    """(N, C) bool, True for the classes inside top-K: the set the residue loss leaves out
+    (ranked on the logits, see :func:`residue_loss`).
+
+    >>> topk_mask(torch.tensor([[3.0, 2.0, 1.0]]), torch.tensor([1])).tolist()
+    [[True, True, False]]
+    >>> topk_mask(torch.tensor([[3.0, 2.0, 1.0]]), torch.tensor([1]), k=1).tolist()
+    [[True, False, False]]
+    """
+    _check_logits_shape(logits)
+    _check_k(k, logits)
+    idx, _ = _prepare(logits, ages, start_age)
+    return ~_out_of_topk_mask(logits, idx, k)
 
 
 def list_losses() -> list[str]:
@@ -1068,7 +1178,7 @@ def list_losses() -> list[str]:
     Examples
     --------
     >>> list_losses()
-    ['ce', 'mean_variance', 'amr', 'mean_residue', 'dldl', 'dldl_v2', 'l1']
+    ['amr', 'mean_residue', 'mean_variance', 'ce', 'dldl', 'dldl_v2', 'l1']
     """
     return list(LOSSES)
 
@@ -1081,14 +1191,7 @@ def loss_parameters(name: str) -> list[str]:
     >>> loss_parameters("ce")
     ['start_age', 'end_age']
     """
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(LOSSES)}")
-    cls = LOSSES[name][1]
-    return [
-        p.name
-        for p in inspect.signature(cls.__init__).parameters.values()
-        if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
-    ]
+    return loss_spec(name).parameters()
 
 
 def get_loss(name: str, **kwargs) -> _AgeLoss:
@@ -1120,12 +1223,11 @@ def get_loss(name: str, **kwargs) -> _AgeLoss:
     >>> loss.k is None, loss.num_classes
     (True, 70)
     """
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(LOSSES)}")
-    accepted = loss_parameters(name)
+    spec = loss_spec(name)
+    accepted = spec.parameters()
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
         raise ValueError(
             f"loss {name!r} does not take {', '.join(unknown)}; accepted: {', '.join(accepted)}"
         )
-    return LOSSES[name][0](**kwargs)
+    return spec.build(**kwargs)

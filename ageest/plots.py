@@ -18,8 +18,6 @@ from matplotlib.ticker import MaxNLocator
 from ageest.official import OFFICIAL_SELECTION
 
 SYNTHETIC_TAG = " (synthetic data)"
-#: panel order of the learning curves (loss components as logged by ageest.train)
-COMPONENT_ORDER = ("total", "ce", "mean", "residue", "variance", "kl", "l1", "mae")
 
 
 def _title(text: str, synthetic: bool) -> str:
@@ -85,7 +83,10 @@ def learning_curves(history: pd.DataFrame, *, components: tuple[str, ...] | None
         found = [c for c in history.columns if c.startswith("train_")
                  and pd.api.types.is_numeric_dtype(history[c]) and history[c].notna().any()
                  and not c.endswith(("k_mean", "images_per_s", "time_s"))]
-        order = {f"train_{c}": i for i, c in enumerate(COMPONENT_ORDER)}
+        from ageest.losses import component_order
+
+        # panel order: the total, each loss term in registry order, then the training MAE
+        order = {f"train_{c}": i for i, c in enumerate(("total", *component_order(), "mae"))}
         components = tuple(sorted(found, key=lambda c: (order.get(c, len(order)), c)))
     panels = list(components) + [c for c in ("val_mae", "test_mae") if c in history
                                  and history[c].notna().any()]

@@ -29,6 +29,7 @@ import yaml
 from ageest import paths
 from ageest.artifacts import atomic_write_text, read_json, write_manifest
 from ageest.errors import UserError, format_user_error
+from ageest.parameters import SHARED_FILE, as_list
 
 PROFILES = ("smoke", "default", "paper")
 KERNEL_NAME = "ageest"
@@ -142,10 +143,11 @@ def read_params_file(path: str | Path) -> dict[str, Any]:
         raise ReproduceError(f"{path}: expected a mapping of parameter: value, got "
                              f"{type(data).__name__}")
     for key, value in data.items():
-        if isinstance(value, (dict, list)):
+        if isinstance(value, dict) or (isinstance(value, list) and any(
+                isinstance(v, (dict, list)) for v in value)):
             raise ReproduceError(
-                f"{path}: parameter {key!r} is a {type(value).__name__}; notebook parameters are "
-                "flat literals (write lists as comma-separated strings, e.g. \"amr,ce\")"
+                f"{path}: parameter {key!r} is nested ({value!r}); notebook parameters are "
+                "literals or flat lists, e.g. losses: [amr, ce]"
             )
     return data
 
@@ -155,6 +157,7 @@ _TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
     "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
     "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
     "bool": lambda v: isinstance(v, bool),
+    "list": lambda v: isinstance(v, list),
 }
 
 
@@ -166,10 +169,12 @@ def _type_ok(type_name: str | None, value: Any) -> bool:
     for alt in alternatives:
         if alt in ("None", "NoneType") and value is None:
             return True
-        check = _TYPE_CHECKS.get(alt)
+        base, _, item = alt.partition("[")
+        check = _TYPE_CHECKS.get(base)
         if check is None:  # an annotation we do not model: do not second-guess it
             return True
-        if check(value):
+        if check(value) and (base != "list" or not item or all(
+                _type_ok(item.rstrip("]"), v) for v in value)):
             return True
     return False
 
@@ -247,11 +252,28 @@ def convert_parameter(name: str, text: str, type_name: str | None, notebook: str
                          f"{type_name}, and {text!r} is not one ({'; '.join(errors)})")
 
 
+def shared_file(profile: str, params_dir: str | Path | None = None) -> Path:
+    """``params/<profile>/training.yaml``: keys passed to every notebook that declares them."""
+    return (Path(params_dir) if params_dir else paths.PARAMS) / profile / SHARED_FILE
+
+
+def shared_parameters(profile: str, params_dir: str | Path | None = None) -> dict[str, Any]:
+    """The profile's shared keys (empty when it has no ``training.yaml``)."""
+    path = shared_file(profile, params_dir)
+    values = read_params_file(path) if path.is_file() else {}
+    for key in PIPELINE_PARAMETERS:
+        if key in values:
+            raise ReproduceError(f"{path}: {key!r} is set by `ageest reproduce` itself; "
+                                 "remove it from the file")
+    return values
+
+
 def notebook_parameters(profile: str, notebook: str | Path, *, out: Path,
                         overrides: Mapping[str, Any] | None = None,
                         params_dir: str | Path | None = None,
                         text_overrides: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The parameters one notebook receives: its profile YAML, then ``overrides`` (command-line
+    """The parameters one notebook receives: the profile's shared keys it declares
+    (``training.yaml``), then its own profile YAML, then ``overrides`` (command-line
     values, given as notebook parameter names; only those the notebook declares are passed),
     then ``text_overrides`` (``-p NAME VALUE`` texts, converted to the declared type), then
     ``profile`` and ``results_dir``. Everything is checked against the notebook."""
@@ -264,12 +286,17 @@ def notebook_parameters(profile: str, notebook: str | Path, *, out: Path,
             "cell; every pipeline notebook must (they name its output folder)"
         )
     source = params_file(profile, notebook, params_dir)
-    values: dict[str, Any] = read_params_file(source) if source.is_file() else {}
+    shared = shared_parameters(profile, params_dir)
+    values: dict[str, Any] = {k: v for k, v in shared.items() if k in declared}
+    own = read_params_file(source) if source.is_file() else {}
     for key in PIPELINE_PARAMETERS:
-        if key in values:
+        if key in own:
             raise ReproduceError(f"{source}: {key!r} is set by `ageest reproduce` itself; "
                                  "remove it from the file")
-    check_parameters(values, declared, notebook=notebook, source=source)
+    check_parameters(values, declared, notebook=notebook,
+                     source=shared_file(profile, params_dir))
+    check_parameters(own, declared, notebook=notebook, source=source)
+    values.update(own)
     for key, value in (overrides or {}).items():
         if value is not None and key in declared:
             values[key] = value
@@ -300,15 +327,36 @@ def check_profile(profile: str, notebooks: list[Path] | None = None,
     notebooks = notebooks if notebooks is not None else list_notebooks()
     by_stem = {nb.stem: nb for nb in notebooks}
     checked = []
+    shared = shared_parameters(profile, params_dir)
+    if shared:
+        checked.append(_check_shared(shared, shared_file(profile, params_dir), notebooks))
     for path in sorted(folder.glob("*.y*ml")):
+        if path.name == SHARED_FILE:
+            continue
         if path.stem not in by_stem:
             raise ReproduceError(f"{path} names no notebook: expected one of "
-                                 f"{', '.join(sorted(by_stem))}.yaml")
+                                 f"{', '.join(sorted(by_stem))}.yaml or {SHARED_FILE}")
         values = read_params_file(path)
+        repeated = sorted(set(values) & set(shared))
+        if repeated:
+            raise ReproduceError(f"{path}: {', '.join(repeated)} already set in {SHARED_FILE} "
+                                 "(one value per profile); remove them here")
         check_parameters(values, declared_parameters(by_stem[path.stem]),
                          notebook=by_stem[path.stem], source=path)
         checked.append(path)
     return checked
+
+
+def _check_shared(shared: Mapping[str, Any], path: Path, notebooks: list[Path]) -> Path:
+    """Every shared key is declared by some notebook, with a type each declaring one accepts."""
+    for key, value in shared.items():
+        owners = [nb for nb in notebooks if key in declared_parameters(nb)]
+        if not owners:
+            raise ReproduceError(f"unknown parameter {key!r} in {path}: no notebook declares it; "
+                                 "remove the key or add it to a notebook's parameters cell")
+        for nb in owners:
+            check_parameters({key: value}, declared_parameters(nb), notebook=nb, source=path)
+    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,7 +418,7 @@ def _select(notebooks: list[Path], only: str | None) -> list[Path]:
     """Keep the notebooks whose two-digit number or stem is in the comma list ``only``."""
     if not only:
         return notebooks
-    wanted = [w.strip() for w in only.split(",") if w.strip()]
+    wanted = [str(w) for w in as_list(only)]
     chosen = [nb for nb in notebooks if nb.name[:2] in wanted or nb.stem in wanted]
     unknown = [w for w in wanted if not any(nb.name[:2] == w or nb.stem == w for nb in notebooks)]
     if unknown:

@@ -56,6 +56,7 @@ from ageest import __version__, store
 from ageest.data.dataset import TRANSFORMS
 from ageest.data.integrity import ON_BAD_CHOICES
 from ageest.data.loaders import LABEL_ROUNDINGS
+from ageest.parameters import as_list
 from ageest.run import (  # noqa: F401  (re-exported: a run's identity, used with grids)
     KEEP_CHECKPOINTS,
     UNHASHED,
@@ -150,16 +151,6 @@ def load_grid_config(path: str | os.PathLike) -> dict[str, Any]:
     return values
 
 
-def _as_list(value: Any) -> list:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    return [value]
-
-
 #: grid keys with a numeric type and the smallest value each may take
 INT_KEYS = {"n_folds": 2, "split_seed": 0, "synthetic_size": 8, "epochs": 1, "batch_size": 1,
             "image_size": 8, "num_workers": 0, "eval_batch_size": 1, "workers": 1, "threads": 1,
@@ -216,7 +207,7 @@ def _check_types(g: dict[str, Any]) -> None:
         if g.get(key) is not None and g[key] not in choices:
             raise ValueError(f"grid key {key}: {g[key]!r} is not one of {list(choices)}")
     if g.get("age_range") is not None:
-        ar = _as_list(g["age_range"])
+        ar = as_list(g["age_range"])
         if len(ar) != 2:
             raise ValueError(f"grid key age_range: {g['age_range']!r} is not [lo, hi]")
         lo, hi = (_integer("age_range", v, 0) for v in ar)
@@ -233,7 +224,7 @@ def normalize_grid(grid: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"unknown grid key(s) {unknown}; valid keys: {sorted(GRID_DEFAULTS)}")
     g = {**GRID_DEFAULTS, **{k: v for k, v in grid.items() if v is not None}}
     for axis in AXES:
-        g[axis] = _as_list(g[axis])
+        g[axis] = as_list(g[axis])
     g["seeds"] = [_integer("seeds", s) for s in g["seeds"]]
     _check_types(g)
     ks: list[int | str] = []
@@ -247,9 +238,9 @@ def normalize_grid(grid: dict[str, Any]) -> dict[str, Any]:
                 raise ValueError(f"k={k!r}: expected an integer or 'adaptive'") from exc
     g["k"] = ks
     g["folds"] = None if g["folds"] in (None, "", []) else [
-        _integer("folds", f, 0) for f in _as_list(g["folds"])]
-    g["milestones"] = [_integer("milestones", m, 0) for m in _as_list(g["milestones"])]
-    g["ignore_splits"] = [str(x) for x in _as_list(g["ignore_splits"])]
+        _integer("folds", f, 0) for f in as_list(g["folds"])]
+    g["milestones"] = [_integer("milestones", m, 0) for m in as_list(g["milestones"])]
+    g["ignore_splits"] = [str(x) for x in as_list(g["ignore_splits"])]
     for sel in g["selection"]:
         if sel not in SELECTIONS:
             raise ValueError(f"selection={sel!r}: expected one of {SELECTIONS}")

@@ -25,7 +25,7 @@ def examples():
 
 @pytest.fixture(scope="module")
 def response(examples):
-    return illustrate.loss_response_table(examples, TRUE_AGE, lambda1=0.2, lambda2=0.05,
+    return illustrate.loss_response_table(examples, TRUE_AGE, lambda_mean=0.2, lambda_residue=0.05,
                                           fixed_k=4)
 
 
@@ -146,7 +146,7 @@ def test_amr_equals_fixed_k_when_the_adaptive_k_matches(examples):
 def test_gradients_match_closed_forms(examples):
     a = np.arange(70, dtype=float)
     for z in examples.values():
-        g = illustrate.term_gradients(z, TRUE_AGE, lambda1=0.2, lambda2=0.05)
+        g = illustrate.term_gradients(z, TRUE_AGE, lambda_mean=0.2, lambda_residue=0.05)
         p = torch.softmax(z, 0).numpy()
         m = p @ a
         onehot = np.eye(70)[TRUE_AGE]
@@ -235,7 +235,7 @@ def test_explorer_updates_when_a_control_moves():
     # λ2 rescales the residue's share and nothing else
     terms = dict(ex.values["terms"])
     total = ex.values["total"]
-    ex.controls["lambda2"].value = 0.5
+    ex.controls["lambda_residue"].value = 0.5
     assert ex.values["terms"] == pytest.approx(terms)
     assert ex.values["total"] == pytest.approx(total + 0.45 * terms["residue"])
 

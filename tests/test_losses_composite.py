@@ -53,8 +53,30 @@ def data():
 
 
 def test_registry_names():
-    assert list_losses() == list(EXPECTED_COMPONENTS)
+    assert list_losses() == ["amr", "mean_residue", "mean_variance", "ce", "dldl", "dldl_v2",
+                             "l1"]  # the table order: the paper's loss first
     assert set(LOSSES) == set(EXPECTED_COMPONENTS)
+
+
+@pytest.mark.parametrize("name", list_losses())
+def test_registry_metadata_matches_the_loss(name, data):
+    """The entry's components are what the loss logs besides total/ce/k_mean, and the total is
+    exactly their sum weighted by the entry's weights; its weights are constructor arguments."""
+    spec = LOSSES[name]
+    logits, ages, _ = data
+    loss = get_loss(name, start_age=10, end_age=20, **_kwargs(name))
+    float(loss(logits, ages))
+    comps = loss.last_components
+    assert set(comps) == {"total", "ce", "k_mean", *spec.components}
+    assert set(spec.weights) <= set(spec.parameters())
+    weight = {c: 1.0 for c in spec.components}
+    for w in spec.weights:  # lambda_<term> weighs the term <term>
+        assert w.removeprefix("lambda_") in spec.components, w
+        weight[w.removeprefix("lambda_")] = getattr(loss, w)
+    assert comps["total"] == pytest.approx(sum(weight[c] * comps[c] for c in spec.components),
+                                           rel=1e-12)
+    assert spec.has_topk == ("k" in spec.parameters())
+    assert spec.label
 
 
 @pytest.mark.parametrize("name", list_losses())
@@ -168,8 +190,8 @@ def test_registry_builds_the_right_objects():
 @pytest.mark.parametrize(
     "call, match",
     [
-        (lambda: get_loss("nope"), r"unknown loss 'nope'; valid names: ce, mean_variance, amr"),
-        (lambda: loss_parameters("nope"), r"valid names: ce"),
+        (lambda: get_loss("nope"), r"unknown loss 'nope'; valid names: amr, mean_residue, mean_variance, ce"),
+        (lambda: loss_parameters("nope"), r"valid names: amr"),
         (
             lambda: get_loss("mean_residue"),
             r"'mean_residue' is the fixed-K loss and needs an integer k",
