@@ -83,22 +83,44 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def save_table(
-    df: pd.DataFrame, out_dir: str | os.PathLike, name: str, *, caption: str | None = None,
-    float_format: str = "{:.3f}", index: bool = False,
+    df: pd.DataFrame, out: str | os.PathLike, name: str, caption: str = "", *,
+    synthetic: bool = False, float_format: str = "{:.3f}", index: bool = False,
 ) -> dict[str, Path]:
-    """Save ``df`` as ``name.csv``, ``name.md`` and ``name.tex`` in ``out_dir``.
+    """Save a table declared in :mod:`ageest.catalogue` as ``out/tables/name.{csv,md,tex}``.
 
-    The CSV keeps full precision; Markdown and LaTeX use ``float_format``. ``caption`` is written
-    above the Markdown table and as the LaTeX caption.
+    ``out`` is a results root. The CSV keeps full precision; Markdown and LaTeX use
+    ``float_format``. ``caption`` is written above the Markdown table and as the LaTeX caption,
+    prefixed with the synthetic-data note when ``synthetic``. Every table of the package and the
+    notebooks is written through this function.
     """
-    out_dir = Path(out_dir)
-    out: dict[str, Path] = {}
-    out["csv"] = atomic_write_text(out_dir / f"{name}.csv", df.to_csv(index=index))
+    from ageest import catalogue
+
+    catalogue.artefact(catalogue.TABLE, name)
+    caption = catalogue.caption(caption, synthetic)
+    out_dir = Path(out) / "tables"
+    paths: dict[str, Path] = {}
+    paths["csv"] = atomic_write_text(out_dir / f"{name}.csv", df.to_csv(index=index))
+    shown = _formatted(df, float_format)
+    # numbers stay as formatted (tabulate would re-parse "0.060" into 0.06), right-aligned
+    align = ["right" if pd.api.types.is_numeric_dtype(df[c]) else "left" for c in df.columns]
+    if index:
+        align = ["left", *align]
+    md = shown.to_markdown(index=index, disable_numparse=True, colalign=align)
+    if caption:
+        md = f"{caption}\n\n{md}"
+    paths["md"] = atomic_write_text(out_dir / f"{name}.md", md + "\n")
+    tex = shown.to_latex(index=index, caption=caption or None, label=f"tab:{name}", escape=True)
+    paths["tex"] = atomic_write_text(out_dir / f"{name}.tex", tex)
+    return paths
+
+
+def _formatted(df: pd.DataFrame, float_format: str) -> pd.DataFrame:
+    """Float columns as text; a small non-zero value (a p-value of 2e-4, say) never prints as
+    0.000."""
     def fmt(v: float) -> str:
         if pd.isna(v):
             return ""
         text = float_format.format(v)
-        # a small non-zero value (a p-value of 2e-4, say) must not print as 0.000
         if v != 0 and float(text) == 0:
             return f"{v:.1e}"
         return text
@@ -107,30 +129,25 @@ def save_table(
     for col in shown.columns:
         if pd.api.types.is_float_dtype(shown[col]):
             shown[col] = shown[col].map(fmt)
-    # numbers stay as formatted (tabulate would re-parse "0.060" into 0.06), right-aligned
-    align = ["right" if pd.api.types.is_numeric_dtype(df[c]) else "left" for c in df.columns]
-    if index:
-        align = ["left", *align]
-    md = shown.to_markdown(index=index, disable_numparse=True, colalign=align)
-    if caption:
-        md = f"{caption}\n\n{md}"
-    out["md"] = atomic_write_text(out_dir / f"{name}.md", md + "\n")
-    tex = shown.to_latex(index=index, caption=caption, label=f"tab:{name}", escape=True)
-    out["tex"] = atomic_write_text(out_dir / f"{name}.tex", tex)
-    return out
+    return shown
 
 
-def save_figure(fig, out_dir: str | os.PathLike, name: str, *, dpi: int = 150) -> dict[str, Path]:
-    """Save a matplotlib figure as ``name.png`` and ``name.pdf`` in ``out_dir`` (atomically)."""
+def save_figure(fig, out: str | os.PathLike, name: str, *, dpi: int = 150,
+                folder: str | os.PathLike | None = None) -> dict[str, Path]:
+    """Save a figure declared in :mod:`ageest.catalogue` as ``out/figures/name.{png,pdf}``
+    (atomically; ``folder`` replaces ``out/figures``, e.g. for ``ageest data --figure DIR``)."""
     import io
 
-    out_dir = Path(out_dir)
-    out: dict[str, Path] = {}
+    from ageest import catalogue
+
+    catalogue.artefact(catalogue.FIGURE, name)
+    out_dir = Path(folder) if folder is not None else Path(out) / "figures"
+    paths: dict[str, Path] = {}
     for ext in ("png", "pdf"):
         buf = io.BytesIO()
         fig.savefig(buf, format=ext, dpi=dpi, bbox_inches="tight")
-        out[ext] = atomic_write_bytes(out_dir / f"{name}.{ext}", buf.getvalue())
-    return out
+        paths[ext] = atomic_write_bytes(out_dir / f"{name}.{ext}", buf.getvalue())
+    return paths
 
 
 def write_manifest(

@@ -15,7 +15,6 @@ top and in every table caption.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -23,10 +22,9 @@ from typing import Any
 import pandas as pd
 
 from ageest.artifacts import atomic_write_text, read_json
-from ageest.artifacts import save_table as _save_table
+from ageest.catalogue import SECTIONS, SYNTHETIC_NOTE, caption  # noqa: F401  (re-exported)
 
 NOT_AVAILABLE = "not available"
-SYNTHETIC_NOTE = "Synthetic data (ageest's generated stand-in, not the paper's dataset)"
 OFFICIAL_LABEL = "official (test-selected epoch)"
 
 
@@ -77,22 +75,6 @@ def paper_value(dataset: str, method: str, metric: str) -> tuple[float, str]:
 # captions and saving
 
 
-def caption(text: str, synthetic: bool) -> str:
-    """A table caption, prefixed with the synthetic-data note when ``synthetic``.
-
-    >>> caption("MAE on FG-NET.", synthetic=True).startswith("Synthetic data")
-    True
-    """
-    return f"{SYNTHETIC_NOTE}. {text}" if synthetic else text
-
-
-def save_table(df: pd.DataFrame, out: str | Path, name: str, text: str, *,
-               synthetic: bool) -> dict[str, Path]:
-    """Save a table under ``out/tables`` (CSV, Markdown, LaTeX) with its caption marked synthetic
-    when the data are. The notebooks save every data table through this."""
-    return _save_table(df, Path(out) / "tables", name, caption=caption(text, synthetic))
-
-
 def data_is_synthetic(out: str | Path) -> bool | None:
     """Whether the run at ``out`` used synthetic data, from ``metrics/00_data_prep.json``
     (``None`` when that notebook has not written its metrics)."""
@@ -106,126 +88,13 @@ def data_is_synthetic(out: str | Path) -> bool | None:
 # the report
 
 
-@dataclass(frozen=True)
-class Artefact:
-    """One table or figure the report places, with the paper artefact it corresponds to."""
-
-    kind: str  # "table" or "figure"
-    name: str  # file stem under tables/ or figures/
-    title: str
-    paper: str  # what the paper has here, or "beyond the paper"
-
-
-@dataclass(frozen=True)
-class Section:
-    title: str
-    notebook: str
-    text: str
-    artefacts: tuple[Artefact, ...]
-
-
 T, F = "table", "figure"
-# notebooks whose artefacts do not depend on the data (no synthetic-data marking)
-NO_DATA_NOTEBOOKS = {"01_loss_illustration"}
-BEYOND = "none (beyond the paper)"
-SECTIONS: tuple[Section, ...] = (
-    Section("Data", "00_data_prep",
-            "The datasets as loaded: counts, age distributions, example faces, and the folds with "
-            "their subject-disjointness checks.", (
-                Artefact(T, "data_summary", "Datasets", "the datasets the paper uses (FG-NET, CLAP2016)"),
-                Artefact(T, "clap_filters", "CLAP2016 loader rules, clean and official",
-                         "none (ageest addition)"),
-                Artefact(T, "split_summary", "Folds and disjointness checks",
-                         "the paper's protocols (LOPO; CLAP2016 official split)"),
-                Artefact(F, "age_histograms", "Age distributions", "none (ageest addition)"),
-                Artefact(F, "face_grid", "Faces across ages", "none (ageest addition)"),
-            )),
-    Section("The loss", "01_loss_illustration",
-            "The adaptive mean-residue loss explained on example distributions (notebook 01).", ()),
-    Section("Training", "02_training",
-            "The grid of runs and the learning curves of every loss component, with the mean "
-            "adaptive K per epoch.", (
-                Artefact(T, "training_runs", "Runs", "the official scripts' training settings"),
-                Artefact(F, "learning_curves", "Learning curves", "none (ageest addition)"),
-                Artefact(F, "adaptive_k_per_epoch", "Mean adaptive K per epoch",
-                         "none (ageest addition)"),
-            )),
-    Section("FG-NET: MAE comparison", "03_evaluation",
-            "Mean absolute error on FG-NET-format data, pooled over images and averaged over "
-            "subjects, with subject-level bootstrap confidence intervals. A published number is "
-            "shown only beside official-protocol leave-one-person-out rows on real FG-NET.", (
-                Artefact(T, "fgnet_mae_comparison", "MAE comparison",
-                         "the paper reports FG-NET MAE; this is the corresponding comparison"),
-            )),
-    Section("CLAP2016: ε-error comparison", "03_evaluation",
-            "ε-error on CLAP2016-format data (apparent age with the annotators' σ).", (
-                Artefact(T, "clap_epsilon_comparison", "ε-error comparison",
-                         "the paper reports CLAP2016 ε-error; this is the corresponding "
-                         "comparison"),
-            )),
-    Section("Cumulative score", "03_evaluation",
-            "CS(θ), the share of images with absolute error at most θ, for θ = 0…10.", (
-                Artefact(F, "cs_curves", "CS(θ) curves", "the paper reports FG-NET CS(θ)"),
-                Artefact(T, "cs_curves", "CS(θ) values", "the paper reports FG-NET CS(θ)"),
-            )),
-    Section("Ablation: fixed K against adaptive K", "04_ablation_k",
-            "Mean-residue loss with a fixed top-K against the adaptive K, on the same folds and "
-            "seeds.", (
-                Artefact(T, "k_ablation", "MAE by K", "the paper's discussion of K"),
-                Artefact(F, "k_ablation_mae", "MAE versus K", "the paper's discussion of K"),
-                Artefact(F, "adaptive_k_distribution", "Adaptive K over training",
-                         "none (ageest addition)"),
-                Artefact(T, "adaptive_k_history", "Adaptive K per epoch", "none (ageest addition)"),
-            )),
-    Section("Error by age group and paired tests", "03_evaluation",
-            "Where the errors are, and whether AMR's difference from each baseline is larger than "
-            "chance on the same images.", (
-                Artefact(T, "age_group_mae", "MAE by age group", BEYOND),
-                Artefact(F, "age_group_mae", "MAE by age group", BEYOND),
-                Artefact(T, "paired_tests", "Paired tests, AMR against each baseline", BEYOND),
-            )),
-    Section("Dual protocol: official against clean", "03_evaluation",
-            "The same AMR configuration under the official code's protocol (epoch selected on the "
-            "test set, MAE from the rounded expectation, CS from the argmax) and under the clean "
-            "protocol (epoch selected on validation subjects, one readout for MAE and CS). The gap "
-            "is the optimism of test-set selection. Official numbers are labelled as such.", (
-                Artefact(T, "dual_protocol", "Official against clean protocol", BEYOND),
-                Artefact(F, "dual_protocol", "Official against clean protocol", BEYOND),
-            )),
-    Section("Protocol sensitivity", "03_evaluation",
-            "How the numbers move with the readout (expectation, rounded, argmax, median), the "
-            "LOPO aggregation (pooled over images or mean over subjects) and the ε-error variant.", (
-                Artefact(T, "protocol_sensitivity", "MAE and CS by readout and aggregation",
-                         BEYOND),
-                Artefact(T, "epsilon_variants", "ε-error variants", BEYOND),
-            )),
-    Section("Ambiguity calibration", "03_evaluation",
-            "On CLAP2016-format data: does the spread of the predicted distribution follow the "
-            "annotators' disagreement σ?", (
-                Artefact(T, "ambiguity_calibration", "Predicted std against annotators' σ", BEYOND),
-                Artefact(F, "ambiguity_calibration", "Reliability-style diagram", BEYOND),
-            )),
-)
 
 
 def _artefact_files(out: Path) -> tuple[dict[str, Path], dict[str, Path]]:
     tables = {p.stem: p for p in sorted((out / "tables").glob("*.md"))}
     figures = {p.stem: p for p in sorted((out / "figures").glob("*.png"))}
     return tables, figures
-
-
-def _notebook_of_files(out: Path) -> dict[tuple[str, str], str]:
-    """(kind, name) -> notebook stem that wrote it, from the pipeline manifest when present."""
-    manifest = out / "manifest.json"
-    if not manifest.is_file():
-        return {}
-    owners: dict[tuple[str, str], str] = {}
-    for entry in read_json(manifest).get("notebooks", []):
-        stem = Path(entry.get("notebook", "")).stem
-        for kind in ("table", "figure"):
-            for name in entry.get(f"{kind}s", []) or []:
-                owners[(kind, name)] = stem
-    return owners
 
 
 def _block(out: Path, kind: str, path: Path, title: str, synthetic: bool) -> str:
@@ -290,7 +159,6 @@ def build_report(out: str | Path, *, profile: str | None = None) -> str:
     profile = profile or out.name
     synthetic = data_is_synthetic(out)
     tables, figures = _artefact_files(out)
-    owners = _notebook_of_files(out)
     placed: set[tuple[str, str]] = set()
 
     lines: list[str] = [f"# ageest reproduction report — profile `{profile}`", ""]
@@ -324,11 +192,14 @@ def build_report(out: str | Path, *, profile: str | None = None) -> str:
         "", f"Every other published value is *{NOT_AVAILABLE}*.", "",
         "## Notebooks", "", _notebook_table(out), "",
     ]
-    last_section = {s.notebook: i for i, s in enumerate(SECTIONS)}
-    for i, section in enumerate(SECTIONS):
-        marked = bool(synthetic) and section.notebook not in NO_DATA_NOTEBOOKS
-        lines += [f"## {section.title}", "", f"*Notebook `{section.notebook}`.* {section.text}",
-                  ""]
+    for section in SECTIONS:
+        marked = bool(synthetic) and section.data
+        where = f"*Notebook `{section.notebook}`.* " if section.notebook else ""
+        present = [a for a in section.artefacts
+                   if a.name in (tables if a.kind == T else figures)]
+        if section.notebook is None and not present:
+            continue  # a command's artefacts: shown only when that command wrote them
+        lines += [f"## {section.title}", "", f"{where}{section.text}", ""]
         for art in section.artefacts:
             files = tables if art.kind == T else figures
             lines += [f"### {art.title}", "", f"Corresponds to: {art.paper}.", ""]
@@ -337,19 +208,8 @@ def build_report(out: str | Path, *, profile: str | None = None) -> str:
                 continue
             placed.add((art.kind, art.name))
             lines += [_block(out, art.kind, files[art.name], art.title, marked), ""]
-        if last_section[section.notebook] != i:
-            continue
-        # whatever else this notebook wrote (e.g. notebook 01's figures) follows its last section
-        for kind, name in sorted(k for k, nb in owners.items() if nb == section.notebook):
-            files = tables if kind == T else figures
-            if (kind, name) in placed or name not in files:
-                continue
-            placed.add((kind, name))
-            title = name.replace("_", " ")
-            lines += [f"### {title} ({kind})", "", _block(out, kind, files[name], title, marked),
-                      ""]
-        summary = _metrics_summary(out, section.notebook)
-        if summary:
+        summary = _metrics_summary(out, section.notebook) if section.notebook else ""
+        if summary and section is _last_section_of(section.notebook):
             lines += [f"Numbers recorded in `metrics/{section.notebook}.json`:", "", summary, ""]
     leftovers = [(T, n) for n in tables if (T, n) not in placed] + \
         [(F, n) for n in figures if (F, n) not in placed]
@@ -361,6 +221,10 @@ def build_report(out: str | Path, *, profile: str | None = None) -> str:
             lines += [f"### {title}", "", _block(out, kind, files[name], title, bool(synthetic)),
                       ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _last_section_of(notebook: str):
+    return [s for s in SECTIONS if s.notebook == notebook][-1]
 
 
 def write_report(out: str | Path, *, profile: str | None = None) -> Path:

@@ -161,12 +161,24 @@ _TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
 }
 
 
+def _alternatives(type_name: str) -> list[str]:
+    """The members of an annotation: ``"list[int] | None"`` -> ``["list[int]", "None"]``
+    (``Optional[X]`` -> ``["X", "None"]``).
+
+    >>> _alternatives("Optional[list[int]]"), _alternatives("int | None")
+    (['list[int]', 'None'], ['int', 'None'])
+    """
+    text = type_name.strip()
+    if text.startswith("Optional[") and text.endswith("]"):
+        return [*_alternatives(text[len("Optional["):-1]), "None"]
+    return [t.strip() for t in text.split("|")]
+
+
 def _type_ok(type_name: str | None, value: Any) -> bool:
     """Whether ``value`` fits a papermill ``inferred_type_name`` such as ``int | None``."""
     if not type_name or type_name == "None":
         return True
-    alternatives = [t.strip() for t in type_name.replace("Optional[", "").rstrip("]").split("|")]
-    for alt in alternatives:
+    for alt in _alternatives(type_name):
         if alt in ("None", "NoneType") and value is None:
             return True
         base, _, item = alt.partition("[")
@@ -219,8 +231,7 @@ def convert_parameter(name: str, text: str, type_name: str | None, notebook: str
     >>> convert_parameter("losses", "amr,ce", "list[str]", "02_training.ipynb")
     ['amr', 'ce']
     """
-    alternatives = [t.strip() for t in (type_name or "str").replace("Optional[", "")
-                    .rstrip("]").split("|")]
+    alternatives = _alternatives(type_name or "str")
     if "None" in alternatives and text.strip().lower() in ("none", "null"):
         return None
     errors = []
@@ -240,7 +251,7 @@ def convert_parameter(name: str, text: str, type_name: str | None, notebook: str
             if base == "float":
                 return float(text)
             if base in ("list", "tuple"):
-                item = alt[len(base) + 1:-1] if "[" in alt else "str"
+                item = alt[len(base) + 1:-1] if "[" in alt else "str"  # list[int] -> int
                 return [convert_parameter(name, t.strip(), item, notebook)
                         for t in text.split(",") if t.strip()]
         except ValueError as exc:
@@ -489,7 +500,6 @@ def reproduce(profile: str, *, fgnet: str | None = None, clap: str | None = None
     for i, (nb, params) in enumerate(plan, 1):
         executed = out / "executed" / nb.name
         t0 = time.perf_counter()
-        before = _artefact_stamps(out)
         try:
             nb_result = execute_notebook(nb, executed, params, kernel_name=kernel_name, html=html)
         except NotebookFailed:
@@ -497,10 +507,7 @@ def reproduce(profile: str, *, fgnet: str | None = None, clap: str | None = None
             result.wall_time_s = time.perf_counter() - start
             result.manifest = _write_pipeline_manifest(result, plan, failed=nb.name)
             raise
-        after = _artefact_stamps(out)
-        written = sorted(k for k, stamp in after.items() if before.get(k) != stamp)
-        nb_result.tables = [name for kind, name in written if kind == "table"]
-        nb_result.figures = [name for kind, name in written if kind == "figure"]
+        nb_result.tables, nb_result.figures = _artefacts_of(nb, out)
         result.notebooks.append(nb_result)
         log(f"[{i}/{len(plan)}] {nb.name:<28} {nb_result.seconds:7.1f} s")
     result.wall_time_s = time.perf_counter() - start
@@ -514,14 +521,17 @@ def reproduce(profile: str, *, fgnet: str | None = None, clap: str | None = None
     return result
 
 
-def _artefact_stamps(out: Path) -> dict[tuple[str, str], int]:
-    """(kind, name) -> modification time of every table (``.csv``) and figure (``.png``), so the
-    manifest can record which notebook wrote which artefact."""
-    stamps = {}
-    for kind, folder, ext in (("table", "tables", "csv"), ("figure", "figures", "png")):
-        for path in (out / folder).glob(f"*.{ext}"):
-            stamps[(kind, path.stem)] = path.stat().st_mtime_ns
-    return stamps
+def _artefacts_of(notebook: Path, out: Path) -> tuple[list[str], list[str]]:
+    """The tables and figures ``notebook`` declares in :mod:`ageest.catalogue` that exist under
+    ``out`` (a notebook may skip some, e.g. the CLAP2016 tables without CLAP2016 runs)."""
+    from ageest.catalogue import of_notebook
+
+    found: dict[str, list[str]] = {"table": [], "figure": []}
+    for art in of_notebook(notebook.stem):
+        path = out / f"{art.kind}s" / f"{art.name}.{'csv' if art.kind == 'table' else 'png'}"
+        if path.is_file() and art.name not in found[art.kind]:
+            found[art.kind].append(art.name)
+    return found["table"], found["figure"]
 
 
 def _seeds(plan: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any]:

@@ -486,8 +486,8 @@ def run_grid(grid: dict[str, Any] | None = None, *, results_dir: str | os.PathLi
                                              if r["status"] in ("done", "skipped")])
         from ageest.artifacts import save_table
 
-        save_table(table, results_dir / "tables", "aggregate",
-                   caption="Test metrics aggregated over folds (runs written by ageest run). "
+        save_table(table, results_dir, "aggregate",
+                   "Test metrics aggregated over folds (runs written by ageest run). "
                            "Rows with test_selected=True chose their epoch on the test set "
                            "(official protocol) and are optimistic.")
     return summary

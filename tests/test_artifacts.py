@@ -55,18 +55,32 @@ def test_read_json_names_the_file_on_corruption(tmp_path):
 
 def test_save_table_writes_csv_md_tex(tmp_path):
     df = pd.DataFrame({"method": ["amr", "ce"], "mae": [3.14159, math.nan]})
-    out = artifacts.save_table(df, tmp_path, "t", caption="Synthetic data")
+    out = artifacts.save_table(df, tmp_path, "k_ablation", "MAE by K")
     assert set(out) == {"csv", "md", "tex"}
+    assert out["csv"] == tmp_path / "tables" / "k_ablation.csv"
     back = pd.read_csv(out["csv"])
     assert back["mae"].iloc[0] == pytest.approx(3.14159)
     md = out["md"].read_text()
-    assert md.startswith("Synthetic data") and "3.142" in md
-    assert "\\caption{Synthetic data}" in out["tex"].read_text()
+    assert md.startswith("MAE by K") and "3.142" in md
+    assert "\\caption{MAE by K}" in out["tex"].read_text()
+    marked = artifacts.save_table(df, tmp_path, "k_ablation", "MAE by K", synthetic=True)
+    assert marked["md"].read_text().startswith("Synthetic data")
+
+
+def test_save_table_and_figure_refuse_undeclared_names(tmp_path):
+    df = pd.DataFrame({"a": [1]})
+    with pytest.raises(ValueError, match="'scratch' is not declared in ageest.catalogue"):
+        artifacts.save_table(df, tmp_path, "scratch")
+    fig, _ = plt.subplots()
+    with pytest.raises(ValueError, match="figure 'scratch' is not declared"):
+        artifacts.save_figure(fig, tmp_path, "scratch")
+    plt.close(fig)
+    assert not (tmp_path / "tables").exists() and not (tmp_path / "figures").exists()
 
 
 def test_save_table_does_not_print_small_values_as_zero(tmp_path):
     df = pd.DataFrame({"p_value": [0.0002, 0.0, 0.06]})
-    md = artifacts.save_table(df, tmp_path, "p")["md"].read_text()
+    md = artifacts.save_table(df, tmp_path, "paired_tests")["md"].read_text()
     cells = [line.strip("|").strip() for line in md.splitlines()[2:]]
     assert cells == ["2.0e-04", "0.000", "0.060"]
 
@@ -74,7 +88,8 @@ def test_save_table_does_not_print_small_values_as_zero(tmp_path):
 def test_save_figure_writes_png_and_pdf(tmp_path):
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])
-    out = artifacts.save_figure(fig, tmp_path, "f")
+    out = artifacts.save_figure(fig, tmp_path, "cs_curves")
+    assert out["png"] == tmp_path / "figures" / "cs_curves.png"
     plt.close(fig)
     assert out["png"].read_bytes()[:4] == b"\x89PNG"
     assert out["pdf"].read_bytes()[:4] == b"%PDF"

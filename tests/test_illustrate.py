@@ -200,7 +200,8 @@ def test_figures_build_and_save(tmp_path, examples, response):
     for name, fig in figures.items():
         assert isinstance(fig, Figure)
         assert sum(ax.get_visible() for ax in fig.axes) == n_axes[name], name
-        out = artifacts.save_figure(fig, tmp_path, name, dpi=40)
+        declared = "loss_illustration_" + name.removesuffix("_fixed")
+        out = artifacts.save_figure(fig, tmp_path, declared, dpi=40)
         assert out["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert out["pdf"].stat().st_size > 1000
 

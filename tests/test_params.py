@@ -12,6 +12,7 @@ import nbformat
 import pytest
 
 from ageest import paths
+from ageest.parameters import SHARED_FILE
 from ageest.reproduce import (
     PROFILES,
     ReproduceError,
@@ -19,6 +20,7 @@ from ageest.reproduce import (
     declared_parameters,
     list_notebooks,
     notebook_parameters,
+    read_params_file,
     reproduce,
 )
 
@@ -158,3 +160,51 @@ def test_unknown_profile(tmp_path):
 
 def test_params_folder_is_the_packages():
     assert paths.PARAMS.is_dir() and all((paths.PARAMS / p).is_dir() for p in PROFILES)
+
+
+def test_shared_training_yaml_reaches_every_notebook_that_declares_its_keys(tmp_path):
+    """params/<profile>/training.yaml states the recipe once: notebooks 02 and 04 (and 00 for
+    the split, 01 for the weights) receive each key they declare; lists are YAML lists."""
+    by_stem = {nb.stem: nb for nb in NOTEBOOKS}
+    for profile in PROFILES:
+        shared = read_params_file(paths.PARAMS / profile / SHARED_FILE)
+        assert shared, f"params/{profile}/{SHARED_FILE} is empty"
+        for stem in ("02_training", "04_ablation_k"):
+            values = notebook_parameters(profile, by_stem[stem], out=tmp_path)
+            for key, value in shared.items():
+                assert values[key] == value, (profile, stem, key)
+    values = notebook_parameters("default", by_stem["02_training"], out=tmp_path)
+    assert values["seeds"] == [0] and values["milestones"] == [8]
+    assert values["losses"][:2] == ["amr", "mean_variance"]
+    assert notebook_parameters("default", by_stem["01_loss_illustration"],
+                               out=tmp_path)["lambda_mean"] == 0.2
+
+
+def test_shared_file_rules(tmp_path):
+    (tmp_path / "smoke").mkdir()
+    shared = tmp_path / "smoke" / SHARED_FILE
+    shared.write_text("epochs: 2\nseeds: [0, 1]\n")
+    own = tmp_path / "smoke" / "02_training.yaml"
+    own.write_text("epochs: 3\n")  # repeats a shared key: two values for one setting
+    with pytest.raises(ReproduceError, match="epochs already set in training.yaml"):
+        check_profile("smoke", NOTEBOOKS, params_dir=tmp_path)
+    own.write_text("folds: [0]\n")
+    assert shared in check_profile("smoke", NOTEBOOKS, params_dir=tmp_path)
+    shared.write_text("epoch: 2\n")
+    with pytest.raises(ReproduceError, match="'epoch' in .*training.yaml: no notebook declares"):
+        check_profile("smoke", NOTEBOOKS, params_dir=tmp_path)
+    shared.write_text("seeds: [0, x]\n")
+    with pytest.raises(ReproduceError, match="seeds.*declares it as list\\[int\\]"):
+        check_profile("smoke", NOTEBOOKS, params_dir=tmp_path)
+    shared.write_text("seeds: [[0]]\n")
+    with pytest.raises(ReproduceError, match="nested"):
+        check_profile("smoke", NOTEBOOKS, params_dir=tmp_path)
+
+
+def test_list_parameters_take_comma_text_on_the_command_line(tmp_path):
+    nb = next(n for n in NOTEBOOKS if n.stem == "02_training")
+    values = notebook_parameters("smoke", nb, out=tmp_path,
+                                 text_overrides={"losses": "amr,ce", "seeds": "1,2",
+                                                 "folds": ""})
+    assert values["losses"] == ["amr", "ce"] and values["seeds"] == [1, 2]
+    assert values["folds"] == []  # every fold

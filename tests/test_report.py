@@ -14,7 +14,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from ageest import report  # noqa: E402
-from ageest.artifacts import save_figure, write_json  # noqa: E402
+from ageest.artifacts import save_figure, save_table, write_json  # noqa: E402
 
 CITATION = ('as quoted by B. Kwon, "Data Augmentation Using a Convolutional Autoencoder for Age '
             'Estimation from Facial Images", Journal of Multimedia Information System 12(3):95 '
@@ -83,13 +83,14 @@ def _fake_results(out, *, synthetic: bool):
     write_json(out / "metrics" / "00_data_prep.json", {"synthetic": synthetic, "n": 3})
     write_json(out / "metrics" / "03_evaluation.json", {"amr_mae": 4.5, "note": "x"})
     table = pd.DataFrame({"method": ["amr", "ce"], "loss": ["amr", "ce"], "mae_pooled": [4.5, 5.0]})
-    report.save_table(table, out, "fgnet_mae_comparison", "MAE comparison.", synthetic=synthetic)
-    report.save_table(pd.DataFrame({"k": ["1", "adaptive"], "mae_pooled": [5.1, 4.5]}), out,
-                      "k_ablation", "K ablation.", synthetic=synthetic)
+    save_table(table, out, "fgnet_mae_comparison", "MAE comparison.", synthetic=synthetic)
+    save_table(pd.DataFrame({"k": ["1", "adaptive"], "mae_pooled": [5.1, 4.5]}), out,
+               "k_ablation", "K ablation.", synthetic=synthetic)
     fig, ax = plt.subplots()
     ax.plot([0, 1], [0, 1])
-    save_figure(fig, out / "figures", "cs_curves")
-    save_figure(fig, out / "figures", "loss_shapes")  # e.g. a notebook-01 figure
+    save_figure(fig, out, "cs_curves")
+    save_figure(fig, out, "loss_illustration_distributions")  # a notebook-01 figure
+    fig.savefig(out / "figures" / "extra.png")  # a file no catalogue entry declares
     plt.close(fig)
     write_json(out / "manifest.json", {
         "git_commit": "abc", "wall_time_s": 12.5,
@@ -97,7 +98,7 @@ def _fake_results(out, *, synthetic: bool):
             {"notebook": "00_data_prep.ipynb", "status": "done", "wall_time_s": 2.0,
              "tables": [], "figures": []},
             {"notebook": "01_loss_illustration.ipynb", "status": "done", "wall_time_s": 3.0,
-             "tables": [], "figures": ["loss_shapes"]},
+             "tables": [], "figures": ["loss_illustration_distributions"]},
             {"notebook": "03_evaluation.ipynb", "status": "done", "wall_time_s": 4.0,
              "tables": ["fgnet_mae_comparison"], "figures": ["cs_curves"]},
         ]})
@@ -121,9 +122,14 @@ def test_report_marks_synthetic_data_and_paper_values(tmp_path):
     # paper order: FG-NET comparison before the CS figure before the K ablation
     assert text.index("### MAE comparison") < text.index("### CS(θ) curves") \
         < text.index("### MAE by K")
-    # a notebook-01 figure is placed in its section, and the figure is linked
-    assert "### loss shapes (figure)" in text and "](figures/loss_shapes.png)" in text
-    assert text.index("## The loss") < text.index("loss_shapes.png") < text.index("## Training")
+    # a notebook-01 figure is placed in its section under its catalogue title, and linked
+    assert "### Example distributions and top-K" in text
+    assert "](figures/loss_illustration_distributions.png)" in text
+    assert text.index("## The loss") < text.index("loss_illustration_distributions.png") \
+        < text.index("## Training")
+    # a file the catalogue does not declare is still shown, at the end
+    assert text.index("## Other artefacts") < text.index("](figures/extra.png)")
+    assert "## Runs of `ageest run`" not in text  # a command's section only when it wrote
     # missing artefacts are named, not silently skipped
     assert "*Not produced in this run* (`tables/clap_epsilon_comparison` is missing)" in text
     assert "| 01_loss_illustration.ipynb | done | 3.0 |" in text

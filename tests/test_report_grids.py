@@ -12,9 +12,10 @@ from tests.helpers import notebook_grids
 
 SETTINGS = dict(model="small_cnn", pretrained=False, optimizer="adamw", lr=1e-3,
                 milestones="6", epochs=2, batch_size=32, image_size=64, transforms="light",
-                normalize=False, grad_clip=0.0, lambda_mean=0.2, lambda_second=0.05,
-                seeds="0,1", device="cpu", workers=2, executor="local", synthetic_size=64,
-                val_fraction=0.15, split_seed=0)
+                normalize=False, grad_clip=0.0, lambda_mean=0.2, lambda_residue=0.05,
+                lambda_variance=0.05, seeds="0,1", device="cpu", workers=2, executor="local",
+                address="", synthetic_size=64, val_fraction=0.15, split_seed=0,
+                lr_schedule="multistep")
 
 
 def test_dataset_choice(tmp_path):
@@ -27,7 +28,7 @@ def test_dataset_choice(tmp_path):
 
 
 def test_training_settings_are_runner_grid_keys():
-    s = experiments.training_settings(**SETTINGS)
+    s = experiments.training_settings(SETTINGS)
     g = normalize_grid(s)  # raises on an unknown key
     assert g["milestones"] == [6] and g["seeds"] == [0, 1] and g["grad_clip"] is None
     assert s["loss_kwargs"]["amr"] == {"lambda_mean": 0.2, "lambda_residue": 0.05}
@@ -35,7 +36,7 @@ def test_training_settings_are_runner_grid_keys():
 
 
 def test_comparison_grids_official_and_clap_switches():
-    s = experiments.training_settings(**SETTINGS)
+    s = experiments.training_settings(SETTINGS)
     clap = experiments.clap_overrides(optimizer="sgd", epochs=3, grad_clip=5.0,
                                       transforms="clap", normalize=True)
     grids = experiments.comparison_grids(s, fgnet_dir="", clap_dir="", protocol="group-kfold",
@@ -73,7 +74,7 @@ def test_comparison_grids_official_and_clap_switches():
 def test_k_ablation_reuses_the_adaptive_runs_of_the_comparison(tmp_path):
     """The AMR runs of notebook 04's grid are exactly notebook 02's (same run folder, same
     parameter hash), so the runner skips them instead of retraining."""
-    s = experiments.training_settings(**SETTINGS)
+    s = experiments.training_settings(SETTINGS)
     comparison = experiments.comparison_grids(s, fgnet_dir="", clap_dir="",
                                               protocol="group-kfold", n_folds=5, folds="0",
                                               losses="amr,ce", official=False, clap_losses="")

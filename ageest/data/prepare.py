@@ -97,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         from ageest.artifacts import save_figure
         from ageest.data.synthetic import face_grid_figure
 
-        out = save_figure(face_grid_figure(seed=args.seed), args.figure, "synthetic_faces")
+        out = save_figure(face_grid_figure(seed=args.seed), args.figure, "synthetic_faces",
+                          folder=args.figure)
         print(f"wrote {out['png']} and {out['pdf']}")
     return status
