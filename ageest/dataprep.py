@@ -144,16 +144,11 @@ def split_summaries(datasets: Mapping[str, tuple[pd.DataFrame, list]]) -> pd.Dat
                       for label, (df, folds) in datasets.items()], ignore_index=True)
 
 
-def face_grid(df: pd.DataFrame, *, n_rows: int = 4, n_cols: int = 8, seed: int = 0,
-              title: str = "Faces across ages"):
-    """A grid of the dataset's own images: with subjects, each row is one subject (those with the
-    widest age span) at increasing ages; without, each row samples images at evenly spaced ages.
-
-    Returns a matplotlib Figure.
-    """
-    import matplotlib.pyplot as plt
-    from PIL import Image
-
+def face_grid_picks(df: pd.DataFrame, *, n_rows: int = 4, n_cols: int = 8, seed: int = 0
+                    ) -> list[list[tuple[str, int]]]:
+    """The images of :func:`ageest.plots.face_grid`, as rows of ``(path, age)``: with subjects,
+    one row per subject (those with the widest age span) at increasing ages; without, each row
+    samples images at evenly spaced ages."""
     rng = np.random.default_rng(seed)
     rows: list[list[tuple[str, int]]] = []
     if df["subject"].notna().any():
@@ -172,16 +167,4 @@ def face_grid(df: pd.DataFrame, *, n_rows: int = 4, n_cols: int = 8, seed: int =
                 pick = near.iloc[int(rng.integers(len(near)))]
                 row.append((pick["path"], int(pick["age"])))
             rows.append(row)
-    ncols = max(len(r) for r in rows)
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(1.15 * ncols, 1.25 * len(rows)),
-                             squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for i, row in enumerate(rows):
-        for j, (path, age) in enumerate(row):
-            with Image.open(path) as img:
-                axes[i, j].imshow(img.convert("RGB"))
-            axes[i, j].set_title(f"{age} y", fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return fig
+    return rows

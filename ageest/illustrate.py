@@ -1,6 +1,8 @@
 """The loss illustration of notebook 01: example predicted age distributions, how each loss
 responds to them, the gradient of each term with respect to the logits, how the adaptive top-K
-size moves as a distribution sharpens, and an ipywidgets explorer of all of it.
+size moves as a distribution sharpens, and the state of the interactive explorer: the numbers.
+The figures are drawn by :mod:`ageest.plots` (``distributions_figure`` ...), the explorer widget
+is :mod:`ageest.explorer`.
 
 Everything here works on hand-made logits, never on a trained model, so it runs in a second on a
 CPU and the figures are exact pictures of the loss definitions in :mod:`ageest.losses`.
@@ -26,17 +28,13 @@ Zhao, Qian, Hou, Zeng. Adaptive Mean-Residue Loss for Robust Facial Age Estimati
 
 from __future__ import annotations
 
-import html
-import io
 import math
 from collections.abc import Callable, Mapping, Sequence
 
-import ipywidgets as widgets
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
 
 from ageest import losses
 
@@ -513,167 +511,6 @@ def k_sweep(
     return pd.concat(frames, ignore_index=True)
 
 
-# ---------------------------------------------------------------------------------------------
-# static figures (matplotlib Figure objects, no pyplot state: safe headless and in threads)
-
-
-def _age_window(p: np.ndarray, true_age: int, start_age: int, floor: float = 1e-3,
-                margin: int = 3) -> tuple[float, float]:
-    """x-limits covering every age with probability above ``floor`` in any row of ``p`` (N, C)
-    and the true age."""
-    idx = np.flatnonzero((p > floor).any(axis=0))
-    lo = min(int(idx.min()) if idx.size else 0, true_age - start_age) - margin
-    hi = max(int(idx.max()) if idx.size else p.shape[1] - 1, true_age - start_age) + margin
-    lo, hi = max(lo, 0), min(hi, p.shape[1] - 1)
-    return start_age + lo - 0.5, start_age + hi + 0.5
-
-
-def _draw_distribution(ax, p: np.ndarray, mask: np.ndarray, true_age: int, start_age: int,
-                       expected: float, legend: bool = True) -> None:
-    """Bars of p (C,) coloured by top-K membership, the true age and the expected age."""
-    a = np.arange(p.shape[0]) + start_age
-    ax.bar(a[mask], p[mask], width=0.9, color=TOPK_COLOR, label="top-K")
-    ax.bar(a[~mask], p[~mask], width=0.9, color=RESIDUE_COLOR, label="residue (outside top-K)")
-    ax.axvline(true_age, color="black", lw=1.5, label=f"true age {true_age}")
-    ax.axvline(expected, color="tab:red", lw=1.5, ls="--", label=f"expected age {expected:.1f}")
-    ax.set_ylabel("p(age)")
-    if legend:
-        ax.legend(fontsize=7, loc="upper right")
-
-
-def distributions_figure(
-    examples: Mapping[str, torch.Tensor],
-    true_age: int,
-    *,
-    start_age: int = 0,
-    k: int | None = None,
-    eps: float = 1e-3,
-) -> Figure:
-    """One panel per example: the predicted distribution with the top-K set shaded, the
-    residue probabilities, the true and expected age, and K, p(y), L_m and L_r in the corner."""
-    names, logits = _stack(examples)
-    t = terms_table(examples, true_age, start_age=start_age, k=k, eps=eps)
-    p = torch.softmax(logits, dim=1).numpy()
-    ncols = 2 if len(names) > 1 else 1
-    nrows = math.ceil(len(names) / ncols)
-    fig = Figure(figsize=(5.2 * ncols, 3.0 * nrows), layout="constrained")
-    axes = fig.subplots(nrows, ncols, sharex=True, squeeze=False).ravel()
-    xlim = _age_window(p, true_age, start_age)
-    for i, name in enumerate(names):
-        ax, row = axes[i], t.iloc[i]
-        mask = topk_mask(logits[i], true_age, start_age=start_age, k=k).numpy()
-        _draw_distribution(ax, p[i], mask, true_age, start_age, row.expected_age, legend=i == 0)
-        ax.set_title(name)
-        ax.text(0.02, 0.97,
-                f"K = {row.k}   p(y) = {row.p_true:.3f}\n$L_m$ = {row['mean']:.2f}   "
-                f"$L_r$ = {row.residue:.3f}\nresidue mass {row.residue_mass:.2f}",
-                transform=ax.transAxes, va="top", fontsize=8,
-                bbox={"boxstyle": "round", "fc": "white", "alpha": 0.8})
-        ax.set_xlim(*xlim)
-    for ax in axes[len(names):]:
-        ax.set_visible(False)
-    for ax in axes[-ncols:]:
-        ax.set_xlabel("age (years)")
-    kind = "adaptive top-K ($p_j \\geq p_y$)" if k is None else f"fixed top-K, K = {k}"
-    fig.suptitle(f"Example predictions for true age {true_age}: {kind}")
-    return fig
-
-
-def loss_response_figure(table: pd.DataFrame) -> Figure:
-    """Left: each loss's value on each example (grouped bars). Right: the AMR loss split into its
-    weighted terms (stacked), which shows which term reacts to which failure."""
-    fig = Figure(figsize=(11, 3.8), layout="constrained")
-    ax_tot, ax_amr = fig.subplots(1, 2, width_ratios=[3, 2])
-    examples = list(dict.fromkeys(table.example))
-    loss_names = list(dict.fromkeys(table.loss))
-    x = np.arange(len(examples))
-    width = 0.8 / len(loss_names)
-    pivot = table.pivot(index="example", columns="loss", values="total").loc[examples]
-    for i, name in enumerate(loss_names):
-        ax_tot.bar(x + (i - (len(loss_names) - 1) / 2) * width, pivot[name].to_numpy(), width,
-                   label=name)
-    ax_tot.set_xticks(x, examples, fontsize=8)
-    ax_tot.set_ylabel("loss value")
-    ax_tot.set_title("Same distributions, five losses")
-    ax_tot.legend(fontsize=7)
-    amr = table[table.loss == "AMR"].set_index("example").loc[examples]
-    parts = [("ce", "$L_s$", "tab:gray"), ("weighted_mean", r"$\lambda_1 L_m$", "tab:red"),
-             ("weighted_residue", r"$\lambda_2 L_r$", RESIDUE_COLOR)]
-    bottom = np.zeros(len(examples))
-    for col, label, color in parts:
-        vals = amr[col].to_numpy()
-        ax_amr.bar(x, vals, 0.6, bottom=bottom, label=label, color=color)
-        bottom += vals
-    ax_amr.set_xticks(x, examples, fontsize=8)
-    ax_amr.set_title("AMR = $L_s + \\lambda_1 L_m + \\lambda_2 L_r$")
-    ax_amr.legend(fontsize=7)
-    return fig
-
-
-def gradients_figure(
-    examples: Mapping[str, torch.Tensor],
-    true_age: int,
-    *,
-    start_age: int = 0,
-    k: int | None = None,
-    eps: float = 1e-3,
-    sigma: float = 2.0,
-    terms: Sequence[str] = ("ce", "mean", "variance", "residue"),
-) -> Figure:
-    """Rows: examples; columns: loss terms; each panel the gradient of the (unweighted) term with
-    respect to every logit. Negative bars are logits gradient descent raises."""
-    names, logits = _stack(examples)
-    unknown = [t for t in terms if t not in TERMS]
-    if unknown:
-        raise ValueError(f"unknown terms {unknown}; choose from {TERMS}")
-    p = torch.softmax(logits, dim=1).numpy()
-    xlim = _age_window(p, true_age, start_age)
-    a = np.arange(logits.shape[1]) + start_age
-    fig = Figure(figsize=(3.1 * len(terms), 1.9 * len(names) + 0.6), layout="constrained")
-    axes = fig.subplots(len(names), len(terms), sharex=True, squeeze=False)
-    for i, name in enumerate(names):
-        grads = term_gradients(logits[i], true_age, start_age=start_age, k=k, eps=eps,
-                               sigma=sigma)
-        mask = topk_mask(logits[i], true_age, start_age=start_age, k=k).numpy()
-        for j, term in enumerate(terms):
-            ax = axes[i, j]
-            g = grads[term]
-            colors = np.where(mask, TOPK_COLOR, RESIDUE_COLOR)
-            ax.bar(a, g, width=0.9, color=colors)
-            ax.axhline(0, color="black", lw=0.5)
-            ax.axvline(true_age, color="black", lw=1)
-            ax.set_xlim(*xlim)
-            ax.tick_params(labelsize=7)
-            if i == 0:
-                ax.set_title(TERM_LABELS[term], fontsize=9)
-            if j == 0:
-                ax.set_ylabel(f"{name}\n∂L/∂z", fontsize=8)
-            if i == len(names) - 1:
-                ax.set_xlabel("age (years)", fontsize=8)
-    fig.suptitle("Gradient of each term w.r.t. the logits (blue: top-K, orange: residue)")
-    return fig
-
-
-def k_sweep_figure(table: pd.DataFrame) -> Figure:
-    """K, the residue loss and p(y) against sharpness, one line per shape (from
-    :func:`k_sweep`)."""
-    fig = Figure(figsize=(11, 3.4), layout="constrained")
-    axes = fig.subplots(1, 3)
-    for shape, grp in table.groupby("shape", sort=False):
-        axes[0].plot(grp.sharpness, grp.k, marker="o", ms=3, label=shape)
-        axes[1].plot(grp.sharpness, grp.residue, marker="o", ms=3, label=shape)
-        axes[2].plot(grp.sharpness, grp.p_true, marker="o", ms=3, label=shape)
-    for ax, title in zip(axes, ("adaptive K", "residue loss $L_r$", "p(true age)"), strict=True):
-        ax.set_xscale("log")
-        ax.set_xlabel("sharpness (σ = base σ / sharpness)")
-        ax.set_title(title)
-    axes[0].set_ylim(bottom=0)
-    axes[0].legend(fontsize=8)
-    axes[1].set_ylim(bottom=0)
-    fig.suptitle("How the adaptive top-K set and the residue move as a prediction sharpens")
-    return fig
-
-
 def summary_metrics(terms: pd.DataFrame, response: pd.DataFrame, gradients: pd.DataFrame,
                     sweep: pd.DataFrame) -> dict[str, object]:
     """The notebook's numbers for ``metrics/01_loss_illustration.json``: per example the terms,
@@ -698,7 +535,7 @@ def summary_metrics(terms: pd.DataFrame, response: pd.DataFrame, gradients: pd.D
 
 
 # ---------------------------------------------------------------------------------------------
-# the interactive explorer
+# the explorer's numbers (its widget: ageest.explorer; its figure: ageest.plots)
 
 
 def explorer_state(
@@ -753,203 +590,3 @@ def explorer_state(
         "losses": dict(zip(response.loss, response.total.astype(float), strict=True)),
         "gradients": grads,
     }
-
-
-def explorer_figure(state: Mapping[str, object]) -> Figure:
-    """The explorer's picture: the distribution with top-K shaded (top), the gradient of each
-    weighted term and of the total with respect to the logits (middle), and the unweighted
-    residue gradient alone (bottom; it is small once multiplied by λ2)."""
-    fig = Figure(figsize=(9, 6.2), layout="constrained")
-    ax_p, ax_g, ax_r = fig.subplots(3, 1, sharex=True, height_ratios=[2, 1.5, 1.1])
-    probs, mask, ages = state["probs"], state["in_topk"], state["ages"]
-    start_age = int(ages[0])
-    _draw_distribution(ax_p, probs, mask, state["true_age"], start_age, state["expected_age"])
-    kind = "adaptive" if state["k_mode"] == "adaptive" else "fixed"
-    ax_p.set_title(f"{state['shape']}, sharpness {state['sharpness']:.2f}: "
-                   f"{kind} K = {state['k']}, p(y) = {state['p_true']:.3f}")
-    g = state["gradients"]
-    lam1, lam2 = state["lambda_mean"], state["lambda_residue"]
-    ax_g.plot(ages, g["ce"], color="tab:gray", lw=1.2, label="$L_s$")
-    ax_g.plot(ages, lam1 * g["mean"], color="tab:red", lw=1.2, label=r"$\lambda_1 L_m$")
-    ax_g.plot(ages, lam2 * g["residue"], color=RESIDUE_COLOR, lw=1.2, label=r"$\lambda_2 L_r$")
-    ax_g.plot(ages, g["total"], color="black", lw=1.8, label="total")
-    ax_g.axhline(0, color="black", lw=0.5)
-    ax_g.axvline(state["true_age"], color="black", lw=1)
-    ax_g.set_ylabel("∂L/∂logit")
-    ax_g.legend(fontsize=7, ncols=4, loc="lower right")
-    ax_r.bar(ages, g["residue"], width=0.9, color=np.where(mask, TOPK_COLOR, RESIDUE_COLOR))
-    ax_r.axhline(0, color="black", lw=0.5)
-    ax_r.axvline(state["true_age"], color="black", lw=1)
-    ax_r.set_ylabel("∂$L_r$/∂logit", fontsize=8)
-    ax_r.set_xlabel("age (years)")
-    xlim = _age_window(probs[None, :], state["true_age"], start_age, floor=1e-4, margin=4)
-    ax_p.set_xlim(*xlim)
-    return fig
-
-
-def explorer_html(state: Mapping[str, object]) -> str:
-    """The explorer's numbers as an HTML table: each AMR term (unweighted, weight, weighted), the
-    total, and the value of each compared loss on the same distribution."""
-    t, w = state["terms"], state["weighted"]
-    name = "AMR (adaptive K)" if state["k_mode"] == "adaptive" else f"mean-residue (K={state['k']})"
-    rows = [
-        ("cross-entropy L<sub>s</sub>", t["ce"], "1", w["ce"]),
-        ("mean L<sub>m</sub>", t["mean"], f"λ1 = {state['lambda_mean']:.2f}", w["mean"]),
-        ("residue L<sub>r</sub>", t["residue"], f"λ2 = {state['lambda_residue']:.2f}", w["residue"]),
-    ]
-    cell = 'style="padding:1px 8px;text-align:right"'
-    body = "".join(
-        f"<tr><td>{label}</td><td {cell}>{v:.4f}</td><td {cell}>{lam}</td>"
-        f"<td {cell}>{wv:.4f}</td></tr>"
-        for label, v, lam, wv in rows
-    )
-    body += (f"<tr><td><b>{html.escape(name)} total</b></td><td></td><td></td>"
-             f"<td {cell}><b>{state['total']:.4f}</b></td></tr>")
-    others = "".join(
-        f"<tr><td>{html.escape(label)}</td><td {cell}>{v:.4f}</td></tr>"
-        for label, v in state["losses"].items()
-    )
-    return (
-        f"<div><b>true age {state['true_age']}</b>, expected age {state['expected_age']:.2f}, "
-        f"K = {state['k']} ({state['k_mode']}), p(y) = {state['p_true']:.4f}, residue mass "
-        f"{state['residue_mass']:.3f}, variance L<sub>v</sub> = {t['variance']:.3f}</div>"
-        "<table><tr><th>term</th><th>value</th><th>weight</th><th>weighted</th></tr>"
-        f"{body}</table>"
-        "<div style='margin-top:4px'><b>Same distribution, each loss</b></div>"
-        f"<table>{others}</table>"
-    )
-
-
-class LossExplorer(widgets.VBox):
-    """The interactive loss explorer: controls on the left, numbers on the right, the figure
-    below; every control change recomputes :func:`explorer_state` and redraws.
-
-    Attributes
-    ----------
-    controls : dict[str, ipywidgets.Widget]
-        ``true_age``, ``sharpness``, ``shape``, ``noise``, ``k_mode``, ``k``, ``lambda_mean``,
-        ``lambda_residue``. Setting ``.value`` on any of them updates the explorer (also without a
-        browser).
-    values : dict
-        The last :func:`explorer_state`.
-    summary : ipywidgets.HTML
-        The numbers (CSS class ``ageest-loss-values``).
-    image : ipywidgets.Image
-        The PNG figure (CSS class ``ageest-explorer-figure``).
-    """
-
-    def __init__(
-        self,
-        *,
-        true_age: int = 30,
-        sharpness: float = 1.0,
-        shape: str = "bimodal",
-        k: int | None = None,
-        lambda_mean: float = 0.2,
-        lambda_residue: float = 0.05,
-        lambda_variance: float = 0.05,
-        num_classes: int = 70,
-        start_age: int = 0,
-        base_sigma: float = 4.0,
-        noise: float = 0.0,
-        seed: int = 0,
-        eps: float = 1e-3,
-        sigma: float = 2.0,
-        fixed_k: int = 4,
-        dpi: int = 80,
-    ) -> None:
-        _check_age(true_age, num_classes, start_age)
-        if shape not in SHAPES:
-            raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
-        self._fixed = {"num_classes": num_classes, "start_age": start_age,
-                       "base_sigma": base_sigma, "seed": seed, "eps": eps, "sigma": sigma,
-                       "fixed_k": fixed_k, "lambda_variance": lambda_variance}
-        self._dpi = dpi
-        style = {"description_width": "100px"}
-        layout = widgets.Layout(width="360px")
-        end_age = start_age + num_classes - 1
-        self.controls: dict[str, widgets.Widget] = {
-            "true_age": widgets.IntSlider(
-                value=true_age, min=start_age, max=end_age, description="true age",
-                continuous_update=False, style=style, layout=layout),
-            "sharpness": widgets.FloatLogSlider(
-                value=sharpness, base=10, min=-0.7, max=1.2, step=0.05, description="sharpness",
-                readout_format=".2f", continuous_update=False, style=style, layout=layout),
-            "shape": widgets.Dropdown(options=list(SHAPES), value=shape, description="shape",
-                                      style=style, layout=layout),
-            "noise": widgets.FloatSlider(value=noise, min=0.0, max=1.5, step=0.05,
-                                         description="logit noise", continuous_update=False,
-                                         style=style, layout=layout),
-            "k_mode": widgets.ToggleButtons(options=["adaptive", "fixed"],
-                                            value="adaptive" if k is None else "fixed",
-                                            description="top-K", layout=layout,
-                                            style={**style, "button_width": "110px"}),
-            "k": widgets.IntSlider(value=fixed_k if k is None else k, min=1,
-                                   max=min(num_classes, 30), description="fixed K",
-                                   continuous_update=False, style=style, layout=layout,
-                                   disabled=k is None),
-            "lambda_mean": widgets.FloatSlider(value=lambda_mean, min=0.0, max=1.0, step=0.01,
-                                           description="λ1 (mean)", continuous_update=False,
-                                           style=style, layout=layout),
-            "lambda_residue": widgets.FloatSlider(value=lambda_residue, min=0.0, max=1.0, step=0.01,
-                                           description="λ2 (residue)", continuous_update=False,
-                                           style=style, layout=layout),
-        }
-        for name, control in self.controls.items():
-            control.add_class(f"ageest-{name.replace('_', '-')}")
-        self.summary = widgets.HTML(layout=widgets.Layout(flex="1 1 360px", min_width="360px"))
-        self.summary.add_class("ageest-loss-values")
-        self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="900px"))
-        self.image.add_class("ageest-explorer-figure")
-        self.values: dict[str, object] = {}
-        super().__init__([
-            widgets.HTML("<b>Loss explorer</b>: move a control; the numbers and the figure "
-                         "follow."),
-            # controls keep their width; the numbers wrap below them in a narrow window
-            widgets.HBox(
-                [widgets.VBox(list(self.controls.values()),
-                              layout=widgets.Layout(flex="0 0 auto", width="380px")),
-                 self.summary],
-                layout=widgets.Layout(flex_flow="row wrap", align_items="flex-start")),
-            self.image,
-        ])
-        self.add_class("ageest-explorer")
-        for control in self.controls.values():
-            control.observe(self.update, names="value")
-        self.update()
-
-    def update(self, change: Mapping | None = None) -> None:
-        """Recompute and redraw from the controls' current values."""
-        c = self.controls
-        adaptive = c["k_mode"].value == "adaptive"
-        c["k"].disabled = adaptive
-        state = explorer_state(
-            int(c["true_age"].value), float(c["sharpness"].value), c["shape"].value,
-            k=None if adaptive else int(c["k"].value), lambda_mean=float(c["lambda_mean"].value),
-            lambda_residue=float(c["lambda_residue"].value), noise=float(c["noise"].value), **self._fixed,
-        )
-        self.values = state
-        self.summary.value = explorer_html(state)
-        fig = explorer_figure(state)
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=self._dpi)
-        self.image.value = buf.getvalue()
-
-
-def loss_explorer(**kwargs) -> LossExplorer:
-    """Build the interactive loss explorer of notebook 01 (display it as a cell's last value).
-
-    Keyword arguments are those of :class:`LossExplorer`: the initial ``true_age``,
-    ``sharpness``, ``shape``, ``k`` (None = adaptive), ``lambda_mean``, ``lambda_residue``, ``noise`` and the
-    fixed ``num_classes``, ``start_age``, ``base_sigma``, ``seed``, ``eps``, ``sigma``,
-    ``fixed_k``.
-
-    Examples
-    --------
-    >>> ex = loss_explorer(true_age=30)
-    >>> before = ex.values["total"]
-    >>> ex.controls["true_age"].value = 40
-    >>> ex.values["total"] != before
-    True
-    """
-    return LossExplorer(**kwargs)

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from sklearn.model_selection import GroupShuffleSplit
 
-from ageest import paths
+from ageest import paths, plots
 from ageest.data import (
     DATASETS,
     AgeDataset,
@@ -117,7 +117,7 @@ def test_appearance_and_identity():
 def test_face_grid_figure():
     import matplotlib.pyplot as plt
 
-    fig = synthetic.face_grid_figure(ages=(1, 30, 60), n_subjects=2, size=32)
+    fig = plots.synthetic_faces(ages=(1, 30, 60), n_subjects=2, size=32)
     assert len(fig.axes) == 6
     plt.close(fig)
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from ageest import artifacts, illustrate, losses, paths
+from ageest import artifacts, explorer, illustrate, losses, paths, plots
 
 TRUE_AGE = 30
 
@@ -189,11 +189,11 @@ def test_k_sweep_shows_k_falling_as_a_noisy_prediction_sharpens():
 def test_figures_build_and_save(tmp_path, examples, response):
     sweep = illustrate.k_sweep(TRUE_AGE, illustrate.sharpness_grid(5), noise=0.3)
     figures = {
-        "distributions": illustrate.distributions_figure(examples, TRUE_AGE),
-        "distributions_fixed": illustrate.distributions_figure(examples, TRUE_AGE, k=4),
-        "response": illustrate.loss_response_figure(response),
-        "gradients": illustrate.gradients_figure(examples, TRUE_AGE),
-        "k_sweep": illustrate.k_sweep_figure(sweep),
+        "distributions": plots.distributions_figure(examples, TRUE_AGE),
+        "distributions_fixed": plots.distributions_figure(examples, TRUE_AGE, k=4),
+        "response": plots.loss_response_figure(response),
+        "gradients": plots.gradients_figure(examples, TRUE_AGE),
+        "k_sweep": plots.k_sweep_figure(sweep),
     }
     n_axes = {"distributions": 4, "distributions_fixed": 4, "response": 2, "gradients": 16,
               "k_sweep": 3}
@@ -221,7 +221,7 @@ def test_summary_metrics_are_finite_json(examples, response):
 
 
 def test_explorer_updates_when_a_control_moves():
-    ex = illustrate.loss_explorer(true_age=30, shape="bimodal", noise=0.3)
+    ex = explorer.loss_explorer(true_age=30, shape="bimodal", noise=0.3)
     first = dict(ex.values)
     html_before, png_before = ex.summary.value, ex.image.value
     assert png_before[:8] == b"\x89PNG\r\n\x1a\n"
@@ -242,7 +242,7 @@ def test_explorer_updates_when_a_control_moves():
 
 
 def test_explorer_fixed_k_and_shape_controls():
-    ex = illustrate.loss_explorer(true_age=30, shape="unimodal")
+    ex = explorer.loss_explorer(true_age=30, shape="unimodal")
     assert ex.controls["k"].disabled and ex.values["k_mode"] == "adaptive"
     ex.controls["k_mode"].value = "fixed"
     ex.controls["k"].value = 7
@@ -258,7 +258,7 @@ def test_explorer_fixed_k_and_shape_controls():
     ex.controls["sharpness"].value = 3.0
     assert ex.values["p_true"] != pytest.approx(sharp_before)
     with pytest.raises(ValueError, match="shape must be one of"):
-        illustrate.loss_explorer(shape="flat")
+        explorer.loss_explorer(shape="flat")
 
 
 # --- the notebook and its parameter files -------------------------------------------------------

@@ -95,9 +95,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"  fold {fold.fold_id}: {fold.sizes()}")
     if args.figure is not None:
         from ageest.artifacts import save_figure
-        from ageest.data.synthetic import face_grid_figure
+        from ageest.plots import synthetic_faces
 
-        out = save_figure(face_grid_figure(seed=args.seed), args.figure, "synthetic_faces",
+        out = save_figure(synthetic_faces(seed=args.seed), args.figure, "synthetic_faces",
                           folder=args.figure)
         print(f"wrote {out['png']} and {out['pdf']}")
     return status

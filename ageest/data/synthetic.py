@@ -582,46 +582,19 @@ def write_clap_like(
 # figure
 
 
-def face_grid_figure(ages=(1, 5, 10, 15, 20, 30, 40, 50, 60, 69), n_subjects: int = 4,
-                     seed: int = 0, size: int = 96):
-    """A grid of synthetic faces: rows are subjects, columns are ages.
-
-    Parameters
-    ----------
-    ages : sequence of int
-        Calendar ages (columns).
-    n_subjects : int
-        Number of identities (rows); each row's title gives its ageing rate.
-    seed : int
-        Identity and nuisance seed.
-    size : int
-        Pixel side of each face.
-
-    Returns
-    -------
-    matplotlib.figure.Figure
-    """
-    import matplotlib.pyplot as plt
-
-    ages = list(ages)
-    fig, axes = plt.subplots(n_subjects, len(ages), squeeze=False,
-                             figsize=(1.1 * len(ages), 1.2 * n_subjects))
+def face_samples(ages, n_subjects: int = 4, seed: int = 0, size: int = 96
+                 ) -> tuple[list[list[np.ndarray]], list[float]]:
+    """Faces of ``n_subjects`` identities at each calendar age: ``(faces, rates)`` with
+    ``faces[i][j]`` the (size, size, 3) uint8 image of subject ``i`` at ``ages[j]`` and
+    ``rates[i]`` its ageing rate (:func:`ageest.plots.synthetic_faces` draws them)."""
+    faces, rates = [], []
     for i in range(n_subjects):
         ident = Identity.sample(_rng(seed, 20, i))
-        for j, age in enumerate(ages):
-            img = render_face(ident, appearance_age(age, ident.rate), _rng(seed, 21, i, j), size)
-            ax = axes[i, j]
-            ax.imshow(img)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(f"{age} y", fontsize=8)
-            if j == 0:
-                ax.set_ylabel(f"rate {ident.rate:.2f}", fontsize=7)
-    fig.suptitle("Synthetic faces across ages (rows: subjects)", fontsize=9)
-    fig.tight_layout()
-    return fig
+        faces.append([render_face(ident, appearance_age(age, ident.rate), _rng(seed, 21, i, j),
+                                  size) for j, age in enumerate(ages)])
+        rates.append(float(ident.rate))
+    return faces, rates
 
 
-__all__ = ["GENERATOR_VERSION", "MARKER", "Identity", "read_marker", "appearance_age", "face_grid_figure", "fgnet_like_table",
+__all__ = ["GENERATOR_VERSION", "MARKER", "Identity", "read_marker", "appearance_age", "face_samples", "fgnet_like_table",
            "rate_apparent_age", "render_face", "write_clap_like", "write_fgnet_like"]

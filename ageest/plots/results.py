@@ -1,4 +1,4 @@
-"""Figures of the pipeline, each drawn from a table (never from a model), returning a matplotlib
+"""Figures of the results, each drawn from a table (never from a model), returning a matplotlib
 ``Figure`` for :func:`ageest.artifacts.save_figure`.
 
 Every function takes the long-format tables of :mod:`ageest.evaluation` or the dataset tables of
