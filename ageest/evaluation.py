@@ -15,6 +15,7 @@ the test set) keep that label in every table as ``official (test-selected epoch)
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -121,6 +122,18 @@ def _clusters(group: pd.DataFrame) -> pd.Series:
     """Subject labels for the cluster bootstrap; each image is its own cluster when unknown."""
     subject = group["subject"].astype("string")
     return subject.fillna("image:" + group["image_id"].astype(str))
+
+
+def _epsilon_with_ci(pred: np.ndarray, mean: np.ndarray, std: np.ndarray, clusters, *,
+                     n_boot: int, ci: float, seed: int) -> tuple[dict, dict]:
+    """The ε-error summary (σ = 0 at the formula's limit; images without a σ left out and
+    counted) and its cluster-bootstrap CI: ε is the mean of per-image terms e_i >= 0, so the
+    bootstrap of mean |e_i - 0| over the same clusters is its confidence interval."""
+    e = metrics.epsilon_per_image(pred, mean, std)  # (N,)
+    known = np.isfinite(e)
+    boot = metrics.bootstrap_mae_ci(e[known], np.zeros(int(known.sum())),
+                                    np.asarray(clusters)[known], n_boot=n_boot, ci=ci, seed=seed)
+    return metrics.epsilon_summary(pred, mean, std), boot
 
 
 def _methods(preds: pd.DataFrame) -> list[tuple]:
@@ -236,12 +249,8 @@ def epsilon_comparison(preds: pd.DataFrame, *, readout: str = "expectation", n_b
         # ε is the mean of per-image terms e_i >= 0 (σ = 0 at the formula's limit), so the
         # bootstrap of mean |e_i - 0| over the same clusters is its confidence interval; images
         # without a σ are left out and counted
-        e = metrics.epsilon_per_image(pred, mean, std)  # (N,)
-        known = np.isfinite(e)
-        summary = metrics.epsilon_summary(pred, mean, std)
-        e_boot = metrics.bootstrap_mae_ci(e[known], np.zeros(int(known.sum())),
-                                          np.asarray(clusters)[known], n_boot=n_boot, ci=ci,
-                                          seed=seed)
+        summary, e_boot = _epsilon_with_ci(pred, mean, std, clusters, n_boot=n_boot, ci=ci,
+                                           seed=seed)
         official = metrics.epsilon_summary(pred, mean, std, official_rounding=True)
         rows.append({
             "method": method_label(loss, k, selection), "protocol": protocol_label(selection),
@@ -577,3 +586,48 @@ def adaptive_k_history(history: pd.DataFrame, *, column: str = "train_k_mean") -
     table = part.groupby(["loss", "k", "epoch"])[column].agg(
         k_mean="mean", k_min="min", k_max="max", n_runs="size").reset_index()
     return table
+
+
+#: the keys of :func:`aggregate`'s rows
+AGGREGATE_KEYS = ("dataset", "protocol", "loss", "k", "selection")
+
+
+def aggregate(preds: pd.DataFrame, *, n_boot: int = 1000, ci: float = 0.95, seed: int = 0,
+              thetas: Sequence[int] = (1, 3, 5, 10)) -> pd.DataFrame:
+    """The table of ``ageest run``: one row per (dataset, protocol, loss, k, selection) over all
+    finished folds and seeds, from the expected age.
+
+    Columns: the keys, ``test_selected``, ``seeds``, ``n_runs``, ``n_folds``, ``n_images``,
+    ``n_subjects``; ``mae_pooled`` (over images) and ``mae_subject_mean`` (mean of per-subject
+    MAEs) each with a subject-level bootstrap CI (``_low``/``_high``; images without a subject
+    are their own cluster); ``mae_seed_sd``; ``cs<θ>`` (fraction); ``epsilon`` with its CI and
+    the σ counts when any image has an apparent-age std (NaN otherwise).
+    """
+    rows = []
+    for key, grp in preds.groupby(list(AGGREGATE_KEYS), sort=True, dropna=False):
+        pred = grp["expected_age"].to_numpy(dtype=np.float64)
+        true = grp["age_mean"].to_numpy(dtype=np.float64)
+        subj = _clusters(grp).to_numpy(dtype=object)
+        lopo = metrics.aggregate_lopo(pred=pred, true=true, subject=subj)
+        row: dict[str, Any] = dict(zip(AGGREGATE_KEYS, key, strict=True))
+        row.update(test_selected=bool(grp["test_selected"].any()),
+                   seeds=",".join(str(s) for s in sorted(grp["seed"].unique())),
+                   n_runs=int(grp["run"].nunique()), n_folds=int(grp["fold"].nunique()),
+                   n_images=lopo["n_images"], n_subjects=lopo["n_subjects"])
+        for stat, name in (("pooled", "mae_pooled"), ("subject_mean", "mae_subject_mean")):
+            b = metrics.bootstrap_mae_ci(pred, true, subj, n_boot=n_boot, ci=ci,
+                                         statistic=stat, seed=seed)
+            row[name], row[f"{name}_low"], row[f"{name}_high"] = lopo[name], b["low"], b["high"]
+        row["mae_seed_sd"] = _seed_sd(grp, pred, true)
+        for t, v in metrics.cumulative_score(pred, true, thetas=thetas).items():
+            row[f"cs{int(t)}"] = float(v)
+        std = pd.to_numeric(grp["std"], errors="coerce").to_numpy(dtype=np.float64)
+        row["epsilon"] = row["epsilon_low"] = row["epsilon_high"] = float("nan")
+        row["n_sigma_zero"] = row["n_sigma_missing"] = 0
+        if np.isfinite(std).any():
+            summary, b = _epsilon_with_ci(pred, true, std, subj, n_boot=n_boot, ci=ci, seed=seed)
+            row.update(epsilon=summary["epsilon"], epsilon_low=b["low"], epsilon_high=b["high"],
+                       n_sigma_zero=summary["n_sigma_zero"],
+                       n_sigma_missing=summary["n_sigma_missing"])
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,4 +1,6 @@
-"""Grids of training runs: expansion, run directories, resume, parallel execution, aggregation.
+"""Grids of training runs: the grid schema, expansion into runs, resume, parallel execution and
+the ``ageest run`` command (one run into one folder is :mod:`ageest.run`; the aggregate table's
+statistics are :func:`ageest.evaluation.aggregate`).
 
 ``ageest run`` (and :func:`run_grid` from notebooks) expands a grid
 
@@ -46,6 +48,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +56,9 @@ import numpy as np
 import pandas as pd
 
 from ageest import __version__, store
-from ageest.data.dataset import TRANSFORMS
 from ageest.data.integrity import ON_BAD_CHOICES
 from ageest.data.loaders import LABEL_ROUNDINGS
+from ageest.data.splits import PROTOCOLS
 from ageest.parameters import as_list
 from ageest.run import (  # noqa: F401  (re-exported: a run's identity, used with grids)
     KEEP_CHECKPOINTS,
@@ -73,64 +76,111 @@ from ageest.run import (  # noqa: F401  (re-exported: a run's identity, used wit
     train_run,
 )
 from ageest.train import (
-    DTYPES,
-    LR_SCHEDULES,
     OFFICIAL_SELECTION,
-    OPTIMIZERS,
-    SELECT_METRICS,
     SELECTIONS,
     TrainConfig,
 )
 
 # ---------------------------------------------------------------------------------------------
-# the grid: keys, defaults, validation
+# the grid: one schema (keys, defaults, types, ranges, help), its validation and its CLI flags
 
+
+@dataclass(frozen=True)
+class GridKey:
+    """One key of a grid (and one ``ageest run`` flag, ``n_folds`` -> ``--n-folds``)."""
+
+    name: str
+    default: Any
+    kind: str  # "int", "float", "bool", "str", "list" or "dict"
+    help: str
+    choices: tuple | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    item: str = "str"  # kind of a list's items
+
+
+def _k(name, default, kind, help, **kw) -> GridKey:
+    return GridKey(name, default, kind, help, **kw)
+
+
+def _train_keys() -> list[GridKey]:
+    """The training keys: every :class:`~ageest.train.TrainConfig` field a grid sets (not the
+    per-run ``loss``/``seed``/``selection``, nor ``augment``), with the field's default, type and
+    metadata."""
+    out = []
+    for f in dataclasses.fields(TrainConfig):
+        if not f.metadata.get("grid", True):
+            continue
+        type_text = str(f.type).replace(" | None", "")
+        kind, _, item = type_text.partition("[")
+        kind = {"dict": "dict", "list": "list"}.get(kind, kind)
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING \
+            else f.default
+        out.append(GridKey(f.name, default, kind, f.metadata["help"],
+                           choices=f.metadata.get("choices"), minimum=f.metadata.get("min"),
+                           maximum=f.metadata.get("max"), item=item.rstrip("]") or "str"))
+    return out
+
+
+SCHEMA: dict[str, GridKey] = {key.name: key for key in [
+    # axes: lists, one run per combination
+    _k("dataset", ["synthetic-fgnet"], "list", "dataset name(s): a registry name of "
+       "ageest.data (fgnet, clap2016, utkface, csv, benchmark-json, synthetic-fgnet ...)"),
+    _k("protocol", [], "list", "lopo, group-kfold, official (empty: each dataset's default)",
+       choices=PROTOCOLS),
+    _k("losses", ["amr"], "list", "loss names of ageest.losses"),
+    _k("k", [], "list", "fixed top-K values of mean_residue; 'adaptive' adds amr"),
+    _k("seeds", [0], "list", "training seeds", item="int"),
+    _k("selection", ["val_best"], "list", "val_best, last, test_best_epoch_official",
+       choices=SELECTIONS),
+    # folds
+    _k("folds", None, "list", "fold positions in make_folds order, e.g. 0,3 (empty: all)",
+       item="int", minimum=0),
+    _k("n_folds", 5, "int", "folds of group-kfold", minimum=2),
+    _k("val_fraction", 0.15, "float", "share of training subjects held out for validation",
+       minimum=0.0, maximum=1.0),
+    _k("split_seed", 0, "int", "seed of the validation carve", minimum=0),
+    # data
+    _k("data_dir", None, "str", "dataset folder (fgnet, clap2016, utkface)"),
+    _k("csv", None, "str", "label CSV (dataset csv)"),
+    _k("json", None, "str", "database JSON (dataset benchmark-json)"),
+    _k("image_root", None, "str", "image folder (csv, benchmark-json)"),
+    _k("synthetic_size", 64, "int", "image side of generated synthetic data", minimum=8),
+    _k("ignore_list", None, "str", "CLAP2016: file of names to drop (default: "
+       "DATA_DIR/ignore_list.txt when present)"),
+    _k("ignore_splits", ["train"], "list", "CLAP2016: splits the ignore list filters (the "
+       "official code: train,valid,test)"),
+    _k("min_pixels", None, "int", "CLAP2016: drop images with fewer pixels (official: 1024)",
+       minimum=0),
+    _k("label_rounding", "half_up", "str", "CLAP2016: apparent mean -> label (official: "
+       "half_even, np.around)", choices=LABEL_ROUNDINGS),
+    _k("age_range", None, "list", "csv/benchmark-json: declared label range LO,HI (csv "
+       "default 0,100)", item="int", minimum=0),
+    _k("allow_outside_root", False, "bool", "csv/benchmark-json: accept image paths that "
+       "resolve outside --image-root"),
+    _k("on_bad", "raise", "str", "bad image files: stop naming them, or skip them and record "
+       "the list (printed, and skipped.json in each run folder)", choices=ON_BAD_CHOICES),
+    # training: TrainConfig's fields (one source of defaults)
+    *_train_keys(),
+    _k("keep_checkpoints", "best", "str", "checkpoints kept after a run",
+       choices=KEEP_CHECKPOINTS),
+    # execution (not part of a run's parameters)
+    _k("results_dir", None, "str", "root of runs/ and tables/ (default results)"),
+    _k("executor", "local", "str", "local process pool or ray", choices=("local", "ray")),
+    _k("workers", 1, "int", "runs at once (local executor)", minimum=1),
+    _k("threads", None, "int", "torch threads per run (default: cores / workers); with ray, "
+       "CPUs per run", minimum=1),
+    _k("retries", None, "int", "resubmissions of a run whose worker process died (default: "
+       "local 0, ray 3: a lost node is common there)", minimum=0),
+    _k("address", None, "str", "Ray cluster address (executor ray)"),
+    _k("quiet", None, "bool", "no progress bars (default: quiet with several workers)"),
+]}
+#: every key a grid YAML may hold, with its default
+GRID_DEFAULTS: dict[str, Any] = {name: key.default for name, key in SCHEMA.items()}
 #: grid keys that are lists (axes of the grid)
 AXES = ("dataset", "protocol", "losses", "k", "seeds", "selection")
-#: every key a grid YAML may hold, with its default (CLI flags mirror them: ``n_folds`` ->
-#: ``--n-folds``)
-GRID_DEFAULTS: dict[str, Any] = {
-    # axes
-    "dataset": ["synthetic-fgnet"],
-    "protocol": [],  # empty: each dataset's default protocol
-    "losses": ["amr"],
-    "k": [],  # fixed top-K values of mean_residue; "adaptive" adds the amr loss
-    "seeds": [0],
-    "selection": ["val_best"],
-    # folds
-    "folds": None,  # None: every fold; else positions in make_folds order
-    "n_folds": 5,
-    "val_fraction": 0.15,
-    "split_seed": 0,
-    # data
-    "data_dir": None,
-    "csv": None,
-    "json": None,
-    "image_root": None,
-    "synthetic_size": 64,
-    # CLAP2016-format loader filters (ignored for other datasets; see load_clap2016)
-    "ignore_list": None,  # None: <data_dir>/ignore_list.txt when present
-    "ignore_splits": ["train"],
-    "min_pixels": None,
-    "label_rounding": "half_up",
-    # csv / benchmark-json loader options; bad files: raise, or skip and record them
-    "age_range": None,  # [lo, hi]; None: the loader's default (csv: 0-100)
-    "allow_outside_root": False,
-    "on_bad": "raise",
-    # training: every TrainConfig field but the per-run ones (one source of defaults)
-    **{f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING
-                else f.default) for f in dataclasses.fields(TrainConfig)
-       if f.name not in ("loss", "seed", "selection", "threads", "quiet", "augment")},
-    "keep_checkpoints": "best",
-    # execution (not part of a run's parameters)
-    "results_dir": None,
-    "executor": "local",
-    "workers": 1,
-    "threads": None,
-    "retries": None,  # None: the executor's default (local 0, ray 3: a lost node is common there)
-    "address": None,
-    "quiet": None,
-}
+
+
 def load_grid_config(path: str | os.PathLike) -> dict[str, Any]:
     """Read a grid YAML (keys of :data:`GRID_DEFAULTS`); an unknown key is an error naming it."""
     import yaml
@@ -149,19 +199,6 @@ def load_grid_config(path: str | os.PathLike) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {unknown}; valid keys: {sorted(GRID_DEFAULTS)}")
     return values
-
-
-#: grid keys with a numeric type and the smallest value each may take
-INT_KEYS = {"n_folds": 2, "split_seed": 0, "synthetic_size": 8, "epochs": 1, "batch_size": 1,
-            "image_size": 8, "num_workers": 0, "eval_batch_size": 1, "workers": 1, "threads": 1,
-            "retries": 0, "min_pixels": 0}
-FLOAT_KEYS = {"val_fraction": (0.0, 1.0), "lr": (0.0, None), "momentum": (0.0, 1.0),
-              "weight_decay": (0.0, None), "gamma": (0.0, None), "grad_clip": (0.0, None)}
-BOOL_KEYS = ("pretrained", "channels_last", "normalize", "quiet", "allow_outside_root")
-CHOICE_KEYS = {"optimizer": OPTIMIZERS, "lr_schedule": LR_SCHEDULES,
-               "select_metric": SELECT_METRICS, "dtype": DTYPES, "amp": ("bf16", "fp16"),
-               "transforms": TRANSFORMS, "on_bad": ON_BAD_CHOICES,
-               "label_rounding": LABEL_ROUNDINGS, "executor": ("local", "ray")}
 
 
 def _integer(key: str, value: Any, minimum: int | None = None) -> int:
@@ -190,43 +227,51 @@ def _number(key: str, value: Any, bounds: tuple[float | None, float | None]) -> 
     return out
 
 
-def _check_types(g: dict[str, Any]) -> None:
-    """Validate every scalar grid key before any run starts, naming the key."""
-    for key, minimum in INT_KEYS.items():
-        if g.get(key) is not None:
-            g[key] = _integer(key, g[key], minimum)
-    for key, bounds in FLOAT_KEYS.items():
-        if g.get(key) is not None:
-            g[key] = _number(key, g[key], bounds)
-    if g["lr"] <= 0:
-        raise ValueError(f"grid key lr: {g['lr']!r} must be positive")
-    for key in BOOL_KEYS:
-        if g.get(key) is not None and not isinstance(g[key], bool):
-            raise ValueError(f"grid key {key}: {g[key]!r} is not true or false")
-    for key, choices in CHOICE_KEYS.items():
-        if g.get(key) is not None and g[key] not in choices:
-            raise ValueError(f"grid key {key}: {g[key]!r} is not one of {list(choices)}")
-    if g.get("age_range") is not None:
-        ar = as_list(g["age_range"])
-        if len(ar) != 2:
-            raise ValueError(f"grid key age_range: {g['age_range']!r} is not [lo, hi]")
-        lo, hi = (_integer("age_range", v, 0) for v in ar)
-        if lo >= hi:
-            raise ValueError(f"grid key age_range: {lo} >= {hi}")
-        g["age_range"] = [lo, hi]
+def _check_value(key: GridKey, value: Any) -> Any:
+    """One grid value of ``key``'s kind, range and choices, or a ``ValueError`` naming it."""
+    name = key.name
+    if key.kind == "int":
+        return _integer(name, value, key.minimum)
+    if key.kind == "float":
+        return _number(name, value, (key.minimum, key.maximum))
+    if key.kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"grid key {name}: {value!r} is not true or false")
+        return value
+    if key.kind == "list":
+        items = as_list(value)
+        if key.item == "int":
+            items = [_integer(name, v, key.minimum) for v in items]
+        for item in items:
+            if key.choices and item not in key.choices:
+                raise ValueError(f"grid key {name}: {item!r} is not one of {list(key.choices)}")
+        return items
+    if key.kind == "dict":
+        if not isinstance(value, dict):
+            raise ValueError(f"grid key {name}: expected a mapping, e.g. "
+                             "{amr: {lambda_mean: 0.2}}")
+        return value
+    if key.choices and value not in key.choices:
+        raise ValueError(f"grid key {name}: {value!r} is not one of {list(key.choices)}")
+    return value
 
 
 def normalize_grid(grid: dict[str, Any]) -> dict[str, Any]:
     """Fill defaults, turn comma strings into lists and check every value's type, range and
-    choice (an error names the key); unknown keys are errors."""
-    unknown = sorted(set(grid) - set(GRID_DEFAULTS))
+    choice against :data:`SCHEMA` before any run starts (an error names the key); unknown keys
+    are errors."""
+    unknown = sorted(set(grid) - set(SCHEMA))
     if unknown:
-        raise ValueError(f"unknown grid key(s) {unknown}; valid keys: {sorted(GRID_DEFAULTS)}")
+        raise ValueError(f"unknown grid key(s) {unknown}; valid keys: {sorted(SCHEMA)}")
     g = {**GRID_DEFAULTS, **{k: v for k, v in grid.items() if v is not None}}
-    for axis in AXES:
-        g[axis] = as_list(g[axis])
-    g["seeds"] = [_integer("seeds", s) for s in g["seeds"]]
-    _check_types(g)
+    for name, key in SCHEMA.items():
+        if g[name] is not None:
+            g[name] = _check_value(key, g[name])
+    if g["lr"] <= 0:
+        raise ValueError(f"grid key lr: {g['lr']!r} must be positive")
+    ar = g["age_range"]
+    if ar is not None and (len(ar) != 2 or ar[0] >= ar[1]):
+        raise ValueError(f"grid key age_range: {ar!r} is not [lo, hi] with lo < hi")
     ks: list[int | str] = []
     for k in g["k"]:
         if str(k).lower() == "adaptive":
@@ -237,19 +282,8 @@ def normalize_grid(grid: dict[str, Any]) -> dict[str, Any]:
             except ValueError as exc:
                 raise ValueError(f"k={k!r}: expected an integer or 'adaptive'") from exc
     g["k"] = ks
-    g["folds"] = None if g["folds"] in (None, "", []) else [
-        _integer("folds", f, 0) for f in as_list(g["folds"])]
-    g["milestones"] = [_integer("milestones", m, 0) for m in as_list(g["milestones"])]
-    g["ignore_splits"] = [str(x) for x in as_list(g["ignore_splits"])]
-    for sel in g["selection"]:
-        if sel not in SELECTIONS:
-            raise ValueError(f"selection={sel!r}: expected one of {SELECTIONS}")
-    if g["keep_checkpoints"] not in KEEP_CHECKPOINTS:
-        raise ValueError(f"keep_checkpoints={g['keep_checkpoints']!r}: expected one of "
-                         f"{KEEP_CHECKPOINTS}")
-    if not isinstance(g["loss_kwargs"], dict):
-        raise ValueError("loss_kwargs must map a loss name to its arguments, e.g. "
-                         "{amr: {lambda_mean: 0.2}}")
+    g["folds"] = g["folds"] or None  # empty: every fold
+    g["ignore_splits"] = [str(x) for x in g["ignore_splits"]]
     return g
 
 
@@ -364,11 +398,7 @@ def check_stale(tasks: Sequence[dict[str, Any]]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# one run
-
-
-# ---------------------------------------------------------------------------------------------
-# a whole grid
+# a whole grid (one run: ageest.run)
 
 
 def _progress_printer() -> Callable[[dict], None]:
@@ -519,79 +549,15 @@ def format_summary(summary: pd.DataFrame) -> str:
 # aggregation
 
 
-AGGREGATE_KEYS = ("dataset", "protocol", "loss", "k", "selection")
-
-
 def aggregate(results_dir: str | os.PathLike, *, runs: Sequence[str | os.PathLike] | None = None,
-              n_boot: int = 1000, ci: float = 0.95, seed: int = 0,
-              thetas: Sequence[int] = (1, 3, 5, 10)) -> pd.DataFrame:
-    """One row per (dataset, protocol, loss, k, selection) over all finished folds and seeds.
+              **options: Any) -> pd.DataFrame:
+    """:func:`ageest.evaluation.aggregate` of the stored predictions of ``results_dir`` (or of
+    the run folders ``runs``); ``options`` are its bootstrap and CS options."""
+    from ageest.evaluation import aggregate as aggregate_predictions
 
-    Columns: the keys, ``test_selected``, ``seeds``, ``n_runs``, ``n_folds``, ``n_images``,
-    ``n_subjects``; ``mae_pooled`` (over images) and ``mae_subject_mean`` (mean of per-subject
-    MAEs) each with a subject-level bootstrap CI (``_low``/``_high``; images without a subject
-    are their own cluster); ``mae_seed_sd`` (sd of per-seed pooled MAE, NaN for one seed);
-    ``cs<θ>`` (cumulative score, fraction); ``epsilon`` with a subject-level bootstrap CI when
-    every image has an apparent-age std (NaN otherwise). Predictions use the expected age.
-
-    Parameters
-    ----------
-    results_dir : path-like
-        A results folder (or its ``runs/``).
-    runs : sequence of path-like, optional
-        Restrict to these run directories.
-    n_boot, ci, seed : bootstrap replicates, coverage and seed (:func:`ageest.metrics.bootstrap_mae_ci`).
-    thetas : sequence of int
-        CS(θ) columns.
-    """
-    from ageest import metrics as M
-
-    if runs is not None:
-        frames = [store.load_predictions(r) for r in runs]
-        preds = pd.concat(frames, ignore_index=True)
-    else:
-        preds = store.load_predictions(results_dir)
-    rows = []
-    for key, grp in preds.groupby(list(AGGREGATE_KEYS), sort=True, dropna=False):
-        pred = grp["expected_age"].to_numpy(dtype=np.float64)
-        true = grp["age_mean"].to_numpy(dtype=np.float64)
-        subject = grp["subject"].astype("string").fillna("image:" + grp["image_id"].astype(str))
-        lopo = M.aggregate_lopo(pred=pred, true=true, subject=subject.to_numpy(dtype=object))
-        row: dict[str, Any] = dict(zip(AGGREGATE_KEYS, key, strict=True))
-        row["test_selected"] = bool(grp["test_selected"].any())
-        row["seeds"] = ",".join(str(s) for s in sorted(grp["seed"].unique()))
-        row["n_runs"] = int(grp["run"].nunique())
-        row["n_folds"] = int(grp["fold"].nunique())
-        row["n_images"] = lopo["n_images"]
-        row["n_subjects"] = lopo["n_subjects"]
-        subj = subject.to_numpy(dtype=object)
-        for stat, name in (("pooled", "mae_pooled"), ("subject_mean", "mae_subject_mean")):
-            b = M.bootstrap_mae_ci(pred, true, subj, n_boot=n_boot, ci=ci, statistic=stat,
-                                   seed=seed)
-            row[name], row[f"{name}_low"], row[f"{name}_high"] = (
-                lopo[name], b["low"], b["high"])
-        per_seed = grp.assign(err=np.abs(pred - true)).groupby("seed")["err"].mean()
-        row["mae_seed_sd"] = float(per_seed.std(ddof=1)) if len(per_seed) > 1 else float("nan")
-        cs = M.cumulative_score(pred, true, thetas=thetas)
-        for t, v in cs.items():
-            row[f"cs{int(t)}"] = float(v)
-        std = pd.to_numeric(grp["std"], errors="coerce").to_numpy(dtype=np.float64)
-        row["epsilon"] = row["epsilon_low"] = row["epsilon_high"] = float("nan")
-        row["n_sigma_zero"] = row["n_sigma_missing"] = 0
-        if np.isfinite(std).any():
-            # ε = mean_i e_i (σ = 0 at its limit); the subject bootstrap of mean |e_i - 0| is its
-            # CI; images without a σ are left out and counted
-            e = M.epsilon_per_image(pred, true, std)
-            known = np.isfinite(e)
-            b = M.bootstrap_mae_ci(e[known], np.zeros(int(known.sum())), subj[known],
-                                   n_boot=n_boot, ci=ci, seed=seed)
-            summary = M.epsilon_summary(pred, true, std)
-            row["epsilon"], row["epsilon_low"], row["epsilon_high"] = (
-                summary["epsilon"], b["low"], b["high"])
-            row["n_sigma_zero"] = summary["n_sigma_zero"]
-            row["n_sigma_missing"] = summary["n_sigma_missing"]
-        rows.append(row)
-    return pd.DataFrame(rows)
+    preds = (pd.concat([store.load_predictions(r) for r in runs], ignore_index=True)
+             if runs is not None else store.load_predictions(results_dir))
+    return aggregate_predictions(preds, **options)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -599,91 +565,47 @@ def aggregate(results_dir: str | os.PathLike, *, runs: Sequence[str | os.PathLik
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``ageest run``; every grid key (:data:`GRID_DEFAULTS`) has one."""
-    a = parser.add_argument
-    a("--config", help="grid YAML (keys as these flags with underscores); flags override it")
-    a("--dataset", help="dataset name(s), comma-separated (default synthetic-fgnet)")
-    a("--protocol", help="lopo, group-kfold, official (comma list; default: the dataset's)")
-    a("--losses", help="loss names, comma-separated (default amr)")
-    a("--k", help="fixed top-K values for mean_residue, comma-separated; 'adaptive' adds amr")
-    a("--seeds", help="training seeds, comma-separated (default 0)")
-    a("--selection", help="val_best, last, test_best_epoch_official (comma list)")
-    a("--folds", help="fold positions in make_folds order, e.g. 0,3 (default: all)")
-    a("--n-folds", type=int, help="folds of group-kfold (default 5)")
-    a("--val-fraction", type=float, help="share of training subjects held out for validation")
-    a("--split-seed", type=int, help="seed of the validation carve (default 0)")
-    a("--data-dir", help="dataset folder (fgnet, clap2016, utkface)")
-    a("--csv", help="label CSV (dataset csv)")
-    a("--json", help="database JSON (dataset benchmark-json)")
-    a("--image-root", help="image folder (csv, benchmark-json)")
-    a("--synthetic-size", type=int, help="image side of generated synthetic data (default 64)")
-    a("--on-bad", choices=list(ON_BAD_CHOICES),
-      help="bad image files: stop naming them (default), or skip them and record the list "
-           "(printed, and skipped.json in each run folder)")
-    a("--age-range", help="csv/benchmark-json: declared label range LO,HI (csv default 0,100)")
-    a("--allow-outside-root", action=argparse.BooleanOptionalAction, default=None,
-      help="csv/benchmark-json: accept image paths that resolve outside --image-root")
-    a("--ignore-list", help="CLAP2016: file of names to drop (default: DATA_DIR/ignore_list.txt "
-      "when present)")
-    a("--ignore-splits", help="CLAP2016: splits the ignore list filters (default train; the "
-      "official code: train,valid,test)")
-    a("--min-pixels", type=int, help="CLAP2016: drop images with fewer pixels (official: 1024)")
-    a("--label-rounding", choices=list(LABEL_ROUNDINGS),
-      help="CLAP2016: apparent mean -> label (official: half_even, np.around)")
-    a("--model", help="backbone (small_cnn, resnet18, resnet50, vgg16)")
-    a("--pretrained", action=argparse.BooleanOptionalAction, default=None,
-      help="ImageNet weights from the local torch hub cache")
-    a("--loss-kwargs", help='JSON: {"loss": {"argument": value}}, e.g. {"amr": {"eps": 0}}')
-    a("--optimizer", choices=["adamw", "sgd"])
-    a("--lr", type=float)
-    a("--momentum", type=float)
-    a("--weight-decay", type=float)
-    a("--milestones", help="MultiStepLR epochs, comma-separated")
-    a("--gamma", type=float)
-    a("--epochs", type=int)
-    a("--batch-size", type=int)
-    a("--grad-clip", type=float)
-    a("--device", help="cpu, cuda, cuda:1")
-    a("--amp", choices=["bf16", "fp16"])
-    a("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    a("--num-workers", type=int, help="DataLoader workers per run")
-    a("--transforms", choices=list(TRANSFORMS))
-    a("--image-size", type=int)
-    a("--normalize", action=argparse.BooleanOptionalAction, default=None)
-    a("--eval-batch-size", type=int)
-    a("--select-metric", choices=list(SELECT_METRICS),
-      help="score that picks the epoch (default auto: epsilon with raters' std, else mae; "
-           "official selection: the official code's rounded MAE / epsilon)")
-    a("--lr-schedule", choices=list(LR_SCHEDULES),
-      help="multistep: torch's stages; official: scheduler.step(epoch) as the official scripts")
-    a("--dtype", choices=list(DTYPES), help="float32 (default) or float64")
-    a("--keep-checkpoints", choices=list(KEEP_CHECKPOINTS))
-    a("--results-dir", help="root of runs/ and tables/ (default results)")
-    a("--executor", help="local or ray")
-    a("--workers", type=int, help="runs at once (local executor)")
-    a("--threads", type=int,
-      help="torch threads per run (default: cores / workers); with ray, CPUs per run")
-    a("--retries", type=int,
-      help="resubmissions of a run whose worker process died (default: local 0, ray 3)")
-    a("--address", help="Ray cluster address (executor ray)")
-    a("--quiet", action=argparse.BooleanOptionalAction, default=None)
-    a("--dry-run", action="store_true", help="print the runs and their status; train nothing")
-    a("--no-aggregate", action="store_true", help="skip the aggregate table")
+    """Flags of ``ageest run``: one per grid key of :data:`SCHEMA` (``n_folds`` ->
+    ``--n-folds``), its help and default from the schema, plus ``--config``, ``--dry-run`` and
+    ``--no-aggregate``."""
+    parser.add_argument("--config", help="grid YAML (keys as these flags with underscores); "
+                        "flags override it")
+    for key in SCHEMA.values():
+        flag = "--" + key.name.replace("_", "-")
+        default = key.default if key.default not in (None, [], {}) else None
+        shown = ",".join(map(str, default)) if isinstance(default, list) else default
+        text = key.help + (f" (default {shown})" if default is not None else "")
+        kw: dict[str, Any] = {"help": text.replace("%", "%%"), "default": None}
+        if key.kind == "bool":
+            kw["action"] = argparse.BooleanOptionalAction
+        elif key.kind == "list":
+            kw["metavar"] = "A,B"
+            kw["help"] = kw["help"] + "; comma-separated"
+        elif key.kind in ("int", "float"):
+            kw["type"] = int if key.kind == "int" else float
+        if key.choices and key.kind != "list":
+            kw["choices"] = list(key.choices)
+        parser.add_argument(flag, **kw)
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the runs and their status; train nothing")
+    parser.add_argument("--no-aggregate", action="store_true", help="skip the aggregate table")
 
 
 def grid_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The grid of ``ageest run``: the ``--config`` YAML, then the flags given on top."""
+    """The grid of ``ageest run``: the ``--config`` YAML, then the flags given on top (a dict
+    key such as ``--loss-kwargs`` is JSON)."""
     grid = load_grid_config(args.config) if args.config else {}
-    for key in GRID_DEFAULTS:
-        value = getattr(args, key, None)
+    for name, key in SCHEMA.items():
+        value = getattr(args, name, None)
         if value is None:
             continue
-        if key == "loss_kwargs":
+        if key.kind == "dict":
+            flag = "--" + name.replace("_", "-")
             try:
                 value = json.loads(value)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"--loss-kwargs: not valid JSON ({exc})") from exc
-        grid[key] = value
+                raise ValueError(f"{flag}: not valid JSON ({exc})") from exc
+        grid[name] = value
     return grid
 
 

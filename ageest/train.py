@@ -48,6 +48,7 @@ import torch
 
 from ageest import distributed as dist
 from ageest.artifacts import atomic_write_bytes
+from ageest.data.dataset import TRANSFORMS
 from ageest.official import OFFICIAL_SELECTION
 
 SELECTIONS = ("val_best", "last", OFFICIAL_SELECTION)
@@ -69,98 +70,76 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite; the message names the epoch and the batch."""
 
 
+def _option(default: Any = dataclasses.MISSING, help: str = "", *, factory=None,
+            choices: tuple | None = None, minimum: float | None = None,
+            maximum: float | None = None, grid: bool = True) -> Any:
+    """A :class:`TrainConfig` field with its help text, choices and range: the one place they
+    are written (the grid schema, its validation and the ``ageest run`` flags read them)."""
+    meta = {"help": help, "choices": choices, "min": minimum, "max": maximum, "grid": grid}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class TrainConfig:
     """Everything that decides how one model is trained (one run = this + data + fold + seed).
 
-    Attributes
-    ----------
-    model : str
-        A name from :func:`ageest.models.list_models`.
-    pretrained : bool
-        ImageNet weights from the local torch hub cache (see :mod:`ageest.models`).
-    loss : str
-        A name from :func:`ageest.losses.list_losses`.
-    loss_kwargs : dict
-        Extra loss arguments (``k``, ``lambda_mean`` ...); ``start_age``/``end_age`` are added.
-    optimizer : {"adamw", "sgd"}
-        AdamW (official FG-NET script) or SGD with momentum (official CLAP2016 script).
-    lr, momentum : float
-        Learning rate; SGD momentum.
-    weight_decay : float, optional
-        Default: 0.01 for AdamW (torch's default, used by the FG-NET script), 1e-4 for SGD.
-    milestones : list of int
-        MultiStepLR epochs at which lr is multiplied by ``gamma`` (paper: 15, 30, ..., 90).
-    gamma : float
-    epochs, batch_size : int
-        ``batch_size`` is the global batch (split over ranks under torchrun).
-    grad_clip : float, optional
-        Clip the global gradient norm to this value (CLAP2016 script: 5).
-    device : str
-        ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
-    amp : {None, "bf16", "fp16"}
-        Autocast dtype; ``fp16`` on CUDA uses a gradient scaler.
-    channels_last : bool
-        NHWC memory format (faster convolutions on recent GPUs and oneDNN).
-    num_workers : int
-        DataLoader worker processes (0 = load in the training process; each worker is seeded).
-    seed : int
-        Passed to :func:`seed_everything`; also seeds the DataLoader's generator.
-    selection : {"val_best", "last", "test_best_epoch_official"}
-        See the module docstring.
-    select_metric : {"auto", "mae", "mae_rounded", "epsilon", "epsilon_official"}
-        The score that picks the epoch (see :data:`SELECT_METRICS`).
-    lr_schedule : {"multistep", "official"}
-        How the milestones are applied (see :data:`LR_SCHEDULES`); :func:`epoch_lr` gives the
-        rate each epoch trains with, and ``history.csv``'s ``lr`` column records it.
-    dtype : {"float32", "float64"}
-        Parameter and activation dtype. ``float64`` is for equivalence tests, where two set-ups
-        that are equal in real arithmetic must agree to ~1e-12 whatever the CPU's kernels.
-    transforms : {"light", "paper", "clap"}
-        :func:`ageest.data.build_transforms` family; ``image_size`` is the network input side.
-    augment : bool
-        Random training augmentation of that family; ``False`` trains on the evaluation
-        transform (deterministic inputs: a run on W processes then equals the one-process run up
-        to rounding, see ``tests/test_ddp.py``).
-    normalize : bool
-        ImageNet mean/std normalisation of the inputs.
-    eval_batch_size : int, optional
-        Batch size of evaluation passes (default: ``2 * batch_size``).
-    threads : int, optional
-        ``torch.set_num_threads`` for this run (default: leave as is).
-    quiet : bool
-        No tqdm progress bars (batch runs).
+    Each field's meaning, choices and range are in its metadata (``dataclasses.fields``); they
+    are what ``ageest run --help`` prints. See the module docstring for ``selection``.
     """
 
-    model: str = "small_cnn"
-    pretrained: bool = False
-    loss: str = "amr"
-    loss_kwargs: dict[str, Any] = field(default_factory=dict)
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float | None = None
-    milestones: list[int] = field(default_factory=list)
-    gamma: float = 0.1
-    epochs: int = 10
-    batch_size: int = 32
-    grad_clip: float | None = None
-    device: str = "cpu"
-    amp: str | None = None
-    channels_last: bool = False
-    num_workers: int = 0
-    seed: int = 0
-    selection: str = "val_best"
-    select_metric: str = "auto"
-    lr_schedule: str = "multistep"
-    dtype: str = "float32"
-    transforms: str = "light"
-    augment: bool = True
-    image_size: int = 64
-    normalize: bool = False
-    eval_batch_size: int | None = None
-    threads: int | None = None
-    quiet: bool = False
+    model: str = _option("small_cnn", "backbone: a name of ageest.models.list_models() "
+                         "(small_cnn, resnet18, resnet50, vgg16)")
+    pretrained: bool = _option(False, "ImageNet weights from the local torch hub cache")
+    loss: str = _option("amr", "a name of ageest.losses.list_losses()", grid=False)
+    loss_kwargs: dict[str, Any] = _option(
+        help='extra loss arguments; in a grid, per loss: {"amr": {"lambda_mean": 0.2}} (JSON on '
+             "the command line); start_age/end_age are added", factory=dict)
+    optimizer: str = _option("adamw", "adamw (official FG-NET script) or sgd with momentum "
+                             "(official CLAP2016 script)", choices=OPTIMIZERS)
+    lr: float = _option(1e-3, "learning rate", minimum=0.0)
+    momentum: float = _option(0.9, "SGD momentum", minimum=0.0, maximum=1.0)
+    weight_decay: float | None = _option(None, "default: 0.01 for AdamW (torch's default, the "
+                                         "FG-NET script's), 1e-4 for SGD", minimum=0.0)
+    milestones: list[int] = _option(help="epochs at which lr is multiplied by gamma, e.g. "
+                                    "15,30,45,60,75,90 (the paper's)", factory=list, minimum=0)
+    gamma: float = _option(0.1, "lr factor at each milestone", minimum=0.0)
+    epochs: int = _option(10, "training epochs", minimum=1)
+    batch_size: int = _option(32, "global batch (split over ranks under torchrun)", minimum=1)
+    grad_clip: float | None = _option(None, "clip the global gradient norm to this value "
+                                      "(CLAP2016 script: 5)", minimum=0.0)
+    device: str = _option("cpu", "cpu, cuda, cuda:1")
+    amp: str | None = _option(None, "autocast dtype; fp16 on CUDA uses a gradient scaler",
+                              choices=("bf16", "fp16"))
+    channels_last: bool = _option(False, "NHWC memory format (faster convolutions on recent "
+                                  "GPUs and oneDNN)")
+    num_workers: int = _option(0, "DataLoader worker processes per run (0: load in the "
+                               "training process; each worker is seeded)", minimum=0)
+    seed: int = _option(0, "seeds the run (seed_everything) and its DataLoader generator",
+                        grid=False)
+    selection: str = _option("val_best", "val_best, last or test_best_epoch_official (see "
+                             "ageest.train)", choices=SELECTIONS, grid=False)
+    select_metric: str = _option(
+        "auto", "score that picks the epoch (auto: epsilon when every image has a raters' std, "
+        "else mae; official selection: the official code's rounded MAE / epsilon)",
+        choices=SELECT_METRICS)
+    lr_schedule: str = _option("multistep", "multistep: torch's stages; official: "
+                               "scheduler.step(epoch) as the official scripts",
+                               choices=LR_SCHEDULES)
+    dtype: str = _option("float32", "parameter and activation dtype (float64: equivalence "
+                         "tests that must agree to ~1e-12 on any CPU)", choices=DTYPES)
+    transforms: str = _option("light", "augmentation family of ageest.data.build_transforms",
+                              choices=TRANSFORMS)
+    augment: bool = _option(True, "random training augmentation; False trains on the "
+                            "evaluation transform", grid=False)
+    image_size: int = _option(64, "network input side (px)", minimum=8)
+    normalize: bool = _option(False, "ImageNet mean/std normalisation of the inputs")
+    eval_batch_size: int | None = _option(None, "batch size of evaluation passes (default: "
+                                          "2 x batch_size)", minimum=1)
+    threads: int | None = _option(None, "torch threads per run (default: cores / workers); "
+                                  "with ray, CPUs per run", minimum=1, grid=False)
+    quiet: bool = _option(False, "no per-batch progress bars", grid=False)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:

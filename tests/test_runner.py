@@ -463,3 +463,37 @@ def test_official_split_with_std_and_unknown_subjects(data_dir, tmp_path):
     row = table.iloc[0]
     assert row["epsilon_low"] <= row["epsilon"] <= row["epsilon_high"]
     assert row["n_subjects"] == row["n_images"]  # each image its own bootstrap cluster
+
+
+def test_grid_schema_is_trainconfig_and_the_cli_is_the_schema():
+    """One source of defaults: every TrainConfig field a grid sets is a schema key with the
+    field's default and help; every schema key is an `ageest run` flag whose help shows it."""
+    import argparse
+    import dataclasses
+
+    from ageest.train import TrainConfig
+
+    for f in dataclasses.fields(TrainConfig):
+        if not f.metadata["grid"]:
+            # per-run fields: the axis "selection" and the execution keys are the grid's own
+            assert f.name not in runner.SCHEMA or f.name in ("selection", "threads", "quiet")
+            continue
+        key = runner.SCHEMA[f.name]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING \
+            else f.default
+        assert key.default == default and key.help == f.metadata["help"], f.name
+    parser = argparse.ArgumentParser()
+    runner.add_arguments(parser)
+    flags = {a.dest: a for a in parser._actions}
+    for name, key in runner.SCHEMA.items():
+        assert name in flags, f"--{name.replace('_', '-')} is missing"
+        assert key.help.replace("%", "%%") in flags[name].help
+    assert "(default 10)" in flags["epochs"].help and flags["epochs"].type is int
+    assert flags["optimizer"].choices == ["adamw", "sgd"]
+    args = parser.parse_args(["--epochs", "3", "--losses", "amr,ce", "--no-pretrained",
+                              "--loss-kwargs", '{"amr": {"lambda_mean": 0.1}}'])
+    grid = runner.grid_from_args(args)
+    assert grid == {"epochs": 3, "losses": "amr,ce", "pretrained": False,
+                    "loss_kwargs": {"amr": {"lambda_mean": 0.1}}}
+    g = runner.normalize_grid(grid)
+    assert g["losses"] == ["amr", "ce"] and g["epochs"] == 3
