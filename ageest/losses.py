@@ -970,12 +970,8 @@ class DLDLv2Loss(DLDLLoss):
 
     ``last_components``: ``total``, ``kl``, ``l1``, ``ce`` (logged only), ``k_mean``.
 
-    Parameters
-    ----------
-    sigma : float, default 2.0
-    lambda_l1 : float, default 1.0
-    min_sigma : float, default 1.0
-    start_age, end_age : int, default 0, 100
+    Parameters: those of :class:`DLDLLoss`, and ``lambda_l1`` (default 1.0), the weight of the
+    L1 term.
 
     Examples
     --------

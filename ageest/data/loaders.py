@@ -681,6 +681,20 @@ def load_csv(
 
 
 
+def _usable_image(path: Path, where: str, bad: BadRecords, check_images: str, *,
+                  missing_fix: str, bad_fix: str) -> bool:
+    """Whether the image a label row names exists and passes ``check_images``; if not, the
+    problem is recorded in ``bad`` (naming the row, or the file) with its fix."""
+    if not path.exists():
+        bad.add(where, f"label without image: {path} does not exist", missing_fix)
+        return False
+    problem = check_image_file(path, check_images)
+    if problem is not None:
+        bad.add(path, problem, bad_fix)
+        return False
+    return True
+
+
 def _csv_row(rec: dict[str, Any], line: int, csv_path: Path, root: Path, bad: BadRecords,
              seen: dict[str, int], *, check_images: str, age_range: tuple[int, int] | None,
              allow_outside_root: bool) -> dict[str, Any] | None:
@@ -696,13 +710,9 @@ def _csv_row(rec: dict[str, Any], line: int, csv_path: Path, root: Path, bad: Ba
                 "remove the duplicated row")
         return None
     seen[str(path)] = line
-    if not path.exists():
-        bad.add(where, f"label without image: {path} does not exist",
-                "fix the path (relative to --image-root) or delete the row")
-        return None
-    problem = check_image_file(path, check_images)
-    if problem is not None:
-        bad.add(path, problem, "replace the image or delete its row")
+    if not _usable_image(path, where, bad, check_images,
+                         missing_fix="fix the path (relative to --image-root) or delete the row",
+                         bad_fix="replace the image or delete its row"):
         return None
     problem = _age_problem(rec["age"], age_range)
     if problem is not None:
@@ -844,13 +854,9 @@ def _benchmark_row(e: Any, i: int, json_path: Path, root: Path, bad: BadRecords,
     if outside is not None:
         bad.add(where, outside, "fix img_path in the JSON")
         return None
-    if not path.exists():
-        bad.add(where, f"label without image: {path} does not exist",
-                "check --image-root, or restore the image")
-        return None
-    problem = check_image_file(path, check_images)
-    if problem is not None:
-        bad.add(path, problem, "replace the image or remove its entry")
+    if not _usable_image(path, where, bad, check_images,
+                         missing_fix="check --image-root, or restore the image",
+                         bad_fix="replace the image or remove its entry"):
         return None
     folder = e.get("folder")
     split = folder_to_split.get(int(folder), pd.NA) if folder is not None else pd.NA

@@ -420,6 +420,11 @@ def _check_target(root: Path) -> None:
         raise FileExistsError(f"{root} exists and is not empty; choose an empty or new folder")
 
 
+def _check_size(size: int) -> None:
+    if not 16 <= size <= 448:
+        raise ValueError(f"size={size}: expected 16-448 pixels")
+
+
 def write_fgnet_like(
     root: str | os.PathLike, seed: int = 0, size: int = 64, *, n_subjects: int = 82,
     n_images: int = 1002,
@@ -447,8 +452,7 @@ def write_fgnet_like(
     Path
         ``root``.
     """
-    if not 16 <= size <= 448:
-        raise ValueError(f"size={size}: expected 16-448 pixels")
+    _check_size(size)
     root = Path(root)
     _check_target(root)
     table = fgnet_like_table(seed, n_subjects, n_images)
@@ -529,8 +533,7 @@ def write_clap_like(
     Path
         ``root``.
     """
-    if not 16 <= size <= 448:
-        raise ValueError(f"size={size}: expected 16-448 pixels")
+    _check_size(size)
     if n_images < 30:
         raise ValueError(f"n_images={n_images}: need at least 30 for three splits")
     root = Path(root)

@@ -24,6 +24,21 @@ def _title(text: str, synthetic: bool) -> str:
     return text + (SYNTHETIC_TAG if synthetic else "")
 
 
+def _finish(fig, ax, title: str, synthetic: bool, *, xlabel: str | None = None,
+            ylabel: str | None = None, legend: int | None = None):
+    """Label a one-panel figure (axis labels, legend font size, title marked synthetic when the
+    data are) and lay it out."""
+    if xlabel is not None:
+        ax.set_xlabel(xlabel)
+    if ylabel is not None:
+        ax.set_ylabel(ylabel)
+    if legend is not None:
+        ax.legend(fontsize=legend)
+    ax.set_title(_title(title, synthetic), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def _official_style(method: str) -> dict:
     """Dashed lines for official-protocol (test-selected) methods, so they never pass unmarked."""
     return {"linestyle": "--"} if "official" in method else {}
@@ -192,12 +207,8 @@ def age_group_mae(table: pd.DataFrame, *, synthetic: bool = False) -> plt.Figure
     fig, ax = plt.subplots(figsize=(max(5.5, 0.9 * len(order) + 2), 3.6))
     x = _grouped_bars(ax, [(method, wide[method]) for method in wide.columns])
     ax.set_xticks(x, wide.index, rotation=0)
-    ax.set_xlabel("true age group")
-    ax.set_ylabel("MAE (years)")
-    ax.legend(fontsize=7)
-    ax.set_title(_title("MAE by age group", synthetic), fontsize=10)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "MAE by age group", synthetic, xlabel="true age group", ylabel="MAE (years)",
+                   legend=7)
 
 
 def dual_protocol(table: pd.DataFrame, *, synthetic: bool = False) -> plt.Figure:
@@ -208,11 +219,7 @@ def dual_protocol(table: pd.DataFrame, *, synthetic: bool = False) -> plt.Figure
     x = _grouped_bars(ax, [(row["protocol"], [row[m] for m in metrics_])
                            for _, row in rows.iterrows()])
     ax.set_xticks(x, [m.replace("_", " ") for m in metrics_])
-    ax.set_ylabel("MAE (years)")
-    ax.legend(fontsize=8)
-    ax.set_title(_title("Official against clean protocol", synthetic), fontsize=10)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "Official against clean protocol", synthetic, ylabel="MAE (years)", legend=8)
 
 
 def ambiguity_calibration(table: pd.DataFrame, *, synthetic: bool = False) -> plt.Figure:
@@ -227,12 +234,8 @@ def ambiguity_calibration(table: pd.DataFrame, *, synthetic: bool = False) -> pl
     ax.plot([0, lim], [0, lim], color="grey", linestyle=":", label="identity")
     ax.set_xlim(0, lim)
     ax.set_ylim(0, lim)
-    ax.set_xlabel("annotators' σ (bin mean, years)")
-    ax.set_ylabel("predicted std (bin mean, years)")
-    ax.legend(fontsize=7)
-    ax.set_title(_title("Ambiguity calibration", synthetic), fontsize=10)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "Ambiguity calibration", synthetic, xlabel="annotators' σ (bin mean, years)", ylabel="predicted std (bin mean, years)",
+                   legend=7)
 
 
 def k_ablation(table: pd.DataFrame, *, synthetic: bool = False) -> plt.Figure:
@@ -253,10 +256,7 @@ def k_ablation(table: pd.DataFrame, *, synthetic: bool = False) -> plt.Figure:
     ax.set_ylabel("MAE, pooled (years)")
     if len(fixed):
         ax.set_xticks(fixed["k_value"].astype(int))
-    ax.legend(fontsize=8)
-    ax.set_title(_title("MAE versus K", synthetic), fontsize=10)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "MAE versus K", synthetic, legend=8)
 
 
 def adaptive_k_distribution(history: pd.DataFrame, *, column: str = "train_k_mean",
@@ -270,8 +270,4 @@ def adaptive_k_distribution(history: pd.DataFrame, *, column: str = "train_k_mea
     fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(epochs) + 2), 3.4))
     ax.boxplot(data, positions=range(len(epochs)), widths=0.6)
     ax.set_xticks(range(len(epochs)), [str(e) for e in epochs])
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("mean adaptive K of a run")
-    ax.set_title(_title("Adaptive K over training", synthetic), fontsize=10)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "Adaptive K over training", synthetic, xlabel="epoch", ylabel="mean adaptive K of a run")
