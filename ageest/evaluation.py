@@ -22,9 +22,8 @@ import pandas as pd
 
 from ageest import metrics
 from ageest.losses import LOSSES, loss_order
-from ageest.official import OFFICIAL_SELECTION
+from ageest.official import OFFICIAL_LABEL, OFFICIAL_SELECTION, SELECTION_LABELS, protocol_label
 from ageest.parameters import as_list
-from ageest.report import OFFICIAL_LABEL
 
 # Columns identifying a method (one row of a comparison table).
 METHOD_COLUMNS = ("loss", "k", "selection")
@@ -34,17 +33,6 @@ PRED_COLUMNS = ("run", "dataset", "protocol", "loss", "k", "seed", "fold", "sele
 
 # ---------------------------------------------------------------------------------------------
 # helpers on the predictions frame
-
-
-def protocol_label(selection: str) -> str:
-    """``"official (test-selected epoch)"`` for official runs, else ``"clean (<selection>)"``.
-
-    >>> protocol_label("test_best_epoch_official")
-    'official (test-selected epoch)'
-    >>> protocol_label("best_val_mae")
-    'clean (best_val_mae)'
-    """
-    return OFFICIAL_LABEL if selection == OFFICIAL_SELECTION else f"clean ({selection})"
 
 
 def _has_topk(loss: str) -> bool:
@@ -395,7 +383,7 @@ def dual_protocol(preds: pd.DataFrame, *, loss: str = "amr",
         agg = metrics.aggregate_lopo(pred=group[f"pred_{mae_r}"].to_numpy(), true=true,
                                      subject=_clusters(group))
         cs = metrics.cumulative_score(group[f"pred_{cs_r}"].to_numpy(), true, thetas)
-        row = {"protocol": OFFICIAL_LABEL if name == "official" else "clean (validation-selected)",
+        row = {"protocol": OFFICIAL_LABEL if name == "official" else SELECTION_LABELS["val_best"],
                "selection": ",".join(sorted(group["selection"].unique())),
                "mae_readout": mae_r, "cs_readout": cs_r, "seeds": group["seed"].nunique(),
                "n_images": agg["n_images"], "mae_pooled": agg["mae_pooled"],

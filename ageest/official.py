@@ -22,10 +22,25 @@ from typing import Any
 KINDS = ("fgnet", "clap")
 #: the selection of official-protocol runs (one name, used everywhere)
 OFFICIAL_SELECTION = "test_best_epoch_official"
-#: how each selection reads in tables and captions
+#: how each selection reads in tables and captions: the one home of the selection protocols
 SELECTION_LABELS = {"val_best": "clean (validation-selected)",
                     "last": "clean (last epoch)",
                     OFFICIAL_SELECTION: "official (test-selected epoch)"}
+#: the selections a run may use (:class:`ageest.train.TrainConfig`'s ``selection``)
+SELECTIONS = tuple(SELECTION_LABELS)
+#: the label of official-protocol rows in every table, figure and the report
+OFFICIAL_LABEL = SELECTION_LABELS[OFFICIAL_SELECTION]
+
+
+def protocol_label(selection: str) -> str:
+    """The protocol column of a table row: the official label, or clean with the selection.
+
+    >>> protocol_label("test_best_epoch_official")
+    'official (test-selected epoch)'
+    >>> protocol_label("val_best")
+    'clean (val_best)'
+    """
+    return OFFICIAL_LABEL if selection == OFFICIAL_SELECTION else f"clean ({selection})"
 
 
 @functools.lru_cache(maxsize=1)
@@ -150,5 +165,6 @@ def settings_markdown(profiles: Mapping[str, Mapping[str, Mapping[str, Any]]]) -
     return "\n".join(lines)
 
 
-__all__ = ["KINDS", "OFFICIAL_SELECTION", "SELECTION_LABELS", "check_run", "official_grid",
+__all__ = ["KINDS", "OFFICIAL_LABEL", "OFFICIAL_SELECTION", "SELECTIONS", "SELECTION_LABELS",
+           "protocol_label", "check_run", "official_grid",
            "official_values", "record", "settings_markdown"]

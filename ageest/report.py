@@ -23,9 +23,9 @@ import pandas as pd
 
 from ageest.artifacts import atomic_write_text, read_json
 from ageest.catalogue import SECTIONS, SYNTHETIC_NOTE, caption  # noqa: F401  (re-exported)
+from ageest.official import OFFICIAL_LABEL
 
 NOT_AVAILABLE = "not available"
-OFFICIAL_LABEL = "official (test-selected epoch)"
 
 
 # ---------------------------------------------------------------------------------------------

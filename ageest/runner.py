@@ -59,6 +59,7 @@ from ageest import __version__, store
 from ageest.data.integrity import ON_BAD_CHOICES
 from ageest.data.loaders import LABEL_ROUNDINGS
 from ageest.data.splits import PROTOCOLS
+from ageest.official import OFFICIAL_SELECTION, SELECTIONS
 from ageest.parameters import as_list
 from ageest.run import (  # noqa: F401  (re-exported: a run's identity, used with grids)
     KEEP_CHECKPOINTS,
@@ -75,11 +76,7 @@ from ageest.run import (  # noqa: F401  (re-exported: a run's identity, used wit
     run_name,
     train_run,
 )
-from ageest.train import (
-    OFFICIAL_SELECTION,
-    SELECTIONS,
-    TrainConfig,
-)
+from ageest.train import TrainConfig
 
 # ---------------------------------------------------------------------------------------------
 # the grid: one schema (keys, defaults, types, ranges, help), its validation and its CLI flags
@@ -131,8 +128,7 @@ SCHEMA: dict[str, GridKey] = {key.name: key for key in [
     _k("losses", ["amr"], "list", "loss names of ageest.losses"),
     _k("k", [], "list", "fixed top-K values of mean_residue; 'adaptive' adds amr"),
     _k("seeds", [0], "list", "training seeds", item="int"),
-    _k("selection", ["val_best"], "list", "val_best, last, test_best_epoch_official",
-       choices=SELECTIONS),
+    _k("selection", ["val_best"], "list", ", ".join(SELECTIONS), choices=SELECTIONS),
     # folds
     _k("folds", None, "list", "fold positions in make_folds order, e.g. 0,3 (empty: all)",
        item="int", minimum=0),

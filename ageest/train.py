@@ -49,9 +49,8 @@ import torch
 from ageest import distributed as dist
 from ageest.artifacts import atomic_write_bytes
 from ageest.data.dataset import TRANSFORMS
-from ageest.official import OFFICIAL_SELECTION
+from ageest.official import OFFICIAL_SELECTION, SELECTIONS
 
-SELECTIONS = ("val_best", "last", OFFICIAL_SELECTION)
 OPTIMIZERS = ("adamw", "sgd")
 AMP_MODES = (None, "bf16", "fp16")
 #: what ``lr_schedule`` may be: torch's MultiStepLR stepped once after each epoch
