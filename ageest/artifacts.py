@@ -132,10 +132,13 @@ def _formatted(df: pd.DataFrame, float_format: str) -> pd.DataFrame:
     return shown
 
 
-def save_figure(fig, out: str | os.PathLike, name: str, *, dpi: int = 150,
-                folder: str | os.PathLike | None = None) -> dict[str, Path]:
+def save_figure(fig, out: str | os.PathLike | None, name: str, *, dpi: int = 150,
+                folder: str | os.PathLike | None = None,
+                stem: str | None = None) -> dict[str, Path]:
     """Save a figure declared in :mod:`ageest.catalogue` as ``out/figures/name.{png,pdf}``
-    (atomically; ``folder`` replaces ``out/figures``, e.g. for ``ageest data --figure DIR``)."""
+    (atomically; ``folder`` replaces ``out/figures``, e.g. for ``ageest data --figure DIR``;
+    ``stem`` replaces ``name`` in the file name for a figure drawn once per item, such as
+    ``ageest predict --plot``'s one per image)."""
     import io
 
     from ageest import catalogue
@@ -146,7 +149,7 @@ def save_figure(fig, out: str | os.PathLike, name: str, *, dpi: int = 150,
     for ext in ("png", "pdf"):
         buf = io.BytesIO()
         fig.savefig(buf, format=ext, dpi=dpi, bbox_inches="tight")
-        paths[ext] = atomic_write_bytes(out_dir / f"{name}.{ext}", buf.getvalue())
+        paths[ext] = atomic_write_bytes(out_dir / f"{stem or name}.{ext}", buf.getvalue())
     return paths
 
 

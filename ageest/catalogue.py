@@ -148,6 +148,8 @@ SECTIONS: tuple[Section, ...] = (
             "from Python).", (
                 Artefact(T, "aggregate", "Aggregated test metrics", BEYOND),
                 Artefact(F, "synthetic_faces", "Synthetic faces (ageest data --figure)", ADDITION),
+                Artefact(F, "prediction", "An image beside its predicted age distribution "
+                         "(ageest predict --plot, one per image)", ADDITION),
             )),
 )
 

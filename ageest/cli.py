@@ -18,6 +18,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("ageest.data.prepare", "Load or generate a dataset, check it, write its manifest."),
     "run": ("ageest.runner", "Train a grid of runs (dataset x protocol x loss x k x seed x fold); resumable."),
     "reproduce": ("ageest.reproduce", "Execute the notebooks of a profile with papermill; write REPORT.md."),
+    "predict": ("ageest.predict", "Predict the age of photos with a finished run (files or folders)."),
+    "export": ("ageest.export", "Export a finished run's network to ONNX, checked against PyTorch."),
 }
 
 

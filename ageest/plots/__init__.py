@@ -7,7 +7,7 @@
 - :mod:`ageest.plots.faces`: a dataset's faces across ages, and the synthetic generator's.
 """
 
-from ageest.plots.faces import face_grid, synthetic_faces
+from ageest.plots.faces import face_grid, prediction_figure, synthetic_faces
 from ageest.plots.loss import (
     distributions_figure,
     explorer_figure,
@@ -32,5 +32,6 @@ __all__ = [
     "SYNTHETIC_TAG", "adaptive_k_distribution", "adaptive_k_per_epoch", "age_group_mae",
     "age_histograms", "ambiguity_calibration", "cs_curves", "distributions_figure",
     "dual_protocol", "explorer_figure", "face_grid", "gradients_figure", "k_ablation",
-    "k_sweep_figure", "learning_curves", "loss_response_figure", "synthetic_faces",
+    "k_sweep_figure", "learning_curves", "loss_response_figure", "prediction_figure",
+    "synthetic_faces",
 ]

@@ -65,3 +65,25 @@ def synthetic_faces(ages: Sequence[int] = (1, 5, 10, 15, 20, 30, 40, 50, 60, 69)
     fig.suptitle("Synthetic faces across ages (rows: subjects)", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def prediction_figure(image, probs, ages, *, title: str = ""):
+    """An image beside its predicted age distribution, the expected age marked
+    (``ageest predict --plot``)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    probs, ages = np.asarray(probs, dtype=np.float64), np.asarray(ages)
+    expected = float(probs @ ages)
+    fig, (ax_img, ax_p) = plt.subplots(1, 2, figsize=(7.5, 3.0), width_ratios=[1, 1.6])
+    ax_img.imshow(image)
+    ax_img.axis("off")
+    ax_p.bar(ages, probs, width=0.9, color="tab:blue")
+    ax_p.axvline(expected, color="tab:red", ls="--", lw=1.5,
+                 label=f"expected age {expected:.1f}")
+    ax_p.set_xlabel("age (years)")
+    ax_p.set_ylabel("p(age)")
+    ax_p.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
