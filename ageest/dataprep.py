@@ -1,10 +1,12 @@
 """Data preparation for the pipeline (notebook 00): pick the real or the synthetic datasets, load
 them with manifests, and summarise datasets and folds with their disjointness checks.
 
-The pipeline always has an FG-NET-format dataset (real FG-NET when a folder is given, else the
+The pipeline has an FG-NET-format dataset (real FG-NET when a folder is given, else the
 synthetic FG-NET-like faces) and a CLAP2016-format one (the APPA-REAL release, or the synthetic
-CLAP-like faces). :func:`dataset_choice` is the one place that decides which, so notebooks 00, 02
-and 04 agree.
+CLAP-like faces), or, with ``utkface_dir``, real UTKFace faces alone (no identities: a seeded,
+age-stratified train/valid/test split written as a CSV, :func:`utkface_split_csv`).
+:func:`dataset_choice` and :func:`load_datasets` are the one place that decides which, so
+notebooks 00, 02, 03 and 04 agree.
 """
 
 from __future__ import annotations
@@ -17,8 +19,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-KINDS = {"fgnet": ("fgnet", "synthetic-fgnet"), "clap": ("clap2016", "synthetic-clap")}
-LABELS = {"fgnet": "FG-NET format", "clap": "CLAP2016 format"}
+KINDS = {"fgnet": ("fgnet", "synthetic-fgnet"), "clap": ("clap2016", "synthetic-clap"),
+         "utkface": ("utkface", None)}
+LABELS = {"fgnet": "FG-NET format", "clap": "CLAP2016 format", "utkface": "UTKFace"}
+#: how a caption names each kind's data ("FG-NET-format MAE ...", "UTKFace MAE ...")
+CAPTION_LABELS = {"fgnet": "FG-NET-format", "clap": "CLAP2016-format", "utkface": "UTKFace"}
+#: where notebook 00 writes the UTKFace split (under the results folder)
+UTKFACE_SPLIT = Path("splits") / "utkface_split.csv"
 
 
 def dataset_choice(kind: str, data_dir: str | os.PathLike | None = "") -> tuple[str, str | None]:
@@ -35,6 +42,9 @@ def dataset_choice(kind: str, data_dir: str | os.PathLike | None = "") -> tuple[
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
     real, synthetic = KINDS[kind]
+    if synthetic is None and not data_dir:
+        raise ValueError(f"{kind}_dir is empty: {LABELS[kind]} has no synthetic stand-in; pass "
+                         f"the folder of its images (ageest reproduce --{kind} DIR)")
     if data_dir:
         path = Path(data_dir).expanduser()
         if not path.is_dir():
@@ -45,7 +55,8 @@ def dataset_choice(kind: str, data_dir: str | os.PathLike | None = "") -> tuple[
 
 
 def load(kind: str, data_dir: str | os.PathLike | None, *, out: str | os.PathLike,
-         size: int = 64, on_bad: str = "raise") -> tuple[pd.DataFrame, Any]:
+         size: int = 64, on_bad: str = "raise",
+         loader_options: Mapping[str, Any] | None = None) -> tuple[pd.DataFrame, Any]:
     """Load the ``kind`` dataset (see :func:`dataset_choice`) and verify or write its manifest
     at ``out/data/<name>.manifest.json`` (counts, age histogram, sha256 per file).
 
@@ -56,7 +67,97 @@ def load(kind: str, data_dir: str | os.PathLike | None, *, out: str | os.PathLik
     name, folder = dataset_choice(kind, data_dir)
     manifest = Path(out) / "data" / f"{name}.manifest.json"
     manifest.parent.mkdir(parents=True, exist_ok=True)
-    return get_dataset(name, data_dir=folder, size=size, on_bad=on_bad, manifest=manifest)
+    return get_dataset(name, data_dir=folder, size=size, on_bad=on_bad, manifest=manifest,
+                       loader_options=loader_options)
+
+
+def utkface_split_csv(utkface_dir: str | os.PathLike, out: str | os.PathLike, *,
+                      split_csv: str | os.PathLike | None = "", seed: int = 0,
+                      fractions=None, on_bad: str = "raise") -> Path:
+    """The split the UTKFace runs use, as a CSV (``image_id, split``): the user's ``split_csv``
+    (checked against the images), else a seeded, age-stratified 60/10/30 split
+    (:func:`ageest.data.splits.stratified_split`) written to ``out/splits/utkface_split.csv``.
+    An existing file there with another split is an error, never overwritten."""
+    from ageest.artifacts import atomic_write_text
+    from ageest.data import get_dataset
+    from ageest.data.splits import SPLIT_FRACTIONS, apply_split_csv, stratified_split
+
+    name, folder = dataset_choice("utkface", utkface_dir)
+    df, _ = get_dataset(name, data_dir=folder, on_bad=on_bad)
+    if split_csv:
+        apply_split_csv(df, split_csv)  # raises naming what does not match
+        return Path(split_csv).expanduser().resolve()
+    split = stratified_split(df, fractions=tuple(fractions or SPLIT_FRACTIONS), seed=seed)
+    path = Path(out) / UTKFACE_SPLIT
+    text = split.to_csv(index=False)
+    if path.is_file() and path.read_text(encoding="utf-8") != text:
+        raise FileExistsError(f"{path} holds another split (other images, seed or fractions); "
+                              "delete it, use another results_dir, or pass it as utkface_split")
+    if not path.is_file():
+        atomic_write_text(path, text)
+    return path.resolve()
+
+
+def load_datasets(*, fgnet_dir: str = "", clap_dir: str = "", utkface_dir: str = "",
+                  utkface_split: str = "", out: str | os.PathLike, size: int = 64,
+                  on_bad: str = "raise", split_seed: int = 0, split_fractions=None
+                  ) -> dict[str, tuple[pd.DataFrame, Any]]:
+    """The pipeline's datasets by label: UTKFace alone (with its split, see
+    :func:`utkface_split_csv`) when ``utkface_dir`` is given, else the FG-NET-format and the
+    CLAP2016-format datasets (real or synthetic, :func:`dataset_choice`)."""
+    if utkface_dir:
+        split = utkface_split_csv(utkface_dir, out, split_csv=utkface_split, seed=split_seed,
+                                  fractions=split_fractions, on_bad=on_bad)
+        df, info = load("utkface", utkface_dir, out=out, size=size, on_bad=on_bad,
+                        loader_options={"split_csv": split})
+        df.attrs["split_csv"] = str(split)
+        return {LABELS["utkface"]: (df, info)}
+    return {LABELS["fgnet"]: load("fgnet", fgnet_dir, out=out, size=size, on_bad=on_bad),
+            LABELS["clap"]: load("clap", clap_dir, out=out, size=size, on_bad=on_bad)}
+
+
+def dataset_folds(datasets: Mapping[str, tuple[pd.DataFrame, Any]], *, protocol: str,
+                  n_folds: int, val_fraction: float, split_seed: int
+                  ) -> dict[str, tuple[pd.DataFrame, list]]:
+    """Each dataset with its folds: the FG-NET-format data under ``protocol``, the others
+    (CLAP2016, UTKFace) under their train/valid/test split (``official``)."""
+    from ageest.data import make_folds
+
+    out = {}
+    for label, (df, _) in datasets.items():
+        if label == LABELS["fgnet"]:
+            folds = make_folds(df, protocol, n_folds=n_folds, val_fraction=val_fraction,
+                               seed=split_seed)
+        else:
+            folds = make_folds(df, "official")
+        out[label] = (df, folds)
+    return out
+
+
+def data_metrics(datasets: Mapping[str, tuple[pd.DataFrame, Any]],
+                 folds: Mapping[str, tuple[pd.DataFrame, list]], splits: pd.DataFrame,
+                 filters: pd.DataFrame | None = None, *, protocol: str) -> dict[str, Any]:
+    """Notebook 00's ``metrics.json``: per dataset its name, counts and folds (UTKFace: the
+    split file and the kept names that lack a field), and whether every fold is disjoint."""
+    out: dict[str, Any] = {"synthetic": any(bool(info.synthetic) for _, info in
+                                            datasets.values())}
+    for label, (df, info) in datasets.items():
+        kind = next(k for k, v in LABELS.items() if v == label)
+        entry: dict[str, Any] = {"dataset": info.name, "images": len(df),
+                                 "subjects": int(df["subject"].nunique()),
+                                 "folds": len(folds[label][1])}
+        if kind == "fgnet":
+            entry["protocol"] = protocol
+        if kind == "clap":
+            entry.update(sigma_mean=float(df["std"].mean()),
+                         filters=[] if filters is None else filters.to_dict("records"))
+        if kind == "utkface":
+            entry.update(split_csv=df.attrs.get("split_csv"),
+                         malformed_names=len(df.attrs.get("malformed_names", [])),
+                         split=df["split"].value_counts().to_dict())
+        out[kind] = entry
+    out["all_folds_disjoint"] = bool((splits["disjoint"] == "passed").all())
+    return out
 
 
 def data_summary(datasets: Mapping[str, tuple[pd.DataFrame, Any]]) -> pd.DataFrame:
@@ -76,6 +177,9 @@ def data_summary(datasets: Mapping[str, tuple[pd.DataFrame, Any]]) -> pd.DataFra
             "sigma_mean": float(std.mean()) if std.notna().any() else np.nan,
             "manifest": info.extra.get("manifest_report", "written"),
         })
+        if "malformed_names" in df.attrs and info.name == "utkface":
+            # UTKFace's few names with a field missing: kept (they carry the age), counted here
+            rows[-1]["names_missing_a_field"] = len(df.attrs["malformed_names"])
     return pd.DataFrame(rows)
 
 

@@ -533,9 +533,24 @@ def is_synthetic(preds: pd.DataFrame) -> bool:
                for name in preds["dataset"].unique())
 
 
+def has_official(preds: pd.DataFrame) -> bool:
+    """Whether any run used the official code's protocol (test-selected epoch)."""
+    return bool((preds["selection"] == OFFICIAL_SELECTION).any())
+
+
+def formats(preds: pd.DataFrame) -> tuple[str, bool]:
+    """``(main, has_clap)``: the kind the MAE tables are about (``utkface`` when UTKFace runs
+    are stored, else ``fgnet``) and whether CLAP2016-format runs are there (the ε tables)."""
+    from ageest.dataprep import KINDS
+
+    present = set(preds["dataset"])
+    main = "utkface" if present & set(KINDS["utkface"]) else "fgnet"
+    return main, bool(present & set(KINDS["clap"]))
+
+
 def by_format(preds: pd.DataFrame, kind: str, *, losses: str | Sequence[str] = "") -> pd.DataFrame:
-    """The predictions of the FG-NET-format (``kind="fgnet"``) or CLAP2016-format
-    (``kind="clap"``) runs, real or synthetic, restricted to ``losses`` (comma list or
+    """The predictions of the FG-NET-format (``kind="fgnet"``), CLAP2016-format (``"clap"``)
+    or UTKFace (``"utkface"``) runs, real or synthetic, restricted to ``losses`` (comma list or
     sequence; "" = every loss except the fixed-K ``mean_residue`` runs of the K ablation).
 
     Raises ``ValueError`` when there are none, or when both the real dataset and its synthetic

@@ -80,7 +80,9 @@ def comparison_grids(settings: Mapping[str, Any], *, fgnet_dir: str, clap_dir: s
                      protocol: str, n_folds: int, folds: list[int] | str,
                      losses: list[str] | str, official: bool, clap_losses: list[str] | str,
                      clap_settings: Mapping[str, Any] | None = None,
-                     official_losses: list[str] | str = ("amr",)) -> dict[str, dict[str, Any]]:
+                     official_losses: list[str] | str = ("amr",), utkface_dir: str = "",
+                     utkface_split: str | os.PathLike | None = None
+                     ) -> dict[str, dict[str, Any]]:
     """Notebook 02's grids, by name: ``fgnet`` (every loss, validation-selected), ``clap`` (the
     CLAP2016-format losses on its official split; none when ``clap_losses`` is empty) and, when
     ``official``, their official-protocol twins ``fgnet_official`` and ``clap_official``
@@ -88,8 +90,17 @@ def comparison_grids(settings: Mapping[str, Any], *, fgnet_dir: str, clap_dir: s
     epoch on its own metric: :func:`ageest.official.official_grid`). ``folds`` are fold
     positions (empty = all); list arguments also take comma strings. ``clap_settings`` overrides runner keys for the CLAP grids
     only (the official CLAP2016 script uses SGD, gradient clipping and its own augmentation,
-    see :func:`clap_overrides`)."""
+    see :func:`clap_overrides`). With ``utkface_dir``: one grid ``utkface`` instead, every loss on
+    UTKFace's train/valid/test split (``utkface_split``, the CSV of
+    :func:`ageest.dataprep.utkface_split_csv`; the official code has no UTKFace protocol, so no
+    official twins and no CLAP2016 runs)."""
     from ageest.official import official_grid
+
+    if utkface_dir:
+        grid = _utkface_grid(settings, utkface_dir, utkface_split)
+        if not as_list(losses):
+            raise ValueError("losses is empty: name at least one loss, e.g. 'amr,ce'")
+        return {"utkface": {**grid, "losses": as_list(losses)}}
 
     fgnet_name, fgnet_path = dataset_choice("fgnet", fgnet_dir)
     fgnet = {**settings, "dataset": [fgnet_name], "data_dir": fgnet_path,
@@ -127,20 +138,33 @@ def clap_overrides(*, optimizer: str, epochs: int, grad_clip: float, transforms:
     return out
 
 
+def _utkface_grid(settings: Mapping[str, Any], utkface_dir: str,
+                  utkface_split: str | os.PathLike | None) -> dict[str, Any]:
+    name, path = dataset_choice("utkface", utkface_dir)
+    if not utkface_split:
+        raise ValueError("utkface_split is empty: the UTKFace runs need their split CSV "
+                         "(ageest.dataprep.utkface_split_csv)")
+    return {**settings, "dataset": [name], "data_dir": path, "split_csv": str(utkface_split),
+            "protocol": ["official"], "selection": ["val_best"]}
+
+
 def k_ablation_grid(settings: Mapping[str, Any], *, fgnet_dir: str, protocol: str,
-                    n_folds: int, folds: list[int] | str,
-                    ks: list[int] | str) -> dict[str, dict[str, Any]]:
+                    n_folds: int, folds: list[int] | str, ks: list[int] | str,
+                    utkface_dir: str = "", utkface_split: str | os.PathLike | None = None
+                    ) -> dict[str, dict[str, Any]]:
     """Notebook 04's grid: ``mean_residue`` for every fixed K in ``ks`` plus the adaptive AMR
-    (``k: adaptive``), on the same folds and seeds."""
-    fgnet_name, fgnet_path = dataset_choice("fgnet", fgnet_dir)
+    (``k: adaptive``), on the same folds and seeds (UTKFace: its split)."""
     k_values = int_list(ks, "ks")
     if not k_values:
         raise ValueError("ks is empty: give fixed K values, e.g. '1,2,3,4,5,6,8,10'")
+    runs = {"losses": ["mean_residue"], "k": [*k_values, "adaptive"]}
+    if utkface_dir:
+        return {"k_ablation": {**_utkface_grid(settings, utkface_dir, utkface_split), **runs}}
+    fgnet_name, fgnet_path = dataset_choice("fgnet", fgnet_dir)
     return {"k_ablation": {**settings, "dataset": [fgnet_name], "data_dir": fgnet_path,
                            "protocol": [protocol], "n_folds": int(n_folds),
                            "folds": int_list(folds, "folds") or None,
-                           "selection": ["val_best"], "losses": ["mean_residue"],
-                           "k": [*k_values, "adaptive"]}}
+                           "selection": ["val_best"], **runs}}
 
 
 def run_grids(grids: Mapping[str, Mapping[str, Any]], results_dir: str | os.PathLike

@@ -172,6 +172,7 @@ def build_report(out: str | Path, *, profile: str | None = None) -> str:
         ]
     elif synthetic is None:
         lines += ["> The data-preparation notebook did not record which data were used.", ""]
+    lines += _utkface_note(out)
     paper = paper_results()
     sourced = paper[paper.value.notna()]
     lines += [
@@ -221,6 +222,21 @@ def build_report(out: str | Path, *, profile: str | None = None) -> str:
             lines += [f"### {title}", "", _block(out, kind, files[name], title, bool(synthetic)),
                       ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _utkface_note(out: Path) -> list[str]:
+    """The report's opening for a UTKFace run: real data, which split, not the paper's data."""
+    path = out / "metrics" / "00_data_prep.json"
+    utk = read_json(path).get("utkface") if path.is_file() else None
+    if not utk:
+        return []
+    split = ", ".join(f"{k} {v}" for k, v in sorted(utk.get("split", {}).items()))
+    return [
+        f"> **Real data: UTKFace** ({utk['images']:,} faces; {utk.get('malformed_names', 0)} "
+        "file name(s) lacking a field were kept and counted). Split: "
+        f"`{utk.get('split_csv')}` ({split}; a seeded, age-stratified train/valid/test split "
+        "unless a split CSV was given). UTKFace is **not one of the paper's datasets** (FG-NET, "
+        "CLAP2016): no published number applies, and the tables name the data as UTKFace.", ""]
 
 
 def _last_section_of(notebook: str):

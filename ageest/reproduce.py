@@ -31,7 +31,7 @@ from ageest.artifacts import atomic_write_text, read_json, write_manifest
 from ageest.errors import UserError, format_user_error
 from ageest.parameters import SHARED_FILE, as_list
 
-PROFILES = ("smoke", "default", "paper")
+PROFILES = ("smoke", "default", "paper", "utkface")
 KERNEL_NAME = "ageest"
 NOTEBOOK_PATTERN = re.compile(r"^\d{2}_[A-Za-z0-9_]+\.ipynb$")
 PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
@@ -438,10 +438,19 @@ def _select(notebooks: list[Path], only: str | None) -> list[Path]:
     return chosen
 
 
-def _check_data_dirs(profile: str, fgnet: str | None, clap: str | None) -> None:
-    for flag, value in (("--fgnet", fgnet), ("--clap", clap)):
+def _check_data_dirs(profile: str, fgnet: str | None, clap: str | None,
+                     utkface: str | None = None) -> None:
+    for flag, value in (("--fgnet", fgnet), ("--clap", clap), ("--utkface", utkface)):
         if value and not Path(value).expanduser().is_dir():
             raise ReproduceError(f"{flag} {value}: no such folder")
+    if utkface and (fgnet or clap):
+        raise ReproduceError("--utkface runs the pipeline on UTKFace alone; give it without "
+                             "--fgnet and --clap (use another --results-dir for those)")
+    if profile == "utkface" and not utkface:
+        raise ReproduceError(
+            "profile 'utkface' trains on real UTKFace faces; pass --utkface DIR (the folder of "
+            "{age}_{gender}_{race}_{datetime}.jpg crops, e.g. UTKFace's 'Aligned&Cropped "
+            "Faces'). Use --profile default for the synthetic stand-ins.")
     if profile == "paper" and not (fgnet and clap):
         missing = [f for f, v in (("--fgnet DIR", fgnet), ("--clap DIR", clap)) if not v]
         raise ReproduceError(
@@ -453,7 +462,7 @@ def _check_data_dirs(profile: str, fgnet: str | None, clap: str | None) -> None:
 
 
 def reproduce(profile: str, *, fgnet: str | None = None, clap: str | None = None,
-              device: str | None = None, workers: int | None = None,
+              utkface: str | None = None, device: str | None = None, workers: int | None = None,
               results_dir: str | Path | None = None, only: str | None = None,
               notebooks_dir: str | Path | None = None, params_dir: str | Path | None = None,
               kernel_name: str = KERNEL_NAME, html: bool = True, report: bool = True,
@@ -473,7 +482,7 @@ def reproduce(profile: str, *, fgnet: str | None = None, clap: str | None = None
     if profile not in PROFILES and not (Path(params_dir or paths.PARAMS) / profile).is_dir():
         raise ReproduceError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}"
                              + (f" or a folder of {params_dir}" if params_dir else ""))
-    _check_data_dirs(profile, fgnet, clap)
+    _check_data_dirs(profile, fgnet, clap, utkface)
     out = paths.output_root(profile, results_dir)
     notebooks = list_notebooks(notebooks_dir)
     check_profile(profile, notebooks, params_dir)
@@ -481,6 +490,7 @@ def reproduce(profile: str, *, fgnet: str | None = None, clap: str | None = None
     overrides = {
         "fgnet_dir": str(Path(fgnet).expanduser().resolve()) if fgnet else None,
         "clap_dir": str(Path(clap).expanduser().resolve()) if clap else None,
+        "utkface_dir": str(Path(utkface).expanduser().resolve()) if utkface else None,
         "device": device, "workers": workers,
     }
     parameters = dict(parameters or {})
@@ -583,6 +593,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: the synthetic FG-NET-like data; required by --profile paper)")
     parser.add_argument("--clap", metavar="DIR", help="real CLAP2016 / APPA-REAL folder "
                         "(default: synthetic; required by --profile paper)")
+    parser.add_argument("--utkface", metavar="DIR", help="real UTKFace image folder (the "
+                        "{age}_{gender}_{race}_{datetime}.jpg crops); required by --profile "
+                        "utkface, which then uses only it")
     parser.add_argument("--device", help="training device, e.g. cpu, cuda, cuda:1 "
                         "(default: the profile's)")
     parser.add_argument("--workers", type=int, help="parallel training runs "
@@ -610,7 +623,8 @@ def run(args: argparse.Namespace) -> int:
         if len(set(names)) != len(names):
             dup = next(n for n in names if names.count(n) > 1)
             raise ReproduceError(f"-p {dup} is given twice; give each parameter once")
-        reproduce(args.profile, fgnet=args.fgnet, clap=args.clap, device=args.device,
+        reproduce(args.profile, fgnet=args.fgnet, clap=args.clap, utkface=args.utkface,
+                  device=args.device,
                   workers=args.workers, results_dir=args.results_dir, only=args.only,
                   kernel_name=args.kernel, html=not args.no_html,
                   parameters=dict(args.parameter), params_dir=args.params_dir)

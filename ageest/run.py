@@ -39,6 +39,7 @@ from ageest.train import TrainConfig, train
 
 #: run parameters left out of the hash (they do not change the numbers)
 UNHASHED = ("quiet", "threads", "keep_checkpoints", "data_dir", "csv", "json", "image_root",
+            "split_csv",  # a location: the split digest covers the split itself
             "params_hash", "ageest_version", "on_bad")  # on_bad: the data digest covers it
 KEEP_CHECKPOINTS = ("best", "all", "none")
 
@@ -111,11 +112,16 @@ CLAP_DATASETS = ("clap2016", "synthetic-clap")
 #: grid keys that are options of the csv / benchmark-json loaders
 FILE_LOADER_KEYS = ("age_range", "allow_outside_root")
 FILE_DATASETS = ("csv", "benchmark-json")
+#: grid keys that are options of the UTKFace loader
+UTKFACE_LOADER_KEYS = ("split_csv",)
 
 
 def loader_keys(dataset: str) -> tuple[str, ...]:
+    """The grid keys that are options of ``dataset``'s loader (they change its data, and so the
+    run's identity; other datasets ignore them)."""
     return (CLAP_LOADER_KEYS if dataset in CLAP_DATASETS else
-            FILE_LOADER_KEYS if dataset in FILE_DATASETS else ())
+            FILE_LOADER_KEYS if dataset in FILE_DATASETS else
+            UTKFACE_LOADER_KEYS if dataset == "utkface" else ())
 
 
 def load_data(params: dict[str, Any]):

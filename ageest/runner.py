@@ -154,6 +154,8 @@ SCHEMA: dict[str, GridKey] = {key.name: key for key in [
        "default 0,100)", item="int", minimum=0),
     _k("allow_outside_root", False, "bool", "csv/benchmark-json: accept image paths that "
        "resolve outside --image-root"),
+    _k("split_csv", None, "str", "UTKFace: train/valid/test split CSV (image_id,split) for "
+       "the official protocol"),
     _k("on_bad", "raise", "str", "bad image files: stop naming them, or skip them and record "
        "the list (printed, and skipped.json in each run folder)", choices=ON_BAD_CHOICES),
     # training: TrainConfig's fields (one source of defaults)

@@ -26,7 +26,7 @@ TIERS = {
     "test_report_evaluation": "unit", "test_report_grids": "unit", "test_train": "unit",
     "test_official": "unit", "test_data_trust": "unit", "test_architecture": "unit", "test_data_prepare": "pipeline", "test_cli": "pipeline",
     "test_runner": "pipeline", "test_notebooks": "pipeline", "test_paper_path": "pipeline",
-    "test_predict": "pipeline",
+    "test_predict": "pipeline", "test_utkface": "pipeline",
     "test_tiers": "pipeline",
     "test_ray_executor": "integration", "test_ddp": "integration",
     "test_jupyterlab_browser": "integration",

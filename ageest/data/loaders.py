@@ -561,6 +561,7 @@ class _ClapScan:
 def load_utkface(
     root: str | os.PathLike, *, on_bad: str = "raise", check_images: str = "header",
     age_range: tuple[int, int] = UTKFACE_AGE_RANGE, recursive: bool = True,
+    split_csv: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
     """Load UTKFace: ``{age}_{gender}_{race}_{datetime}.jpg`` (also ``.jpg.chip.jpg`` crops).
 
@@ -579,12 +580,16 @@ def load_utkface(
         Declared age range (0-116 in the release).
     recursive : bool
         Search sub-folders.
+    split_csv : path-like, optional
+        A train/valid/test split (``image_id, split``; :func:`ageest.data.splits.stratified_split`
+        writes one) giving the ``split`` column, so the ``official`` protocol uses it.
 
     Returns
     -------
     DataFrame
         Common columns plus ``gender`` and ``race`` (NA where the name lacks them);
-        ``image_id`` = path relative to ``root``.
+        ``image_id`` = path relative to ``root``. ``df.attrs["malformed_names"]`` lists the
+        kept names that lack a field (the release has a few three-field names).
     """
     check_on_bad(on_bad)
     root = _require_dir(root, "UTKFace", "pass the folder holding the {age}_... .jpg images")
@@ -624,6 +629,10 @@ def load_utkface(
                  attrs={"ignored_files": ignored, "malformed_names": malformed})
     df["gender"] = df["gender"].astype("Int64")
     df["race"] = df["race"].astype("Int64")
+    if split_csv is not None:
+        from ageest.data.splits import apply_split_csv
+
+        df = apply_split_csv(df, split_csv)
     return df
 
 

@@ -221,3 +221,93 @@ def check_disjoint(df: pd.DataFrame, fold_or_train: Fold | np.ndarray,
 
 
 __all__ = ["PROTOCOLS", "Fold", "check_disjoint", "make_folds"]
+
+
+#: train / valid / test shares of :func:`stratified_split` (the UTKFace profile's 60/10/30)
+SPLIT_FRACTIONS = (0.6, 0.1, 0.3)
+
+
+def _age_strata(ages: np.ndarray, width: int, minimum: int) -> np.ndarray:
+    """Age bins of ``width`` years, a bin with fewer than ``minimum`` images merged into its
+    neighbour (scikit-learn's stratification needs a few images per stratum)."""
+    bins = (ages // width).astype(np.int64)
+    labels = sorted(set(bins.tolist()))
+    counts = {b: int((bins == b).sum()) for b in labels}
+    merged = {}
+    pending: list[int] = []
+    for b in labels:
+        pending.append(b)
+        if sum(counts[p] for p in pending) >= minimum:
+            merged.update(dict.fromkeys(pending, pending[-1]))
+            pending = []
+    last = max(merged.values()) if merged else labels[-1]
+    merged.update(dict.fromkeys(pending, last))  # the oldest few join the last full bin
+    return np.array([merged[b] for b in bins])
+
+
+def stratified_split(df: pd.DataFrame, *, fractions: tuple[float, float, float] = SPLIT_FRACTIONS,
+                     seed: int = 0, bin_width: int = 5) -> pd.DataFrame:
+    """A seeded, age-stratified train / valid / test split of a dataset without identities
+    (UTKFace): scikit-learn's ``train_test_split`` twice, stratified on ``bin_width``-year age
+    bins. Returns ``image_id, split`` rows in the table's order (a CSV anyone can reuse with
+    ``split_csv``).
+
+    >>> df = pd.DataFrame({"image_id": [str(i) for i in range(100)], "age": range(100)})
+    >>> s = stratified_split(df, seed=0)
+    >>> s["split"].value_counts().to_dict()
+    {'train': 60, 'test': 30, 'valid': 10}
+    """
+    from sklearn.model_selection import train_test_split
+
+    fractions = tuple(float(f) for f in fractions)
+    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-9 \
+            or fractions[0] == 0 or fractions[2] == 0:
+        raise ValueError(f"split fractions {fractions}: expected train, valid, test shares "
+                         "that sum to 1 (train and test > 0)")
+    ages = df["age"].to_numpy(dtype=np.int64)
+    positions = np.arange(len(df))
+    strata = _age_strata(ages, bin_width, minimum=max(10, int(np.ceil(3 / min(
+        f for f in fractions if f > 0)))))
+    n_test, n_val = (int(round(f * len(df))) for f in (fractions[2], fractions[1]))
+    rest, test = train_test_split(positions, test_size=n_test, random_state=seed,
+                                  stratify=strata)
+    split = np.full(len(df), "train", dtype=object)
+    split[test] = "test"
+    if n_val > 0:
+        _, val = train_test_split(rest, test_size=n_val, random_state=seed,
+                                  stratify=strata[rest])
+        split[val] = "valid"
+    return pd.DataFrame({"image_id": df["image_id"].astype(str).to_numpy(), "split": split})
+
+
+def apply_split_csv(df: pd.DataFrame, path) -> pd.DataFrame:
+    """The table with its ``split`` column from a split CSV (``image_id, split``; what
+    :func:`stratified_split` writes). Every image must be listed once, with train, valid or
+    test; an id the table lacks is an error too (the CSV belongs to another copy)."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"split CSV {path}: no such file; pass a CSV with image_id,split "
+                        "(ageest writes one to results/<profile>/splits/)")
+    table = pd.read_csv(path, dtype=str)
+    missing = [c for c in ("image_id", "split") if c not in table.columns]
+    if missing:
+        raise DataError(f"split CSV {path}: no column(s) {missing}; expected image_id,split")
+    bad = sorted(set(table["split"]) - {"train", "valid", "test"})
+    if bad:
+        raise DataError(f"split CSV {path}: split values {bad}; expected train, valid, test")
+    dup = table["image_id"][table["image_id"].duplicated()].tolist()
+    if dup:
+        raise DataError(f"split CSV {path}: image ids listed twice, e.g. {dup[:3]}")
+    mapping = dict(zip(table["image_id"], table["split"], strict=True))
+    ids = df["image_id"].astype(str)
+    unlisted = ids[~ids.isin(mapping)].tolist()
+    foreign = sorted(set(mapping) - set(ids))
+    if unlisted or foreign:
+        raise DataError(f"split CSV {path} does not match the dataset: {len(unlisted)} image(s) "
+                        f"not listed (e.g. {unlisted[:3]}), {len(foreign)} listed id(s) not in "
+                        f"it (e.g. {foreign[:3]}); write a split for this copy")
+    out = df.copy()
+    out["split"] = ids.map(mapping).astype("string").to_numpy()
+    return out

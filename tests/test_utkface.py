@@ -1,0 +1,76 @@
+"""The UTKFace path: the seeded age-stratified split and its CSV, the three-field names kept and
+counted, and the utkface profile end to end on a tiny UTKFace-format folder (shrunk with -p):
+every table names UTKFace and the report opens with the real-data note."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from ageest.data import get_dataset
+from ageest.data.integrity import DataError
+from ageest.data.splits import apply_split_csv, stratified_split
+from ageest.reproduce import ReproduceError, reproduce
+from tests.helpers import write_utkface_fixture
+
+pytestmark = pytest.mark.filterwarnings("ignore:UTKFace .* do not follow")
+
+
+@pytest.fixture(scope="module")
+def utk(tmp_path_factory):
+    return write_utkface_fixture(tmp_path_factory.mktemp("utk") / "UTKFace", n_images=60)
+
+
+def test_split_is_seeded_stratified_and_round_trips(utk, tmp_path):
+    df, info = get_dataset("utkface", data_dir=utk)
+    assert info.start_age == 0 and info.end_age == 116 and len(df) == 60
+    assert len(df.attrs["malformed_names"]) == 1  # the three-field name, kept
+    split = stratified_split(df, seed=0)
+    assert split["split"].value_counts().to_dict() == {"train": 36, "test": 18, "valid": 6}
+    assert split.equals(stratified_split(df, seed=0))
+    assert not split.equals(stratified_split(df, seed=1))
+    # each part spans the age range (stratified on 5-year bins)
+    ages = df.set_index("image_id")["age"]
+    for part in ("train", "test"):
+        got = ages[split.loc[split["split"] == part, "image_id"]]
+        assert got.min() < 20 and got.max() > 70, part
+    path = tmp_path / "split.csv"
+    split.to_csv(path, index=False)
+    again, _ = get_dataset("utkface", data_dir=utk, loader_options={"split_csv": path})
+    assert (again["split"].value_counts() == split["split"].value_counts()).all()
+    split.iloc[1:].to_csv(path, index=False)
+    with pytest.raises(DataError, match="1 image\\(s\\) not listed"):
+        apply_split_csv(df, path)
+    with pytest.raises(ValueError, match="sum to 1"):
+        stratified_split(df, fractions=(0.5, 0.1, 0.1))
+
+
+def test_utkface_profile_needs_the_folder(tmp_path):
+    with pytest.raises(ReproduceError, match="pass --utkface DIR"):
+        reproduce("utkface", results_dir=tmp_path, log=lambda s: None)
+
+
+def test_utkface_profile_end_to_end(utk, tmp_path):
+    out = tmp_path / "res"
+    reproduce("utkface", utkface=str(utk), results_dir=out, log=lambda s: None, html=False,
+              parameters={"epochs": "1", "milestones": "", "image_size": "32",
+                          "batch_size": "16", "workers": "1", "n_boot": "50",
+                          "n_resamples": "99", "sweep_points": "5"})
+    split = pd.read_csv(out / "splits" / "utkface_split.csv")
+    assert len(split) == 60 and set(split["split"]) == {"train", "valid", "test"}
+    summary = pd.read_csv(out / "tables" / "data_summary.csv")
+    assert summary["name"].tolist() == ["utkface"] and summary["names_missing_a_field"][0] == 1
+    mae = pd.read_csv(out / "tables" / "fgnet_mae_comparison.csv")
+    assert set(mae["loss"]) == {"amr", "mean_variance", "ce", "dldl_v2"}
+    assert (mae["n_images"] == 18).all()  # the split's test part
+    for name in ("fgnet_mae_comparison", "cs_curves", "age_group_mae", "k_ablation",
+                 "paired_tests", "protocol_sensitivity"):
+        text = (out / "tables" / f"{name}.md").read_text()
+        assert "UTKFace" in text.split("\n", 1)[0], name
+        assert not text.startswith("Synthetic data"), name
+    for absent in ("clap_epsilon_comparison", "clap_filters", "dual_protocol"):
+        assert not (out / "tables" / f"{absent}.csv").exists()
+    report = (out / "REPORT.md").read_text()
+    head = report.split("## ", 1)[0]
+    assert "Real data: UTKFace" in head and "not one of the paper's datasets" in head
+    assert "Synthetic data" not in head
