@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ageest.predict import LoadedRun, RunError, load_run, preprocessing
+from ageest.predict import LoadedRun, RunError, evaluation_dataset, load_run, preprocessing
 
 #: parity bound on the expected age (years) between onnxruntime and PyTorch, float32
 PARITY_TOLERANCE = 1e-3
@@ -68,17 +68,9 @@ def test_images(run: LoadedRun) -> list[str]:
 
 def _batch(run: LoadedRun, paths: list[str]) -> np.ndarray:
     """The preprocessed images (N, 3, H, W) float32, as the run's evaluation made them."""
-    import pandas as pd
     import torch
 
-    from ageest.data import AgeDataset, build_transforms, cache_spec
-
-    cfg = run.config
-    side, fit = cache_spec(cfg.transforms, size=cfg.image_size, train=False)
-    tf = build_transforms(cfg.transforms, train=False, size=cfg.image_size,
-                          normalize=cfg.normalize)
-    ds = AgeDataset(pd.DataFrame({"path": paths, "age": run.start_age}),
-                    start_age=run.start_age, transform=tf, size=side, fit=fit)
+    ds = evaluation_dataset(run, paths)
     return torch.stack([ds[i][0] for i in range(len(ds))]).float().numpy()
 
 

@@ -239,20 +239,28 @@ def predict(inputs: list[str | os.PathLike], run_dir: str | os.PathLike | None =
     return out
 
 
-def _probs(run: LoadedRun, paths: list[Path], batch_size: int) -> np.ndarray:
-    """Softmax over the ages of each image, decoded and transformed as the run's evaluation."""
-    import torch
-    from torch.utils.data import DataLoader
-
+def evaluation_dataset(run: LoadedRun, paths: list[str] | list[Path]):
+    """An :class:`~ageest.data.AgeDataset` of ``paths`` decoded and transformed exactly as the
+    run's evaluation passes were (uint8 cache geometry and evaluation transform)."""
     from ageest.data import AgeDataset, build_transforms, cache_spec
-    from ageest.train import predict_probs
 
     cfg = run.config
     side, fit = cache_spec(cfg.transforms, size=cfg.image_size, train=False)
     tf = build_transforms(cfg.transforms, train=False, size=cfg.image_size,
                           normalize=cfg.normalize)
     table = pd.DataFrame({"path": [str(p) for p in paths], "age": run.start_age})
-    ds = AgeDataset(table, start_age=run.start_age, transform=tf, size=side, fit=fit)
+    return AgeDataset(table, start_age=run.start_age, transform=tf, size=side, fit=fit)
+
+
+def _probs(run: LoadedRun, paths: list[Path], batch_size: int) -> np.ndarray:
+    """Softmax over the ages of each image, decoded and transformed as the run's evaluation."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from ageest.train import predict_probs
+
+    cfg = run.config
+    ds = evaluation_dataset(run, paths)
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
     amp = cfg.amp if torch.device(run.device).type == "cuda" else None
     probs, index = predict_probs(run.model, DataLoader(ds, batch_size=batch_size), run.device,
