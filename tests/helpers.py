@@ -90,8 +90,10 @@ def notebook_grids(profile: str, stem: str, tmp_path: Path, overrides: dict | No
 
 def write_utkface_fixture(root: Path, n_images: int = 60, seed: int = 0, size: int = 32) -> Path:
     """A UTKFace-format folder of synthetic faces under the release's naming,
-    ``{age}_{gender}_{race}_{datetime}.jpg.chip.jpg`` (the aligned-and-cropped set), ages spread
-    over 1-90, with one of the release's three-field names (race missing). Returns ``root``."""
+    ``{age}_{gender}_{race}_{datetime}.jpg.chip.jpg`` (the aligned-and-cropped set), each named
+    with the age its face was drawn at (the synthetic FG-NET-like faces: 0-69), with one of the
+    release's three-field names (race missing). Returns ``root``."""
+    from ageest.data.loaders import parse_fgnet_name
     from ageest.data.synthetic import write_fgnet_like
 
     faces = write_fgnet_like(root.parent / f".{root.name}-faces", seed=seed, size=size,
@@ -99,7 +101,7 @@ def write_utkface_fixture(root: Path, n_images: int = 60, seed: int = 0, size: i
     root.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     for i, path in enumerate(sorted(faces.glob("*.JPG"))):
-        age = int(1 + (i * 89) // max(1, n_images - 1))
+        age = int(parse_fgnet_name(path.name)[1])
         stamp = f"2017011{i % 10}1745{i:05d}"
         name = (f"{age}_{i % 2}_{stamp}.jpg.chip.jpg" if i == 3 else
                 f"{age}_{i % 2}_{int(rng.integers(0, 5))}_{stamp}.jpg.chip.jpg")
