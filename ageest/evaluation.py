@@ -533,6 +533,23 @@ def is_synthetic(preds: pd.DataFrame) -> bool:
                for name in preds["dataset"].unique())
 
 
+def mae_caption(preds: pd.DataFrame, *, data: str, readout: str, ci: float) -> str:
+    """The MAE comparison's caption: the data, the clean rows' readout, what the bootstrap
+    resamples (subjects, or images when the data have no identities) and, when there are
+    official-protocol rows, how their epoch and readout were chosen.
+
+    >>> p = pd.DataFrame({"subject": ["a"], "selection": ["val_best"]})
+    >>> mae_caption(p, data="UTKFace", readout="expectation", ci=0.95)
+    'UTKFace MAE (years), expectation readout for clean rows; 95% subject-bootstrap CIs.'
+    """
+    unit = "subject" if preds["subject"].notna().any() else "image"
+    text = f"{data} MAE (years), {readout} readout for clean rows; {ci:.0%} {unit}-bootstrap CIs."
+    if has_official(preds):
+        text += (" Official rows: epoch chosen on the test set's rounded MAE (test-selected), "
+                 "rounded readout.")
+    return text
+
+
 def has_official(preds: pd.DataFrame) -> bool:
     """Whether any run used the official code's protocol (test-selected epoch)."""
     return bool((preds["selection"] == OFFICIAL_SELECTION).any())

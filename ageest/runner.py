@@ -336,7 +336,10 @@ def expand_grid(grid: dict[str, Any], results_dir: str | os.PathLike | None = No
                 "split" in df.columns and bool(df["split"].notna().any()))  # e.g. csv's column
             if protocol == "official" and not has_split:
                 raise ValueError(f"dataset {dataset!r} has no official split (no split column); "
-                                 "use protocol lopo or group-kfold")
+                                 "use protocol lopo or group-kfold" + (
+                                     ", or give --split-csv (image_id,split; ageest.data.splits"
+                                     ".stratified_split writes one)" if dataset == "utkface"
+                                     else ""))
             split = {"protocol": protocol, "n_folds": int(g["n_folds"]),
                      "val_fraction": float(g["val_fraction"]), "split_seed": int(g["split_seed"])}
             folds = build_folds(df, split)
