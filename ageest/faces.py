@@ -27,7 +27,10 @@ def _cascade():
 
 def largest_face(image: np.ndarray, detector=None) -> tuple[int, int, int, int] | None:
     """``(x, y, w, h)`` of the largest face in an RGB ``uint8 (H, W, 3)`` image, or ``None``."""
-    cv2, classifier = detector or _cascade()
+    detector = detector or _cascade()
+    if detector is None:
+        raise ImportError("face detection needs OpenCV 4: pip install 'ageest[faces]'")
+    cv2, classifier = detector
     grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     side = max(24, min(image.shape[:2]) // 10)
     boxes = classifier.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5,

@@ -270,6 +270,7 @@ def _probs(run: LoadedRun, paths: list[Path], batch_size: int) -> np.ndarray:
 
 def plot_predictions(table: pd.DataFrame, run: LoadedRun, folder: str | os.PathLike) -> list[Path]:
     """One figure per image under ``folder``: the image beside its age distribution."""
+    import matplotlib.pyplot as plt
     from PIL import Image
 
     from ageest.artifacts import save_figure
@@ -283,8 +284,6 @@ def plot_predictions(table: pd.DataFrame, run: LoadedRun, folder: str | os.PathL
             f"{Path(row.path).name}: {row.expected_age:.1f} y ({row.face})"))
         stem = f"{i:04d}-{Path(row.path).stem}"
         written.append(save_figure(fig, None, "prediction", folder=folder, stem=stem)["png"])
-        import matplotlib.pyplot as plt
-
         plt.close(fig)
     return written
 
