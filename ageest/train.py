@@ -553,8 +553,9 @@ def _train_epoch(cfg: TrainConfig, epoch: int, model, loss_fn, opt, scaler, data
     return sums
 
 
-def _epoch_row(epoch: int, lr: float, sums: dict[str, float]) -> dict[str, Any]:
-    """The history row of the training part: sums over ranks divided by the image count."""
+def _epoch_row(epoch: int, lr: float, sums: dict[str, float]) -> tuple[dict[str, Any], float]:
+    """The history row of the training part (sums over ranks divided by the image count), and
+    that count."""
     names = sorted(k[2:] for k in sums if k.startswith("c:"))
     totals = dist.all_reduce_sum(torch.tensor(
         [sums["n"], sums["abs_err"]] + [sums[f"c:{k}"] for k in names], dtype=torch.float64))
@@ -563,8 +564,7 @@ def _epoch_row(epoch: int, lr: float, sums: dict[str, float]) -> dict[str, Any]:
     row.update({f"train_{k}": float(v) / n_total for k, v in zip(names, totals[2:],
                                                                  strict=True)})
     row["train_mae"] = float(totals[1]) / n_total
-    row["_n"] = n_total
-    return row
+    return row, n_total
 
 
 def _evaluate(cfg: TrainConfig, model, data: _Data, sel: _Selection, row: dict[str, Any],
@@ -689,8 +689,7 @@ def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_ag
         sums = _train_epoch(cfg, epoch, model, loss_fn, opt, scaler, data, device, dtype,
                             ages_axis, last_path)
         train_time, train_cpu = time.perf_counter() - t0, time.process_time() - c0
-        row = _epoch_row(epoch, lr, sums)
-        n_total = row.pop("_n")
+        row, n_total = _epoch_row(epoch, lr, sums)
         score = _evaluate(cfg, raw_model, data, sel, row, device, dtype, start_age, epoch)
         if not _state_is_finite(raw_model.state_dict()):
             raise NonFiniteLossError(_nonfinite_message(
