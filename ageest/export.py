@@ -34,26 +34,22 @@ def _require_onnx() -> None:
                        "pip install 'ageest[onnx]'") from None
 
 
-class _AgeHead:
-    """The run's network followed by the softmax and the expected-age head (built lazily so
-    this module imports without torch)."""
+def age_head(run: LoadedRun):
+    """The run's network followed by the softmax and the expected-age head (float32, CPU)."""
+    import torch
 
-    @staticmethod
-    def build(run: LoadedRun):
-        import torch
+    class AgeHead(torch.nn.Module):
+        def __init__(self, net: torch.nn.Module, ages: torch.Tensor) -> None:
+            super().__init__()
+            self.net = net
+            self.register_buffer("ages", ages)  # (C,)
 
-        class AgeHead(torch.nn.Module):
-            def __init__(self, net: torch.nn.Module, ages: torch.Tensor) -> None:
-                super().__init__()
-                self.net = net
-                self.register_buffer("ages", ages)  # (C,)
+        def forward(self, image: torch.Tensor):
+            probs = torch.softmax(self.net(image), dim=1)  # (N, C)
+            return probs, probs @ self.ages  # (N, C), (N,)
 
-            def forward(self, image: torch.Tensor):
-                probs = torch.softmax(self.net(image), dim=1)  # (N, C)
-                return probs, probs @ self.ages  # (N, C), (N,)
-
-        ages = torch.arange(run.start_age, run.end_age + 1, dtype=torch.float32)
-        return AgeHead(run.model.float().cpu(), ages).eval()
+    ages = torch.arange(run.start_age, run.end_age + 1, dtype=torch.float32)
+    return AgeHead(run.model.float().cpu(), ages).eval()
 
 
 def test_images(run: LoadedRun) -> list[str]:
@@ -85,7 +81,7 @@ def export_onnx(run_dir: str | os.PathLike, onnx_path: str | os.PathLike, *,
 
     _require_onnx()
     run = load_run(run_dir, checkpoint=checkpoint, device="cpu")
-    head = _AgeHead.build(run)
+    head = age_head(run)
     onnx_path = Path(onnx_path)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     side = int(run.config.image_size)
