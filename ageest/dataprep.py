@@ -73,17 +73,20 @@ def load(kind: str, data_dir: str | os.PathLike | None, *, out: str | os.PathLik
 
 def utkface_split_csv(utkface_dir: str | os.PathLike, out: str | os.PathLike, *,
                       split_csv: str | os.PathLike | None = "", seed: int = 0,
-                      fractions=None, on_bad: str = "raise") -> Path:
+                      fractions=None, on_bad: str = "raise",
+                      df: pd.DataFrame | None = None) -> Path:
     """The split the UTKFace runs use, as a CSV (``image_id, split``): the user's ``split_csv``
     (checked against the images), else a seeded, age-stratified 60/10/30 split
     (:func:`ageest.data.splits.stratified_split`) written to ``out/splits/utkface_split.csv``.
-    An existing file there with another split is an error, never overwritten."""
+    An existing file there with another split is an error, never overwritten. ``df``: the
+    UTKFace table when the caller has loaded it already (else it is loaded here)."""
     from ageest.artifacts import atomic_write_text
     from ageest.data import get_dataset
     from ageest.data.splits import SPLIT_FRACTIONS, apply_split_csv, stratified_split
 
-    name, folder = dataset_choice("utkface", utkface_dir)
-    df, _ = get_dataset(name, data_dir=folder, on_bad=on_bad)
+    if df is None:
+        name, folder = dataset_choice("utkface", utkface_dir)
+        df, _ = get_dataset(name, data_dir=folder, on_bad=on_bad)
     if split_csv:
         apply_split_csv(df, split_csv)  # raises naming what does not match
         return Path(split_csv).expanduser().resolve()
@@ -106,10 +109,12 @@ def load_datasets(*, fgnet_dir: str = "", clap_dir: str = "", utkface_dir: str =
     :func:`utkface_split_csv`) when ``utkface_dir`` is given, else the FG-NET-format and the
     CLAP2016-format datasets (real or synthetic, :func:`dataset_choice`)."""
     if utkface_dir:
+        from ageest.data.splits import apply_split_csv
+
+        df, info = load("utkface", utkface_dir, out=out, size=size, on_bad=on_bad)
         split = utkface_split_csv(utkface_dir, out, split_csv=utkface_split, seed=split_seed,
-                                  fractions=split_fractions, on_bad=on_bad)
-        df, info = load("utkface", utkface_dir, out=out, size=size, on_bad=on_bad,
-                        loader_options={"split_csv": split})
+                                  fractions=split_fractions, df=df)
+        df = apply_split_csv(df, split)  # the loader's own split_csv step, on the loaded table
         df.attrs["split_csv"] = str(split)
         return {LABELS["utkface"]: (df, info)}
     return {LABELS["fgnet"]: load("fgnet", fgnet_dir, out=out, size=size, on_bad=on_bad),
