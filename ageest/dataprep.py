@@ -56,7 +56,8 @@ def dataset_choice(kind: str, data_dir: str | os.PathLike | None = "") -> tuple[
 
 def load(kind: str, data_dir: str | os.PathLike | None, *, out: str | os.PathLike,
          size: int = 64, on_bad: str = "raise",
-         loader_options: Mapping[str, Any] | None = None) -> tuple[pd.DataFrame, Any]:
+         loader_options: Mapping[str, Any] | None = None,
+         identical_images: str | None = None) -> tuple[pd.DataFrame, Any]:
     """Load the ``kind`` dataset (see :func:`dataset_choice`) and verify or write its manifest
     at ``out/data/<name>.manifest.json`` (counts, age histogram, sha256 per file).
 
@@ -68,13 +69,14 @@ def load(kind: str, data_dir: str | os.PathLike | None, *, out: str | os.PathLik
     manifest = Path(out) / "data" / f"{name}.manifest.json"
     manifest.parent.mkdir(parents=True, exist_ok=True)
     return get_dataset(name, data_dir=folder, size=size, on_bad=on_bad, manifest=manifest,
-                       loader_options=loader_options)
+                       loader_options=loader_options, identical_images=identical_images or None)
 
 
 def utkface_split_csv(utkface_dir: str | os.PathLike, out: str | os.PathLike, *,
                       split_csv: str | os.PathLike | None = "", seed: int = 0,
                       fractions=None, on_bad: str = "raise",
-                      df: pd.DataFrame | None = None) -> Path:
+                      df: pd.DataFrame | None = None, identical_images: str | None = None
+                      ) -> Path:
     """The split the UTKFace runs use, as a CSV (``image_id, split``): the user's ``split_csv``
     (checked against the images), else a seeded, age-stratified 60/10/30 split
     (:func:`ageest.data.splits.stratified_split`) written to ``out/splits/utkface_split.csv``.
@@ -86,7 +88,8 @@ def utkface_split_csv(utkface_dir: str | os.PathLike, out: str | os.PathLike, *,
 
     if df is None:
         name, folder = dataset_choice("utkface", utkface_dir)
-        df, _ = get_dataset(name, data_dir=folder, on_bad=on_bad)
+        df, _ = get_dataset(name, data_dir=folder, on_bad=on_bad,
+                            identical_images=identical_images or None)
     if split_csv:
         apply_split_csv(df, split_csv)  # raises naming what does not match
         return Path(split_csv).expanduser().resolve()
@@ -103,22 +106,25 @@ def utkface_split_csv(utkface_dir: str | os.PathLike, out: str | os.PathLike, *,
 
 def load_datasets(*, fgnet_dir: str = "", clap_dir: str = "", utkface_dir: str = "",
                   utkface_split: str = "", out: str | os.PathLike, size: int = 64,
-                  on_bad: str = "raise", split_seed: int = 0, split_fractions=None
-                  ) -> dict[str, tuple[pd.DataFrame, Any]]:
+                  on_bad: str = "raise", split_seed: int = 0, split_fractions=None,
+                  identical_images: str = "") -> dict[str, tuple[pd.DataFrame, Any]]:
     """The pipeline's datasets by label: UTKFace alone (with its split, see
     :func:`utkface_split_csv`) when ``utkface_dir`` is given, else the FG-NET-format and the
-    CLAP2016-format datasets (real or synthetic, :func:`dataset_choice`)."""
+    CLAP2016-format dataset (real or synthetic, :func:`dataset_choice`). ``identical_images``:
+    the identical-image policy ("" = each dataset's own, see :func:`ageest.data.get_dataset`),
+    applied before any split."""
+    policy = {"on_bad": on_bad, "identical_images": identical_images or None}
     if utkface_dir:
         from ageest.data.splits import apply_split_csv
 
-        df, info = load("utkface", utkface_dir, out=out, size=size, on_bad=on_bad)
+        df, info = load("utkface", utkface_dir, out=out, size=size, **policy)
         split = utkface_split_csv(utkface_dir, out, split_csv=utkface_split, seed=split_seed,
-                                  fractions=split_fractions, df=df)
+                                  fractions=split_fractions, df=df, **policy)
         df = apply_split_csv(df, split)  # the loader's own split_csv step, on the loaded table
         df.attrs["split_csv"] = str(split)
         return {LABELS["utkface"]: (df, info)}
-    return {LABELS["fgnet"]: load("fgnet", fgnet_dir, out=out, size=size, on_bad=on_bad),
-            LABELS["clap"]: load("clap", clap_dir, out=out, size=size, on_bad=on_bad)}
+    return {LABELS["fgnet"]: load("fgnet", fgnet_dir, out=out, size=size, **policy),
+            LABELS["clap"]: load("clap", clap_dir, out=out, size=size, **policy)}
 
 
 def dataset_folds(datasets: Mapping[str, tuple[pd.DataFrame, Any]], *, protocol: str,
@@ -150,7 +156,9 @@ def data_metrics(datasets: Mapping[str, tuple[pd.DataFrame, Any]],
         kind = next(k for k, v in LABELS.items() if v == label)
         entry: dict[str, Any] = {"dataset": info.name, "images": len(df),
                                  "subjects": int(df["subject"].nunique()),
-                                 "folds": len(folds[label][1])}
+                                 "folds": len(folds[label][1]),
+                                 "identical": {k.removeprefix("identical_"): v
+                                               for k, v in identical_counts(df).items()}}
         if kind == "fgnet":
             entry["protocol"] = protocol
         if kind == "clap":
@@ -167,7 +175,9 @@ def data_metrics(datasets: Mapping[str, tuple[pd.DataFrame, Any]],
 
 def data_summary(datasets: Mapping[str, tuple[pd.DataFrame, Any]]) -> pd.DataFrame:
     """One row per dataset: name, synthetic or real, images, subjects, age range and median,
-    images per split, annotators' σ (mean) where known, manifest check result."""
+    images per split, annotators' σ (mean) where known, manifest check result, and what the
+    identical-image policy found and did (groups of identical images, their files, label
+    conflicts, groups kept once, files dropped)."""
     rows = []
     for label, (df, info) in datasets.items():
         split = df["split"].astype("string").fillna("none").value_counts()
@@ -181,11 +191,28 @@ def data_summary(datasets: Mapping[str, tuple[pd.DataFrame, Any]]) -> pd.DataFra
             "splits": ", ".join(f"{k} {v}" for k, v in split.sort_index().items()),
             "sigma_mean": float(std.mean()) if std.notna().any() else np.nan,
             "manifest": info.extra.get("manifest_report", "written"),
+            **identical_counts(df),
         })
         if "malformed_names" in df.attrs and info.name == "utkface":
             # UTKFace's few names with a field missing: kept (they carry the age), counted here
             rows[-1]["names_missing_a_field"] = len(df.attrs["malformed_names"])
     return pd.DataFrame(rows)
+
+
+def identical_counts(df: pd.DataFrame) -> dict[str, Any]:
+    """The identical-image counts of a loaded table (``df.attrs["identical"]``; zeros and the
+    policy ``not checked`` when the images were not verified).
+
+    >>> identical_counts(pd.DataFrame())["identical_policy"]
+    'not checked'
+    """
+    found = df.attrs.get("identical") or {}
+    return {"identical_policy": found.get("policy", "not checked"),
+            "identical_groups": int(found.get("groups", 0)),
+            "identical_files": int(found.get("files", 0)),
+            "label_conflicts": int(found.get("label_conflicts", 0)),
+            "identical_kept": int(found.get("kept", 0)),
+            "identical_dropped": int(found.get("dropped", 0))}
 
 
 def clap_filters(clean: pd.DataFrame, clap_dir: str | os.PathLike | None, *, size: int = 64

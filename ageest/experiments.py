@@ -46,7 +46,7 @@ TRAINING_PARAMETERS = (
     "model", "pretrained", "optimizer", "lr", "milestones", "lr_schedule", "epochs",
     "batch_size", "image_size", "transforms", "normalize", "grad_clip", "lambda_mean",
     "lambda_residue", "lambda_variance", "seeds", "device", "workers", "executor", "address",
-    "synthetic_size", "val_fraction", "split_seed")
+    "synthetic_size", "val_fraction", "split_seed", "amp", "identical_images")
 
 
 def training_settings(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -70,6 +70,7 @@ def training_settings(params: Mapping[str, Any]) -> dict[str, Any]:
         "workers": int(p["workers"]), "executor": p["executor"],
         "address": p["address"] or None, "synthetic_size": int(p["synthetic_size"]),
         "val_fraction": float(p["val_fraction"]), "split_seed": int(p["split_seed"]),
+        "amp": p["amp"], "identical_images": p["identical_images"] or None,
         # several workers: one line per finished run (the runner silences their epoch bars);
         # one worker would print a progress bar per epoch into the executed notebook
         "quiet": None if int(p["workers"]) > 1 else True,

@@ -611,6 +611,18 @@ class _AgeLoss(nn.Module):
     def extra_repr(self) -> str:
         return f"start_age={self.start_age}, end_age={self.end_age}"
 
+    def __call__(self, logits: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """The loss in float32 (or the logits' float64) even inside an autocast region: with
+        autocast on, the expectation ``p @ a`` and the residue's products would run in bf16/fp16
+        and move the loss by ~1e-3 of its value; half-precision logits are upcast
+        (:func:`_upcast`), and autograd casts the gradient back."""
+        if isinstance(logits, torch.Tensor):
+            kind = logits.device.type
+            if torch.is_autocast_enabled(kind):
+                with torch.autocast(device_type=kind, enabled=False):
+                    return super().__call__(_upcast(logits), *args, **kwargs)
+        return super().__call__(logits, *args, **kwargs)
+
     def _prepare(self, logits: torch.Tensor, ages) -> tuple[torch.Tensor, torch.Tensor]:
         _check_logits_shape(logits)
         if logits.shape[1] != self.num_classes:

@@ -257,14 +257,13 @@ def _probs(run: LoadedRun, paths: list[Path], batch_size: int) -> np.ndarray:
     import torch
     from torch.utils.data import DataLoader
 
-    from ageest.train import predict_probs
+    from ageest.train import eval_amp, predict_probs
 
     cfg = run.config
     ds = evaluation_dataset(run, paths)
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
-    amp = cfg.amp if torch.device(run.device).type == "cuda" else None
     probs, index = predict_probs(run.model, DataLoader(ds, batch_size=batch_size), run.device,
-                                 amp=amp, channels_last=cfg.channels_last, dtype=dtype)
+                                 amp=eval_amp(cfg.amp, run.device), channels_last=cfg.channels_last, dtype=dtype)
     return probs[np.argsort(index)]
 
 

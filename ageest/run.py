@@ -40,7 +40,8 @@ from ageest.train import TrainConfig, train
 #: run parameters left out of the hash (they do not change the numbers)
 UNHASHED = ("quiet", "threads", "keep_checkpoints", "data_dir", "csv", "json", "image_root",
             "split_csv",  # a location: the split digest covers the split itself
-            "params_hash", "ageest_version", "on_bad")  # on_bad: the data digest covers it
+            "params_hash", "ageest_version",
+            "on_bad", "identical_images")  # what they drop: the data digest covers it
 KEEP_CHECKPOINTS = ("best", "all", "none")
 
 
@@ -135,7 +136,8 @@ def load_data(params: dict[str, Any]):
                        csv=params.get("csv"), json=params.get("json"),
                        image_root=params.get("image_root"),
                        size=int(params.get("synthetic_size", 64)),
-                       on_bad=str(params.get("on_bad", "raise")), loader_options=options)
+                       on_bad=str(params.get("on_bad", "raise")), loader_options=options,
+                       identical_images=params.get("identical_images"))
 
 
 def build_folds(df: pd.DataFrame, params: dict[str, Any]):

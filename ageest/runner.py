@@ -56,7 +56,12 @@ import numpy as np
 import pandas as pd
 
 from ageest import __version__, store
-from ageest.data.integrity import ON_BAD_CHOICES
+from ageest.data.integrity import (
+    IDENTICAL_CHOICES,
+    ON_BAD_CHOICES,
+    identical_line,
+    is_identical_record,
+)
 from ageest.data.loaders import LABEL_ROUNDINGS
 from ageest.data.splits import PROTOCOLS
 from ageest.official import OFFICIAL_SELECTION, SELECTIONS
@@ -76,7 +81,7 @@ from ageest.run import (  # noqa: F401  (re-exported: a run's identity, used wit
     run_name,
     train_run,
 )
-from ageest.train import TrainConfig
+from ageest.train import TrainConfig, precision_label, resolve_amp
 
 # ---------------------------------------------------------------------------------------------
 # the grid: one schema (keys, defaults, types, ranges, help), its validation and its CLI flags
@@ -158,6 +163,10 @@ SCHEMA: dict[str, GridKey] = {key.name: key for key in [
        "the official protocol"),
     _k("on_bad", "raise", "str", "bad image files: stop naming them, or skip them and record "
        "the list (printed, and skipped.json in each run folder)", choices=ON_BAD_CHOICES),
+    _k("identical_images", None, "str", "identical images (same decoded pixels): refuse, or "
+       "dedupe (one copy of a group whose labels agree, none of a group whose labels disagree); "
+       "default: the dataset's (dedupe for utkface, refuse for the others)",
+       choices=IDENTICAL_CHOICES),
     # training: TrainConfig's fields (one source of defaults)
     *_train_keys(),
     _k("keep_checkpoints", "best", "str", "checkpoints kept after a run",
@@ -320,15 +329,21 @@ def expand_grid(grid: dict[str, Any], results_dir: str | os.PathLike | None = No
     # parameter hashes of existing runs stay valid
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {
         "seed", "loss", "loss_kwargs", "selection", "threads", "quiet", "augment"}
+    amp, channels_last = resolve_amp(g["amp"], g["device"], g["channels_last"])
     tasks: list[dict[str, Any]] = []
     for dataset in g["dataset"]:
         base = {"dataset": dataset, "on_bad": g["on_bad"],
+                "identical_images": g["identical_images"],
                 **{k: g[k] for k in ("data_dir", "csv", "json", "image_root", "synthetic_size")}}
         # only the dataset's own loader options change its data (and the run's identity)
         base.update({k: g[k] for k in loader_keys(dataset)})
         df, info = load_data(base)
         for record in df.attrs.get("skipped", []):  # --on-bad skip: never silent
-            print(f"{dataset}: skipped {record['path']}: {record['reason']}", file=sys.stderr)
+            if not is_identical_record(record):
+                print(f"{dataset}: skipped {record['path']}: {record['reason']}",
+                      file=sys.stderr)
+        if df.attrs.get("identical", {}).get("dropped"):  # each copy is in skipped.json
+            print(f"{dataset}: {identical_line(df.attrs['identical'])}", file=sys.stderr)
         data_digest = df.attrs.get("content_digest")
         protocols = g["protocol"] or [info.default_protocol]
         for protocol in protocols:
@@ -364,6 +379,9 @@ def expand_grid(grid: dict[str, Any], results_dir: str | os.PathLike | None = No
                                 "split_digest": fold_digest(df, folds[i]),
                                 "start_age": int(info.start_age), "end_age": int(info.end_age),
                                 **{f: g[f] for f in sorted(train_fields)},
+                                # what amp auto resolved to on this machine: part of the
+                                # run's identity, so a bf16 run is never reused as fp32
+                                "amp": amp, "channels_last": channels_last,
                                 "loss_kwargs": loss_kwargs,
                                 "keep_checkpoints": g["keep_checkpoints"],
                                 "quiet": bool(g["quiet"]) if g["quiet"] is not None
@@ -490,9 +508,11 @@ def run_grid(grid: dict[str, Any] | None = None, *, results_dir: str | os.PathLi
     todo = [t for t in tasks if not store.is_finished(t["run_dir"])]
     quiet = bool(g["quiet"]) if g["quiet"] is not None else False
     if not quiet:
+        amp, channels_last = resolve_amp(g["amp"], g["device"], g["channels_last"])
         print(f"{len(tasks)} runs in the grid, {len(tasks) - len(todo)} already finished, "
               f"{len(todo)} to run with executor {g['executor']!r} "
-              f"(workers={g['workers']}) -> {results_dir / 'runs'}", flush=True)
+              f"(workers={g['workers']}; {precision_label(amp, channels_last, g['amp'])}) -> "
+              f"{results_dir / 'runs'}", flush=True)
     results: dict[str, dict] = {}
     if todo:
         ex = executor or make_executor(g)

@@ -52,7 +52,42 @@ from ageest.data.dataset import TRANSFORMS
 from ageest.official import OFFICIAL_SELECTION, SELECTIONS
 
 OPTIMIZERS = ("adamw", "sgd")
-AMP_MODES = (None, "bf16", "fp16")
+#: what ``amp`` may be: ``auto`` (bf16 autocast + channels_last on a CPU that executes bf16
+#: natively, fp32 otherwise: :func:`resolve_amp`), ``fp32`` (= None: no autocast), ``bf16``,
+#: ``fp16`` (CUDA, with a gradient scaler)
+AMP_MODES = (None, "auto", "fp32", "bf16", "fp16")
+
+
+def native_bf16() -> bool:
+    """Whether this CPU executes bf16 arithmetic in hardware (AMX tiles or AVX-512-BF16, as torch
+    reports them). Without it bf16 is emulated and slower than fp32."""
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+
+
+def resolve_amp(amp: str | None, device: str = "cpu", channels_last: bool = False
+                ) -> tuple[str | None, bool]:
+    """The autocast mode and memory format a run really uses: ``(amp, channels_last)``.
+
+    ``auto`` on a CPU with native bf16 (:func:`native_bf16`) is bf16 autocast with channels_last
+    (the fastest pair measured there, ``benchmarks/bench_precision.py``); on any other CPU, and
+    on CUDA (choose ``bf16`` or ``fp16`` there yourself), it is fp32 with the given memory
+    format. ``fp32`` is ``None``. The losses and metrics stay in fp32 either way (the training
+    loop casts the logits back before the loss).
+
+    >>> resolve_amp("fp32")
+    (None, False)
+    >>> resolve_amp("bf16", channels_last=True)
+    ('bf16', True)
+    """
+    if amp in (None, "fp32"):
+        return None, channels_last
+    if amp != "auto":
+        return amp, channels_last
+    if torch.device(device).type == "cpu" and native_bf16():
+        return "bf16", True
+    return None, channels_last
 #: what ``lr_schedule`` may be: torch's MultiStepLR stepped once after each epoch
 #: (``multistep``: the stages last exactly the milestones), or the official scripts'
 #: ``scheduler.step(epoch)`` after 0-based epoch ``epoch`` (``official``: the first stage is one
@@ -109,8 +144,10 @@ class TrainConfig:
     grad_clip: float | None = _option(None, "clip the global gradient norm to this value "
                                       "(CLAP2016 script: 5)", minimum=0.0)
     device: str = _option("cpu", "cpu, cuda, cuda:1")
-    amp: str | None = _option(None, "autocast dtype; fp16 on CUDA uses a gradient scaler",
-                              choices=("bf16", "fp16"))
+    amp: str | None = _option(None, "autocast: auto (bf16 + channels_last where the CPU "
+                              "executes bf16 natively, else fp32; fp32 on CUDA), fp32, bf16, fp16 "
+                              "(CUDA, with a gradient scaler); a run records what auto resolved "
+                              "to", choices=("auto", "fp32", "bf16", "fp16"))
     channels_last: bool = _option(False, "NHWC memory format (faster convolutions on recent "
                                   "GPUs and oneDNN)")
     num_workers: int = _option(0, "DataLoader worker processes per run (0: load in the "
@@ -151,8 +188,11 @@ class TrainConfig:
                               ("dtype", DTYPES)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {choices}")
-        if self.dtype == "float64" and self.amp is not None:
-            raise ValueError("dtype='float64' cannot be combined with amp; set amp to None")
+        if self.dtype == "float64" and self.amp not in (None, "fp32", "auto"):
+            raise ValueError("dtype='float64' cannot be combined with amp; set amp to fp32")
+        if self.dtype == "float64":
+            self.amp = None  # float64 equivalence runs never autocast
+        self.amp, self.channels_last = resolve_amp(self.amp, self.device, self.channels_last)
         for name in ("epochs", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -221,6 +261,24 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> dict[str, A
         return torch.load(path, map_location=device, weights_only=True)
     except (RuntimeError, EOFError, OSError) as exc:
         raise RuntimeError(f"{path}: cannot load checkpoint ({exc}); delete it to retrain") from exc
+
+
+def precision_label(amp: str | None, channels_last: bool, asked: str | None = None) -> str:
+    """How a run computes, for progress lines: ``bf16 autocast + channels_last (amp auto)``.
+
+    >>> precision_label(None, False, "auto")
+    'fp32 (amp auto)'
+    """
+    text = f"{amp} autocast" if amp else "fp32"
+    text += " + channels_last" if channels_last else ""
+    return text + (f" (amp {asked})" if asked not in (None, amp) else "")
+
+
+def eval_amp(amp: str | None, device: str) -> str | None:
+    """The autocast of evaluation passes (validation, test, ``ageest predict``): the run's on
+    CUDA; none on a CPU, where a forward pass is cheap beside training and fp32 scores keep the
+    selected epoch and the stored predictions independent of the CPU's bf16 support."""
+    return amp if torch.device(device).type == "cuda" else None
 
 
 def _autocast(device: str, amp: str | None):
@@ -572,7 +630,7 @@ def _evaluate(cfg: TrainConfig, model, data: _Data, sel: _Selection, row: dict[s
     """Score the epoch on validation (and on test under the official selection) into ``row``;
     return the selection score (lower is better; ``-epoch`` when the last epoch is taken).
     Evaluation runs on the unwrapped model: no DDP collectives, the same result on every rank."""
-    kw = {"amp": cfg.amp, "channels_last": cfg.channels_last, "dtype": dtype}
+    kw = {"amp": eval_amp(cfg.amp, device), "channels_last": cfg.channels_last, "dtype": dtype}
     if data.val_dl is not None:
         probs, _ = predict_probs(model, data.val_dl, device, **kw)
         table = data.table.iloc[data.rows["val"]]
@@ -619,7 +677,7 @@ def _predict_test(cfg: TrainConfig, model, data: _Data, sel: _Selection, device:
     from ageest import metrics
 
     loader = sel.loader if sel.split == "test" else data.make_loader("test")
-    probs, index = predict_probs(model, loader, device, amp=cfg.amp,
+    probs, index = predict_probs(model, loader, device, amp=eval_amp(cfg.amp, device),
                                  channels_last=cfg.channels_last, dtype=dtype)
     rows = data.table.iloc[data.rows["test"]].iloc[index]
     predictions = pd.DataFrame({

@@ -107,3 +107,29 @@ def write_utkface_fixture(root: Path, n_images: int = 60, seed: int = 0, size: i
                 f"{age}_{i % 2}_{int(rng.integers(0, 5))}_{stamp}.jpg.chip.jpg")
         Image.open(path).convert("RGB").save(root / name, quality=95)
     return root
+
+
+def with_comment(jpeg: bytes, text: bytes = b"re-saved by another tool") -> bytes:
+    """The same JPEG with a comment (COM) segment after its start marker: other bytes, the same
+    decoded pixels (what a copy with added metadata looks like)."""
+    assert jpeg[:2] == b"\xff\xd8", "not a JPEG"
+    segment = b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text
+    return jpeg[:2] + segment + jpeg[2:]
+
+
+def add_identical_copies(root: Path) -> dict[str, list[str]]:
+    """Add to a UTKFace-format folder three groups of identical images, as the release has them:
+    a byte copy under the same age (``agree``: one copy is kept), a byte copy under another age
+    (``conflict``: the pair is dropped) and a pixel-identical copy with other bytes, the same
+    JPEG with a comment segment, under the same age (``pixels``: one copy is kept). Returns each
+    group's file names (the original first)."""
+    originals = sorted(p for p in root.iterdir() if p.name.count("_") == 3)[:3]
+    groups = {}
+    for i, (kind, src) in enumerate(zip(("agree", "conflict", "pixels"), originals, strict=True)):
+        age, gender, race, _ = src.name.split("_", 3)
+        new_age = int(age) + 7 if kind == "conflict" else int(age)
+        name = f"{new_age}_{gender}_{race}_2099010100000000{i}.jpg.chip.jpg"
+        data = src.read_bytes()
+        (root / name).write_bytes(with_comment(data) if kind == "pixels" else data)
+        groups[kind] = [src.name, name]
+    return groups

@@ -9,7 +9,14 @@ silently.
 A dataset manifest (:func:`write_dataset_manifest`) holds counts, the age histogram and a
 sha256 per file; :func:`verify_dataset_manifest` compares a later load against it and reports
 changed, missing and added files. Hashes are cached in a small JSON file keyed by
-``(path, size, mtime)`` so a second verification of an unchanged dataset reads no image.
+``(path, size, mtime, ctime, inode)`` so a second verification of an unchanged dataset reads no
+image (ctime and inode are in the key because ``os.utime`` can restore an mtime but not them).
+
+Identical images (:func:`resolve_identical`): the same decoded pixels under two names. Where the
+copies could fall on both sides of a split, they must be resolved before any split: the policy
+``refuse`` stops (FG-NET, CLAP2016: a copy under two subjects or two official splits is a data
+error), ``dedupe`` keeps one copy of a group whose labels agree and drops a group whose labels
+disagree (a label conflict: the same photo under two ages). Both are counted and listed.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from ageest.artifacts import atomic_write_text, read_json, write_json
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 ON_BAD_CHOICES = ("raise", "skip")
+#: what to do with identical images (same decoded pixels); see :func:`resolve_identical`
+IDENTICAL_CHOICES = ("refuse", "dedupe")
 CHECK_IMAGES_CHOICES = ("header", "decode", "none")
 MANIFEST_VERSION = 1
 
@@ -154,12 +163,14 @@ def check_image_file(path: str | os.PathLike, mode: str = "header") -> str | Non
 
 
 # --------------------------------------------------------------------------------------------
-# sha256 with a (path, size, mtime) cache
+# sha256 with a (path, size, mtime, ctime, inode) cache
 
 
 def _file_key(path: Path) -> str:
+    """The cache key of ``path``: what ``os.utime`` can restore (mtime) and what it cannot
+    (ctime, inode), so a file changed in place with its size and mtime restored is read again."""
     st = path.stat()
-    return f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    return f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}"
 
 
 def _read_cache(cache_path: str | os.PathLike | None) -> dict[str, Any]:
@@ -197,82 +208,231 @@ def sha256_files(paths: list[str], cache_path: str | os.PathLike | None = None) 
     dict
         ``path -> hex digest``.
     """
-    return verify_files(paths, cache_path, decode=False)[0]
+    return verify_files(paths, cache_path, decode=False).hashes
 
 
-def _decode_problem(path: Path) -> str | None:
-    """Why the full pixel data of ``path`` cannot be decoded (a truncated JPEG passes a header
-    check and fails here), or None."""
+def _decode(path: Path) -> tuple[str | None, str | None]:
+    """Decode the full pixel data of ``path`` once: ``(pixel digest, None)``, or ``(None, why
+    it cannot be decoded)`` (a truncated JPEG passes a header check and fails here). The pixel
+    digest is the sha256 of the mode, the size and the decoded pixels, so the same image saved
+    with other metadata, or re-saved losslessly (PNG), has the same digest."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             im.load()
+            h = hashlib.sha256(f"{im.mode}|{im.size[0]}x{im.size[1]}|".encode())
+            h.update(im.tobytes())
     except UnidentifiedImageError:
-        return "not a readable image (corrupt or not an image format PIL knows)"
+        return None, _unreadable(path)
     except (OSError, SyntaxError, ValueError) as exc:
-        return f"cannot be decoded ({exc})"
-    return None
+        return None, f"cannot be decoded ({exc})"
+    return h.hexdigest(), None
+
+
+def _unreadable(path: Path) -> str:
+    """Why PIL cannot identify ``path``: a git-lfs pointer (the image was never pulled) is said
+    as such, anything else is not a readable image."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+    except OSError:
+        head = b""
+    if head.startswith(b"version https://git-lfs"):
+        return "a git-lfs pointer, not the image (run `git lfs pull` in its repository)"
+    return "not a readable image (corrupt or not an image format PIL knows)"
+
+
+@dataclass
+class FileChecks:
+    """What :func:`verify_files` found: ``hashes`` (path -> sha256 of the bytes, every file),
+    ``pixels`` (path -> digest of the decoded pixels, every file that decodes; only with
+    ``decode``) and ``problems`` (path -> why it cannot be decoded)."""
+
+    hashes: dict[str, str]
+    pixels: dict[str, str]
+    problems: dict[str, str]
 
 
 def verify_files(paths: list[str], cache_path: str | os.PathLike | None = None, *,
-                 decode: bool = True) -> tuple[dict[str, str], dict[str, str]]:
-    """sha256 and (``decode``) a full decode of every file, once: both are cached by
-    ``path|size|mtime_ns`` (in ``cache_path``, JSON), so an unchanged file is neither re-read
-    nor re-decoded.
-
-    Returns ``(hashes, problems)``: ``path -> sha256`` for every file, and ``path -> why it
-    cannot be decoded`` for the bad ones (a file that failed is decoded again next time).
-    """
+                 decode: bool = True) -> FileChecks:
+    """sha256 and (``decode``) a full decode of every file, once: the byte hash, the pixel
+    digest and the decode verdict are cached by ``path|size|mtime|ctime|inode`` (in
+    ``cache_path``, JSON), so an unchanged file is neither re-read nor re-decoded (a file that
+    failed is decoded again next time)."""
     cache = _read_cache(cache_path)
-    hashes: dict[str, str] = {}
-    problems: dict[str, str] = {}
+    out = FileChecks({}, {}, {})
     changed = False
     for p in paths:
         path = Path(p)
         key = _file_key(path)
         entry = cache.get(key)
-        if not isinstance(entry, dict) or (decode and not entry.get("decodes")):
-            problem = _decode_problem(path) if decode else None
-            # decodes: None = not checked (hash only), True/False = the full decode's verdict
-            entry = {"sha256": _sha256_file(path), "decodes": (problem is None) if decode else None}
+        if not isinstance(entry, dict) or (decode and not entry.get("pixels")):
+            pixels, problem = _decode(path) if decode else (None, None)
+            # pixels: None = not decoded (hash only) or not decodable
+            entry = {"sha256": _sha256_file(path), "pixels": pixels}
             if problem is not None:
-                problems[str(p)] = problem
+                out.problems[str(p)] = problem
             cache[key] = entry
             changed = True
-        hashes[str(p)] = entry["sha256"]
+        out.hashes[str(p)] = entry["sha256"]
+        if entry.get("pixels"):
+            out.pixels[str(p)] = entry["pixels"]
     if cache_path is not None and changed:
         atomic_write_text(cache_path, json.dumps(cache))
-    return hashes, problems
+    return out
 
 
-def check_duplicate_content(df: pd.DataFrame, hashes: dict[str, str], *, source: str) -> None:
-    """Byte-identical images under two subjects (or two splits) put one face on both sides of a
-    split: a :class:`DataError` naming both files. Under one subject it is only a warning."""
-    digest = df["path"].map(hashes)
-    mask = digest.duplicated(keep=False)
+def check_identical(policy: str) -> str:
+    """Validate the ``identical_images`` argument."""
+    if policy not in IDENTICAL_CHOICES:
+        raise ValueError(f"identical_images={policy!r}: expected one of {IDENTICAL_CHOICES}")
+    return policy
+
+
+#: which copy of an agreeing group is kept: the one in the test split first (so a benchmark's
+#: test set stays whole and the training copy goes), then valid, train, no split
+_KEEP_ORDER = {"test": 0, "valid": 1, "train": 2}
+#: how a skipped record of the identical-image policy starts
+_IDENTICAL_REASON = "identical pixels to"
+#: the columns that must agree for copies to be one labelled image
+_LABEL_COLUMNS = ("age", "age_mean", "std", "subject")
+
+
+def _label(row: pd.Series) -> tuple[str, ...]:
+    return tuple("NA" if c not in row or pd.isna(row[c]) else str(row[c])
+                 for c in _LABEL_COLUMNS)
+
+
+def identical_groups(df: pd.DataFrame, pixels: dict[str, str]) -> list[pd.DataFrame]:
+    """The groups of two or more rows of ``df`` whose images have the same decoded pixels
+    (``pixels``: path -> pixel digest, :func:`verify_files`), each sorted by the copy that
+    :func:`resolve_identical` keeps first."""
+    digest = df["path"].map(pixels)
+    mask = digest.notna() & digest.duplicated(keep=False)
     if not mask.any():
-        return
-    dup = df[mask].copy()
-    dup["_sha"] = digest[mask]
-    leaks, same = [], []
-    for _, group in dup.groupby("_sha", sort=True):
-        files = group["path"].tolist()
-        subjects = set(group["subject"].dropna().astype(str)) if "subject" in group else set()
-        splits = set(group["split"].dropna().astype(str)) if "split" in group else set()
-        if len(subjects) > 1 or len(splits) > 1 or (not subjects and not splits):
-            where = (f"subjects {sorted(subjects)}" if len(subjects) > 1 else
-                     f"splits {sorted(splits)}" if len(splits) > 1 else "no subject ids")
-            leaks.append(f"{files[0]} and {files[1]} are byte-identical ({where})")
-        else:
-            same.append(f"{files[0]} = {files[1]}")
-    if leaks:
-        raise DataError(f"{source}: identical images under different subjects or splits would "
-                        "leak one face across the split:\n  " + "\n  ".join(leaks[:20])
-                        + "\nremove the duplicate copies")
-    if same:
-        warnings.warn(f"{source}: {len(same)} byte-identical image pair(s) within one subject, "
-                      f"e.g. {same[:3]}", stacklevel=3)
+        return []
+    dup = df[mask].assign(_pixels=digest[mask])
+    split = dup["split"] if "split" in dup else pd.Series(pd.NA, index=dup.index)
+    dup["_order"] = split.map(lambda s: _KEEP_ORDER.get(s, 3) if isinstance(s, str) else 3)
+    return [g.sort_values(["_order", "image_id"]).drop(columns=["_pixels", "_order"])
+            for _, g in dup.groupby("_pixels", sort=True)]
+
+
+def _crosses(group: pd.DataFrame) -> str | None:
+    """Where a group's copies could end up on two sides of a split (two subjects, two official
+    splits, or no subject ids at all), said for the error; None when they cannot."""
+    subjects = set(group["subject"].dropna().astype(str)) if "subject" in group else set()
+    splits = set(group["split"].dropna().astype(str)) if "split" in group else set()
+    if len(subjects) > 1:
+        return f"subjects {sorted(subjects)}"
+    if len(splits) > 1:
+        return f"splits {sorted(splits)}"
+    return None if subjects else "no subject ids, so a split can separate them"
+
+
+def resolve_identical(df: pd.DataFrame, pixels: dict[str, str], *, policy: str, on_bad: str,
+                      source: str) -> pd.DataFrame:
+    """Apply the identical-image policy to a dataset table, before any split.
+
+    Parameters
+    ----------
+    df : DataFrame
+        A dataset table (``path``, ``image_id``, ``age``; ``age_mean``, ``std``, ``subject``,
+        ``split`` where known).
+    pixels : dict
+        path -> pixel digest (:func:`verify_files`).
+    policy : {"refuse", "dedupe"}
+        ``"refuse"``: a group whose copies could fall on two sides of a split (two subjects, two
+        official splits, or no subject ids) is a :class:`DataError` listing them; copies under one
+        subject and one split stay (a warning). ``"dedupe"``: every group whose labels (age,
+        apparent mean, σ, subject) agree keeps one copy (the test copy first, then valid, train,
+        then the first image id), a group whose labels disagree is a label conflict and is dropped
+        whole.
+    on_bad : {"raise", "skip"}
+        ``"skip"`` resolves what ``"refuse"`` would stop on as ``"dedupe"`` does.
+    source : str
+        Named in the error and the records.
+
+    Returns
+    -------
+    DataFrame
+        The table without the dropped copies. ``df.attrs["identical"]`` holds the counts
+        (``policy``, ``groups``, ``files``, ``label_conflicts``, ``kept``, ``dropped``) and one
+        record per group (``files``, ``ages``, ``action``); every dropped file is added to
+        ``df.attrs["skipped"]`` with the reason.
+    """
+    check_identical(policy)
+    check_on_bad(on_bad)
+    groups = identical_groups(df, pixels)
+    summary: dict[str, Any] = {"policy": policy, "groups": len(groups),
+                               "files": int(sum(len(g) for g in groups)), "label_conflicts": 0,
+                               "kept": 0, "dropped": 0, "records": []}
+    refused = [(g, why) for g in groups if (why := _crosses(g)) is not None]
+    if policy == "refuse" and refused and on_bad == "raise":
+        listed = "\n  ".join(f"{', '.join(g['image_id'].astype(str))} ({why})"
+                             for g, why in refused[:20])
+        more = f"\n  ... and {len(refused) - 20} more" if len(refused) > 20 else ""
+        raise DataError(
+            f"{source}: {len(refused)} group(s) of identical images (same decoded pixels) could "
+            f"fall on both sides of a split:\n  {listed}{more}\nremove the extra copies, or pass "
+            "identical_images='dedupe' (--identical-images dedupe) to keep one copy of each "
+            "group whose labels agree and drop groups whose labels disagree, or on_bad='skip'")
+    resolve = groups if policy == "dedupe" else [g for g, _ in refused]
+    if policy == "refuse" and len(resolve) < len(groups):
+        kept_together = [", ".join(g["image_id"].astype(str)) for g in groups
+                         if _crosses(g) is None]
+        warnings.warn(f"{source}: {len(kept_together)} group(s) of identical images within one "
+                      f"subject and split are kept, e.g. {kept_together[:3]}", stacklevel=3)
+    drop: list[str] = []
+    skipped: list[dict[str, str]] = []
+    for g in resolve:
+        ids = g["image_id"].astype(str).tolist()
+        ages = g["age"].astype(int).tolist()
+        conflict = len({_label(row) for _, row in g.iterrows()}) > 1
+        gone = g["path"].tolist() if conflict else g["path"].tolist()[1:]
+        action = ("dropped: label conflict" if conflict else f"kept {ids[0]}")
+        summary["label_conflicts"] += int(conflict)
+        summary["kept"] += 0 if conflict else 1
+        summary["dropped"] += len(gone)
+        summary["records"].append({"files": ids, "ages": ages, "action": action})
+        for path, iid in zip(g["path"], ids, strict=True):
+            if path not in gone:
+                continue
+            others = ", ".join(i for i in ids if i != iid)
+            reason = (f"{_IDENTICAL_REASON} {others} (ages {ages}): "
+                      + ("labels disagree, the whole group is dropped" if conflict
+                         else f"one copy kept ({ids[0]})"))
+            skipped.append({"path": path, "reason": reason,
+                            "fix": "delete the extra copies, or correct the label of the right "
+                                   "one and delete the others"})
+        drop += gone
+    attrs = dict(df.attrs)
+    out = df[~df["path"].isin(drop)].reset_index(drop=True) if drop else df
+    out.attrs.update(attrs)
+    if skipped:
+        out.attrs["skipped"] = list(attrs.get("skipped", [])) + skipped
+    out.attrs["identical"] = summary
+    return out
+
+
+def identical_line(identical: dict) -> str:
+    """One line of identical-image counts (``df.attrs["identical"]``).
+
+    >>> identical_line({"policy": "dedupe", "groups": 3, "files": 7, "label_conflicts": 1,
+    ...                 "kept": 2, "dropped": 5})
+    'identical images (policy dedupe): 3 groups, 7 files; 1 label conflict (dropped whole), 2 groups kept once; 5 files dropped'
+    """
+    c = identical["label_conflicts"]
+    return (f"identical images (policy {identical['policy']}): {identical['groups']} groups, "
+            f"{identical['files']} files; {c} label conflict{'s' if c != 1 else ''} (dropped "
+            f"whole), {identical['kept']} groups kept once; {identical['dropped']} files dropped")
+
+
+def is_identical_record(record: dict[str, str]) -> bool:
+    """Whether a ``df.attrs["skipped"]`` record is a copy the identical-image policy dropped
+    (those are summarised by :func:`identical_line`, not listed one by one)."""
+    return record["reason"].startswith(_IDENTICAL_REASON)
 
 
 def content_digest(df: pd.DataFrame, hashes: dict[str, str]) -> str:
@@ -337,6 +497,7 @@ def write_dataset_manifest(
         "manifest_version": MANIFEST_VERSION,
         **dataset_summary(df),
         "skipped": list(df.attrs.get("skipped", [])),
+        "identical": df.attrs.get("identical"),
         "files": {
             str(iid): {"path": p, "sha256": hashes[p], "age": int(a)}
             for iid, p, a in zip(df["image_id"], df["path"], df["age"], strict=True)

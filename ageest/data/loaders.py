@@ -598,7 +598,13 @@ def load_utkface(
         raise MissingDataError(f"UTKFace folder {root} holds no files; unpack the images there")
     bad = BadRecords(on_bad, f"UTKFace folder {root}")
     rows, malformed = [], []
+    inside = root.resolve()
     for p in files:
+        if p.is_symlink() and not p.resolve().is_relative_to(inside):
+            # as the CSV loader's paths: a dataset folder holds its own images
+            bad.add(p, f"symbolic link to {p.resolve()}, outside the folder {inside}",
+                    "copy the image into the folder, or remove the link")
+            continue
         problem = check_image_file(p, check_images)
         if problem is not None:
             bad.add(p, problem, "remove the file or replace it with the original image")

@@ -16,7 +16,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ageest.data.integrity import dataset_summary, verify_dataset_manifest
+from ageest.data.integrity import (
+    IDENTICAL_CHOICES,
+    dataset_summary,
+    identical_line,
+    is_identical_record,
+    verify_dataset_manifest,
+)
 from ageest.data.registry import DATASETS, get_dataset
 from ageest.data.splits import PROTOCOLS, make_folds
 
@@ -50,6 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="synthetic dataset seed")
     parser.add_argument("--on-bad", choices=("raise", "skip"), default="raise",
                         help="bad files: stop with an error (default) or skip and record them")
+    parser.add_argument("--identical-images", choices=IDENTICAL_CHOICES,
+                        help="identical images (same decoded pixels): refuse (stop when copies "
+                             "could cross a split) or dedupe (keep one copy of a group whose "
+                             "labels agree, drop a group whose labels disagree); default: the "
+                             "dataset's (dedupe for utkface, refuse for the others)")
     parser.add_argument("--age-range", type=age_range_arg, metavar="LO,HI",
                         help="declared age range of csv/benchmark-json labels (csv default "
                              "0,100)")
@@ -68,17 +79,26 @@ def run(args: argparse.Namespace) -> int:
     options = {"age_range": args.age_range} if args.age_range is not None else {}
     df, info = get_dataset(args.dataset, data_dir=args.data_dir, csv=args.csv,
                            json=args.json, image_root=args.image_root, size=args.size,
-                           seed=args.seed, on_bad=args.on_bad, loader_options=options)
+                           seed=args.seed, on_bad=args.on_bad, loader_options=options,
+                           identical_images=args.identical_images)
     s = dataset_summary(df)
     print(f"{info.name}: {s['n_images']} images, {s['n_subjects']} subjects, ages "
           f"{s['age_min']}-{s['age_max']} (label range {info.start_age}-{info.end_age}, "
           f"{info.num_classes} classes), root {info.root}")
     print(f"splits: {s['split_counts']}; default protocol: {info.default_protocol}")
-    for record in df.attrs.get("skipped", []):
+    where = "also listed in the manifest" if args.manifest else "not recorded elsewhere"
+    identical = df.attrs.get("identical")
+    bad = [r for r in df.attrs.get("skipped", []) if not is_identical_record(r)]
+    for record in bad:
         print(f"skipped {record['path']}: {record['reason']}")
-    if df.attrs.get("skipped"):
-        where = "also listed in the manifest" if args.manifest else "not recorded elsewhere"
-        print(f"skipped {len(df.attrs['skipped'])} bad file(s) ({where})")
+    if bad:
+        print(f"skipped {len(bad)} bad file(s) ({where})")
+    if identical and identical["groups"]:
+        print(identical_line(identical))
+        for group in identical["records"][:20]:
+            print(f"  {', '.join(group['files'])} (ages {group['ages']}): {group['action']}")
+        if len(identical["records"]) > 20:
+            print(f"  ... and {len(identical['records']) - 20} more groups ({where})")
     status = 0
     if args.manifest is not None:
         from ageest.data.integrity import write_dataset_manifest

@@ -32,6 +32,7 @@ from ageest import paths
 from ageest.data import loaders, synthetic
 from ageest.data.integrity import (
     DataError,
+    check_identical,
     check_on_bad,
     verify_dataset_manifest,
     write_dataset_manifest,
@@ -50,6 +51,11 @@ class DatasetSpec:
     synthetic: bool
     has_official_split: bool
     default_protocol: str
+    #: the identical-image policy when none is given (:func:`~ageest.data.integrity.
+    #: resolve_identical`): ``refuse`` where subjects or an official split say who is who, so a
+    #: copy across them is a data error to fix; ``dedupe`` for subject-free collections known
+    #: to hold copies under several names (UTKFace)
+    identical_images: str = "refuse"
 
 
 @dataclass
@@ -85,7 +91,7 @@ DATASETS: dict[str, DatasetSpec] = {
                             *loaders.CLAP_AGE_RANGE, ("data_dir",), False, True, "official"),
     "utkface": DatasetSpec("utkface", "UTKFace ({age}_{gender}_{race}_{date}.jpg)",
                            *loaders.UTKFACE_AGE_RANGE, ("data_dir",), False, False,
-                           "group-kfold"),
+                           "group-kfold", identical_images="dedupe"),
     "csv": DatasetSpec("csv", "any image folder + CSV (path, age[, subject, std, split])",
                        None, None, ("csv",), False, False, "group-kfold"),
     "benchmark-json": DatasetSpec(
@@ -153,7 +159,7 @@ def get_dataset(
     size: int = 64, seed: int = 0, on_bad: str = "raise",
     loader_options: Mapping[str, Any] | None = None,
     manifest: str | os.PathLike | None = None, verify: bool = True,
-    hash_cache: str | os.PathLike | None = None,
+    hash_cache: str | os.PathLike | None = None, identical_images: str | None = None,
 ) -> tuple[pd.DataFrame, DatasetInfo]:
     """Load dataset ``name`` (see :data:`DATASETS`) into a table plus its :class:`DatasetInfo`.
 
@@ -180,14 +186,19 @@ def get_dataset(
     manifest : path-like, optional
         Dataset manifest JSON: verified (warning on differences) when it exists, else written.
     verify : bool
-        Read every image once in full (sha256 and a complete decode, cached by path, size and
-        modification time in ``hash_cache``), so a truncated file fails here, naming it, and
-        not after a training epoch; byte-identical images under two subjects or splits are an
-        error (:func:`~ageest.data.integrity.check_duplicate_content`). Sets
-        ``df.attrs["content_digest"]`` (:func:`~ageest.data.integrity.content_digest`), which
-        run identities include.
+        Read every image once in full (sha256 and a complete decode, cached by path, size,
+        mtime, ctime and inode in ``hash_cache``), so a truncated file fails here, naming it, and
+        not after a training epoch; identical images (same decoded pixels) are resolved by the
+        ``identical_images`` policy before any split. Sets ``df.attrs["content_digest"]``
+        (:func:`~ageest.data.integrity.content_digest`), which run identities include, and
+        ``df.attrs["identical"]`` (the counts and groups).
     hash_cache : path-like, optional
         Where the per-file cache lives (default ``<ageest.paths.DATA>/.file-cache.json``).
+    identical_images : {"refuse", "dedupe"}, optional
+        What to do with identical images (:func:`~ageest.data.integrity.resolve_identical`);
+        default: the dataset's (``dedupe`` for UTKFace, ``refuse`` for the others).
+        ``on_bad="skip"`` resolves what ``refuse`` would stop on. UTKFace's ``split_csv`` is
+        applied after this step, so a split never sees the dropped copies.
 
     Returns
     -------
@@ -204,17 +215,25 @@ def get_dataset(
         raise ValueError(f"unknown dataset {name!r}; choose one of {list(DATASETS)}")
     check_on_bad(on_bad)
     spec = DATASETS[name]
+    policy = check_identical(identical_images or spec.identical_images)
     given = {"data_dir": data_dir, "csv": csv, "json": json, "image_root": image_root}
     for need in spec.needs:
         if given[need] is None:
             raise ValueError(f"dataset {name!r} needs {_FLAGS[need]} ({need}=...): "
                              f"{spec.description}")
     opts = dict(loader_options or {})
+    # a split CSV is applied to the table after identical copies are resolved (it lists the
+    # images that remain), so no copy is ever assigned a side
+    split_csv = opts.pop("split_csv", None) if name == "utkface" else None
     df, root = _load(name, opts, data_dir=data_dir, csv=csv, json=json, image_root=image_root,
                      size=size, seed=seed, on_bad=on_bad)
     if verify:
         df = _verify_content(df, on_bad=on_bad, source=f"dataset {name!r} ({root})",
-                             cache_path=hash_cache)
+                             cache_path=hash_cache, identical_images=policy)
+    if split_csv is not None:
+        from ageest.data.splits import apply_split_csv
+
+        df = apply_split_csv(df, split_csv)
     info = _dataset_info(name, df, root, opts.get("age_range"))
     df.attrs["dataset"] = name
     if manifest is not None:
@@ -283,21 +302,24 @@ def _dataset_info(name: str, df: pd.DataFrame, root: Path,
 
 
 def _verify_content(df: pd.DataFrame, *, on_bad: str, source: str,
-                    cache_path: str | os.PathLike | None) -> pd.DataFrame:
+                    cache_path: str | os.PathLike | None, identical_images: str
+                    ) -> pd.DataFrame:
     """Full decode + sha256 of every image (cached), bad files raised or skipped per
-    ``on_bad``, duplicate content checked, the content digest recorded in ``df.attrs``."""
+    ``on_bad``, identical images resolved per ``identical_images``, the content digest recorded
+    in ``df.attrs``."""
     from ageest import paths
     from ageest.data.integrity import (
         BadRecords,
-        check_duplicate_content,
         content_digest,
+        resolve_identical,
         verify_files,
     )
 
     if cache_path is None:
         paths.DATA.mkdir(parents=True, exist_ok=True)
         cache_path = paths.DATA / ".file-cache.json"
-    hashes, problems = verify_files(df["path"].tolist(), cache_path)
+    checks = verify_files(df["path"].tolist(), cache_path)
+    problems = checks.problems
     if problems:
         bad = BadRecords(on_bad, source)
         for path, why in problems.items():
@@ -307,8 +329,9 @@ def _verify_content(df: pd.DataFrame, *, on_bad: str, source: str,
         df = df[~df["path"].isin(problems)].reset_index(drop=True)
         df.attrs.update(attrs)
         df.attrs["skipped"] = list(attrs.get("skipped", [])) + skipped
-    check_duplicate_content(df, hashes, source=source)
-    df.attrs["content_digest"] = content_digest(df, hashes)
+    df = resolve_identical(df, checks.pixels, policy=identical_images, on_bad=on_bad,
+                           source=source)
+    df.attrs["content_digest"] = content_digest(df, checks.hashes)
     return df
 
 
