@@ -7,9 +7,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from ageest import __version__
-from ageest.errors import USER_ERRORS, format_user_error
+from ageest.errors import USER_ERRORS, format_os_error, format_user_error
 
 # name -> (module, help); the module defines add_arguments(parser) and run(args). A module is
 # imported only when its command is used (or its --help asked for), so `ageest --help` stays fast.
@@ -58,11 +59,32 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.debug:
         return int(args._run(args) or 0)
+    warnings.showwarning = _warning_printer(args.command)
     try:
         return int(args._run(args) or 0)
     except USER_ERRORS as exc:
         print(format_user_error(args.command, exc), file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.filename is None:  # not about a path: a bug or the machine, keep the traceback
+            raise
+        print(format_os_error(args.command, exc), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ageest {args.command}: interrupted; finished work is kept, run the same command "
+              "again to resume", file=sys.stderr)
+        return 130
+
+
+def _warning_printer(command: str):
+    """``warnings.showwarning`` for the command line: ``ageest CMD: warning: message`` (its
+    own lines indented), without the source line Python prints by default."""
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        first, *rest = str(message).strip().splitlines() or [category.__name__]
+        text = "\n".join([f"ageest {command}: warning: {first}", *(f"  {r}" for r in rest)])
+        print(text, file=file or sys.stderr)
+
+    return show
 
 
 if __name__ == "__main__":

@@ -301,6 +301,8 @@ def age_group_mae(preds: pd.DataFrame, *, bins: Sequence[float] | int = 10,
 
 
 PAIRED_UNITS = ("subject", "image")
+PAIRED_COLUMNS = ("reference", "baseline", "unit", "n", "n_images", "mae_reference",
+                  "mae_baseline", "mean_diff", "statistic", "p_value", "test")
 
 
 def paired_tests(preds: pd.DataFrame, *, reference: str = "amr", readout: str = "expectation",
@@ -319,7 +321,8 @@ def paired_tests(preds: pd.DataFrame, *, reference: str = "amr", readout: str = 
     Columns: ``reference``, ``baseline``, ``unit``, ``n`` (matched units), ``n_images``
     (matched images × seeds), ``mae_reference``, ``mae_baseline`` (over images), ``mean_diff``
     (reference − baseline over units; negative favours the reference), ``statistic``,
-    ``p_value``, ``test``. Raises when the reference has no clean runs.
+    ``p_value``, ``test``. Empty (with these columns) when the reference has no clean runs or
+    there is no other method: a pipeline with one loss has nothing to pair.
     """
     if unit not in PAIRED_UNITS:
         raise ValueError(f"unit={unit!r}: expected one of {PAIRED_UNITS}")
@@ -331,8 +334,7 @@ def paired_tests(preds: pd.DataFrame, *, reference: str = "amr", readout: str = 
                          + preds["seed"].astype(str))
     ref = preds[(preds["loss"] == reference) & (preds["k"].astype(str) == "adaptive")]
     if ref.empty:
-        raise ValueError(f"no clean-protocol runs of {reference!r} (adaptive K) to test against; "
-                         f"losses present: {sorted(preds['loss'].unique())}")
+        return pd.DataFrame(columns=list(PAIRED_COLUMNS))
     key = ["image_id", "seed"]
     rows = []
     for (loss, k, selection), group in _method_groups(preds):
@@ -351,7 +353,7 @@ def paired_tests(preds: pd.DataFrame, *, reference: str = "amr", readout: str = 
                      "mae_baseline": float(both["err_base"].mean()),
                      "mean_diff": test["mean_diff"], "statistic": test["statistic"],
                      "p_value": test["p_value"], "test": test["method"]})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=list(PAIRED_COLUMNS))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -550,9 +552,15 @@ def mae_caption(preds: pd.DataFrame, *, data: str, readout: str, ci: float) -> s
     return text
 
 
-def has_official(preds: pd.DataFrame) -> bool:
-    """Whether any run used the official code's protocol (test-selected epoch)."""
-    return bool((preds["selection"] == OFFICIAL_SELECTION).any())
+def has_official(preds: pd.DataFrame, loss: str | None = None) -> bool:
+    """Whether any run used the official code's protocol (test-selected epoch); with ``loss``:
+    whether that loss (adaptive K) has runs under both protocols, as :func:`dual_protocol`
+    needs."""
+    official = preds["selection"] == OFFICIAL_SELECTION
+    if loss is None:
+        return bool(official.any())
+    mine = (preds["loss"] == loss) & (preds["k"].astype(str) == "adaptive")
+    return bool((mine & official).any() and (mine & ~official).any())
 
 
 def formats(preds: pd.DataFrame) -> tuple[str, bool]:

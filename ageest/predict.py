@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -88,6 +89,21 @@ def _config(params: dict[str, Any], run_dir: Path):
                        f"({exc}); predict with that version, or retrain the run") from None
 
 
+def check_device(device: str) -> None:
+    """A :class:`RunError` for a CUDA device this machine does not have (rather than the
+    confusing failure of loading weights onto it)."""
+    import torch
+
+    kind = torch.device(device).type if device else "cpu"
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise RunError(f"--device {device}: CUDA is not available on this machine (torch "
+                       f"{torch.__version__}); use --device cpu")
+    if kind == "cuda" and torch.device(device).index is not None \
+            and torch.device(device).index >= torch.cuda.device_count():
+        raise RunError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA "
+                       "device(s); use cuda:0 .. or cpu")
+
+
 def read_checkpoint(path: Path, device: str = "cpu") -> dict[str, Any]:
     """A checkpoint's contents (``weights_only=True``), or a :class:`RunError` for a git-lfs
     pointer (the weights were never fetched), an empty or truncated file, or not a checkpoint."""
@@ -105,6 +121,14 @@ def read_checkpoint(path: Path, device: str = "cpu") -> dict[str, Any]:
         raise RunError(f"{path}: empty file; copy the checkpoint again")
     try:
         state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only load failed" not in str(exc).lower():
+            raise RunError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0][:200]})"
+                           "; the file is truncated or not a torch checkpoint: copy it "
+                           "again") from None
+        raise RunError(f"{path}: not a plain weights file: it holds Python objects whose code "
+                       "would run when it is loaded, and ageest will not execute it; use a "
+                       "checkpoint written by ageest (checkpoints/best.pt of a run)") from None
     except Exception as exc:  # torch raises RuntimeError, EOFError, pickle errors ...
         raise RunError(f"{path}: not a readable checkpoint ({type(exc).__name__}: "
                        f"{str(exc).splitlines()[0][:200]}); the file is truncated or not a "
@@ -119,15 +143,21 @@ def load_run(run_dir: str | os.PathLike, *, checkpoint: str = "best",
     """A finished run's network in eval mode (see the module docstring)."""
     from ageest import store
     from ageest.models import get_model
+    from ageest.train import CheckpointMismatchError, check_run_id
 
     if checkpoint not in ("best", "last"):
         raise RunError(f"--checkpoint {checkpoint!r}: expected best or last")
+    check_device(device)
     run_dir = Path(run_dir)
     params = _read_params(run_dir)
     config = _config(params, run_dir)
     start, end = int(params["start_age"]), int(params["end_age"])
     path = run_dir / store.CHECKPOINTS / f"{checkpoint}.pt"
     state = read_checkpoint(path, device)
+    try:
+        check_run_id(path, state, params.get("params_hash"))
+    except CheckpointMismatchError as exc:
+        raise RunError(str(exc)) from None
     model = get_model(config.model, end - start + 1, pretrained=False)
     try:
         model.load_state_dict(state["model"])

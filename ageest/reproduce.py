@@ -374,6 +374,34 @@ def _check_shared(shared: Mapping[str, Any], path: Path, notebooks: list[Path]) 
 # executing
 
 
+#: notebook parameters checked as the grid key of another name (the CLAP2016-format runs' own
+#: settings, the official runs' and the K ablation's losses)
+_AS_GRID_KEY = {"clap_losses": "losses", "official_losses": "losses", "clap_optimizer": "optimizer",
+                "clap_epochs": "epochs", "clap_grad_clip": "grad_clip",
+                "clap_transforms": "transforms", "clap_normalize": "normalize",
+                "clap_seeds": "seeds", "clap_label_rounding": "label_rounding"}
+
+
+def check_values(plan: list[tuple[Path, dict[str, Any]]]) -> None:
+    """Every notebook parameter that is a training-grid setting (``epochs``, ``losses``,
+    ``model``, ``on_bad``, ``device`` ...) checked against its declaration in
+    :data:`ageest.runner.SCHEMA` before the first notebook starts, so ``-p epochs -1`` fails in
+    a second, not inside notebook 02; empty texts mean "default" and are left to the notebook."""
+    from ageest.runner import SCHEMA, check_setting
+
+    for nb, params in plan:
+        for name, value in params.items():
+            key = _AS_GRID_KEY.get(name, name)
+            if key not in SCHEMA or name in PIPELINE_PARAMETERS or value in ("", None):
+                continue
+            if name.endswith("losses") and value == []:
+                continue  # no runs of that kind (the notebook says whether that is allowed)
+            try:
+                check_setting(key, value)
+            except ValueError as exc:
+                raise ReproduceError(f"parameter {name} of {nb.name}: {value!r}: {exc}") from None
+
+
 def execute_notebook(notebook: Path, executed: Path, parameters: Mapping[str, Any], *,
                      kernel_name: str = KERNEL_NAME, html: bool = True,
                      timeout_s: int | None = None) -> NotebookResult:
@@ -503,6 +531,7 @@ def reproduce(profile: str, *, fgnet: str | None = None, clap: str | None = None
     plan = [(nb, notebook_parameters(profile, nb, out=out, overrides=overrides,
                                      params_dir=params_dir, text_overrides=parameters))
             for nb in notebooks]
+    check_values(plan)
 
     result = PipelineResult(profile, out)
     start = time.perf_counter()

@@ -170,7 +170,8 @@ def train_run(params: dict[str, Any], run_dir: str | os.PathLike) -> dict[str, A
     config = TrainConfig.from_dict({k: v for k, v in params.items() if k in _CONFIG_FIELDS})
     result = train(config, df, fold, start_age=int(info.start_age), end_age=int(info.end_age),
                    ckpt_dir=run_dir / store.CHECKPOINTS, resume=True,
-                   on_epoch=_epoch_reporter(run_dir, config.epochs))
+                   on_epoch=_epoch_reporter(run_dir, config.epochs),
+                   run_id=str(params["params_hash"]))
     out = {"status": "done", "run": run_name(params), "fold": str(params["fold"]),
            "seed": int(params["seed"]), "params_hash": params["params_hash"],
            "selection": config.selection, "selected_by": result.selected_by,
@@ -361,7 +362,9 @@ def execute_run(task: dict[str, Any]) -> dict[str, Any]:
         lock = _RunLock(run_dir)
         held_by = lock.acquire()
         if held_by:
-            raise RuntimeError(f"{run_dir} is being trained by another process ({held_by})")
+            lock = None  # not ours: nothing to release, and nothing of ours goes into that run
+            result["error"] = f"{run_dir} is being trained by another process ({held_by})"
+            return result
         old_params = run_dir / store.PARAMS
         if old_params.is_file() and store.read_params(run_dir).get("params_hash") != \
                 params["params_hash"]:

@@ -62,7 +62,7 @@ from ageest.data.integrity import (
     identical_line,
     is_identical_record,
 )
-from ageest.data.loaders import LABEL_ROUNDINGS
+from ageest.data.loaders import LABEL_ROUNDINGS, check_class_count
 from ageest.data.splits import PROTOCOLS
 from ageest.official import OFFICIAL_SELECTION, SELECTIONS
 from ageest.parameters import as_list
@@ -279,6 +279,9 @@ def normalize_grid(grid: dict[str, Any]) -> dict[str, Any]:
     ar = g["age_range"]
     if ar is not None and (len(ar) != 2 or ar[0] >= ar[1]):
         raise ValueError(f"grid key age_range: {ar!r} is not [lo, hi] with lo < hi")
+    if ar is not None:
+        check_class_count(ar[0], ar[1], "grid key age_range")
+    _check_parts(g)
     ks: list[int | str] = []
     for k in g["k"]:
         if str(k).lower() == "adaptive":
@@ -292,6 +295,63 @@ def normalize_grid(grid: dict[str, Any]) -> dict[str, Any]:
     g["folds"] = g["folds"] or None  # empty: every fold
     g["ignore_splits"] = [str(x) for x in g["ignore_splits"]]
     return g
+
+
+def check_setting(name: str, value: Any) -> Any:
+    """One grid key's value checked as :func:`normalize_grid` checks it (kind, range, choices;
+    loss and model names against their registries; a CUDA device against this machine), for
+    callers that hold single settings (``ageest reproduce`` checks every notebook parameter
+    that is a grid key before the first notebook starts). A ``ValueError`` names the key."""
+    from ageest.losses import list_losses
+    from ageest.models import list_models
+
+    value = _check_value(SCHEMA[name], value)
+    if name == "losses":
+        for loss in value:
+            if loss not in list_losses():
+                raise ValueError(f"{name}: unknown loss {loss!r}; choose from {list_losses()}")
+    if name == "model" and value not in list_models():
+        raise ValueError(f"model: unknown model {value!r}; choose from {list_models()}")
+    if name == "device":
+        check_device(str(value))
+    return value
+
+
+def _check_parts(g: dict[str, Any]) -> None:
+    """The names a grid chooses parts by, checked against their registries before any data is
+    loaded: losses, the model, each loss's extra arguments, and a CUDA device this machine has."""
+    from ageest.losses import list_losses, loss_parameters
+    from ageest.models import list_models
+
+    for loss in g["losses"]:
+        if loss not in list_losses():
+            raise ValueError(f"grid key losses: unknown loss {loss!r}; choose from "
+                             f"{list_losses()}")
+    if g["model"] not in list_models():
+        raise ValueError(f"grid key model: unknown model {g['model']!r}; choose from "
+                         f"{list_models()}")
+    for loss, kwargs in (g["loss_kwargs"] or {}).items():
+        if loss not in list_losses():
+            raise ValueError(f"grid key loss_kwargs: {loss!r} is not a loss; its keys are loss "
+                             f"names ({list_losses()}), e.g. {{amr: {{lambda_mean: 0.2}}}}")
+        unknown = sorted(set(kwargs or {}) - set(loss_parameters(loss)))
+        if unknown:
+            raise ValueError(f"grid key loss_kwargs: {loss} takes no {unknown}; it takes "
+                             f"{loss_parameters(loss)}")
+    check_device(str(g["device"]))
+
+
+def check_device(device: str) -> None:
+    """A ``ValueError`` naming ``--device`` when it is not a device torch can use here."""
+    import torch
+
+    try:
+        kind = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r}: not a device (cpu, cuda, cuda:1)") from None
+    if kind.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine (torch "
+                         f"{torch.__version__}); use --device cpu")
 
 
 def _loss_runs(losses: Sequence[str], ks: Sequence[int | str]) -> list[tuple[str, int | None]]:

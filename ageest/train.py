@@ -92,7 +92,9 @@ def resolve_amp(amp: str | None, device: str = "cpu", channels_last: bool = Fals
 #: (``multistep``: the stages last exactly the milestones), or the official scripts'
 #: ``scheduler.step(epoch)`` after 0-based epoch ``epoch`` (``official``: the first stage is one
 #: epoch longer, the last one shorter: 16/15/15/15/15/15/9 epochs for milestones 15..90 of 100)
-LR_SCHEDULES = ("multistep", "official")
+#: ``cosine``: the learning rate of epoch e (1-based) of E is lr * (1 + cos(pi (e-1) / E)) / 2,
+#: annealed once per epoch towards 0 (milestones and gamma unused)
+LR_SCHEDULES = ("multistep", "official", "cosine")
 #: what ``select_metric`` may be; ``auto``: the ε-error when every image of the selection split
 #: has a raters' std (official selection: the official ε, the number ``main_CLAP.py`` logs), else
 #: the MAE (official selection: the rounded MAE that ``main_FGNET.py`` logs)
@@ -161,7 +163,8 @@ class TrainConfig:
         "else mae; official selection: the official code's rounded MAE / epsilon)",
         choices=SELECT_METRICS)
     lr_schedule: str = _option("multistep", "multistep: torch's stages; official: "
-                               "scheduler.step(epoch) as the official scripts",
+                               "scheduler.step(epoch) as the official scripts; cosine: annealed "
+                               "per epoch from lr towards 0",
                                choices=LR_SCHEDULES)
     dtype: str = _option("float32", "parameter and activation dtype (float64: equivalence "
                          "tests that must agree to ~1e-12 on any CPU)", choices=DTYPES)
@@ -359,9 +362,14 @@ def epoch_lr(config: TrainConfig, epoch: int) -> float:
     >>> import itertools
     >>> [len(list(g)) for _, g in itertools.groupby(epoch_lr(cfg, e) for e in range(1, 101))]
     [16, 15, 15, 15, 15, 15, 9]
+    >>> cfg = TrainConfig(lr_schedule="cosine", lr=1e-3, epochs=4)
+    >>> [round(epoch_lr(cfg, e), 6) for e in range(1, 5)]
+    [0.001, 0.000854, 0.0005, 0.000146]
     """
     import bisect
 
+    if config.lr_schedule == "cosine":
+        return float(config.lr) * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / config.epochs))
     if config.lr_schedule == "multistep":  # torch: sched.step() after each epoch
         stage = bisect.bisect_right(config.milestones, epoch - 1)
     else:  # scheduler.step(e) after 0-based epoch e: epoch e+1 trains at stage(e)
@@ -532,16 +540,36 @@ def _make_selection(cfg: TrainConfig, data: _Data) -> _Selection:
     return _Selection(loader, split, key, by + (f" {key}" if loader is not None else ""))
 
 
+class CheckpointMismatchError(ValueError):
+    """A checkpoint was written by another run (its stored run identity differs)."""
+
+
+def check_run_id(path: str | os.PathLike, state: dict[str, Any], run_id: str | None) -> None:
+    """Refuse a checkpoint whose stored run identity (the run's parameter hash) is not
+    ``run_id`` (a copy from another run's folder); checkpoints without one (older versions) and
+    a ``run_id`` of None are not checked."""
+    stored = state.get("run_id")
+    if run_id is not None and stored is not None and str(stored) != str(run_id):
+        raise CheckpointMismatchError(
+            f"{path}: written by run {stored}, not by this run ({run_id}); it was copied from "
+            "another run folder: delete it (and the folder's other checkpoints) to retrain, or "
+            "use that run's own folder")
+
+
 def _resume(ckpt_dir: Path | None, device: str, model: torch.nn.Module, opt, scaler,
-            gen: torch.Generator) -> _State:
+            gen: torch.Generator, run_id: str | None = None) -> _State:
     """Continue from ``last.pt`` (weights, optimizer, scaler, RNG, history) when it is there and
-    agrees with ``best.pt``; else a fresh state."""
+    agrees with ``best.pt``; else a fresh state. A checkpoint of another run is refused."""
     state = _State()
     last_path = ckpt_dir / "last.pt" if ckpt_dir else None
     ck = load_checkpoint(last_path, device) if last_path and last_path.is_file() else None
+    if ck is not None:
+        check_run_id(last_path, ck, run_id)
     if ck is not None and int(ck["best_epoch"]) > 0:
         best_path = ckpt_dir / "best.pt"
         best_ck = load_checkpoint(best_path, device) if best_path.is_file() else None
+        if best_ck is not None:
+            check_run_id(best_path, best_ck, run_id)
         if best_ck is None or int(best_ck["epoch"]) != int(ck["best_epoch"]):
             # killed between writing best.pt and last.pt: the pair disagrees, start over
             warnings.warn(f"{ckpt_dir}: best.pt and last.pt disagree on the best epoch; "
@@ -556,7 +584,9 @@ def _resume(ckpt_dir: Path | None, device: str, model: torch.nn.Module, opt, sca
     scaler.load_state_dict(ck["scaler"])
     gen.set_state(ck["loader_generator"])
     torch.set_rng_state(ck["torch_rng"])
-    state.history = [dict(zip(ck["history_columns"], row, strict=True))
+    # the history travels as one float tensor; its integer and flag columns come back as such
+    state.history = [{k: (int(v) if k == "epoch" else bool(v) if k == "selected" else v)
+                      for k, v in zip(ck["history_columns"], row, strict=True)}
                      for row in ck["history_values"].tolist()]
     state.best_score, state.best_epoch = float(ck["best_score"]), int(ck["best_epoch"])
     state.start_epoch = state.resumed_from = int(ck["epoch"]) + 1
@@ -646,7 +676,7 @@ def _evaluate(cfg: TrainConfig, model, data: _Data, sel: _Selection, row: dict[s
 
 def _select_and_save(cfg: TrainConfig, epoch: int, score: float, row: dict[str, Any],
                      state: _State, model, opt, scaler, data: _Data,
-                     ckpt_dir: Path | None) -> None:
+                     ckpt_dir: Path | None, run_id: str | None = None) -> None:
     """Keep the epoch when it is the best so far (a non-finite score or loss never is), append
     its row, and write ``best.pt`` / ``last.pt`` on rank 0."""
     is_main = dist.is_main_process()
@@ -656,7 +686,7 @@ def _select_and_save(cfg: TrainConfig, epoch: int, score: float, row: dict[str, 
         state.best_state = copy.deepcopy(model.state_dict())
         if is_main and ckpt_dir is not None:
             save_checkpoint(ckpt_dir / "best.pt", {"model": state.best_state, "epoch": epoch,
-                                                   "score": score})
+                                                   "score": score, "run_id": run_id})
     state.history.append(row)
     if is_main and ckpt_dir is not None:
         hist = pd.DataFrame(state.history)
@@ -665,6 +695,7 @@ def _select_and_save(cfg: TrainConfig, epoch: int, score: float, row: dict[str, 
             "scaler": scaler.state_dict(),
             "loader_generator": data.generator.get_state(), "torch_rng": torch.get_rng_state(),
             "epoch": epoch, "best_score": state.best_score, "best_epoch": state.best_epoch,
+            "run_id": run_id,
             "history_columns": list(hist.columns),
             "history_values": torch.tensor(hist.astype(float).to_numpy()),
         })
@@ -694,7 +725,7 @@ def _predict_test(cfg: TrainConfig, model, data: _Data, sel: _Selection, device:
 
 def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_age: int,
           ckpt_dir: str | os.PathLike | None = None, resume: bool = True,
-          on_epoch=None) -> TrainResult:
+          on_epoch=None, run_id: str | None = None) -> TrainResult:
     """Train ``config.model`` with ``config.loss`` on one fold and predict its test images.
 
     Parameters
@@ -715,6 +746,9 @@ def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_ag
     on_epoch : callable, optional
         Called on rank 0 after every epoch with the history so far (a DataFrame), e.g. to
         write ``history.csv`` while the run goes on.
+    run_id : str, optional
+        The run's identity (its parameter hash), stored in every checkpoint; resuming from a
+        checkpoint that holds another one is refused (:class:`CheckpointMismatchError`).
 
     Raises :class:`NonFiniteLossError` when the loss, the logits or the weights become NaN/inf
     (naming the epoch and batch; ``last.pt`` of the last completed epoch is kept).
@@ -735,7 +769,8 @@ def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_ag
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16" and device.startswith("cuda"))
     ages_axis = torch.arange(start_age, end_age + 1, device=device, dtype=dtype)  # (C,)
     sel = _make_selection(cfg, data)
-    state = _resume(ckpt_dir if resume else None, device, raw_model, opt, scaler, data.generator)
+    state = _resume(ckpt_dir if resume else None, device, raw_model, opt, scaler, data.generator,
+                    run_id)
 
     model.train()
     for epoch in range(state.start_epoch, cfg.epochs + 1):
@@ -757,7 +792,8 @@ def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_ag
         # CPU time of this process over the same part (not DataLoader workers): load-independent
         row["train_cpu_s"] = train_cpu
         row["selected"] = False
-        _select_and_save(cfg, epoch, score, row, state, raw_model, opt, scaler, data, ckpt_dir)
+        _select_and_save(cfg, epoch, score, row, state, raw_model, opt, scaler, data, ckpt_dir,
+                         run_id)
         if on_epoch is not None and is_main:
             on_epoch(pd.DataFrame(state.history))
 

@@ -131,8 +131,12 @@ def test_paired_tests_match_images_and_exclude_official():
     assert by_subject.loc["ce", "n"] == 2 and by_subject.loc["ce", "n_images"] == 3
     assert by_subject.loc["ce", "mean_diff"] == pytest.approx(0.625 - 2.0, abs=1e-3)
     assert 0 < t.loc["ce", "p_value"] <= 1
-    with pytest.raises(ValueError, match="no clean-protocol runs of 'dldl'"):
-        ev.paired_tests(grid(), reference="dldl")
+    # no runs of the reference, or the reference alone: nothing to pair, an empty table with
+    # the columns (a pipeline with one loss used to stop here with KeyError 'baseline')
+    absent = ev.paired_tests(grid(), reference="dldl")
+    assert absent.empty and list(absent.columns) == list(ev.PAIRED_COLUMNS)
+    alone = ev.paired_tests(grid()[lambda d: d["loss"] == "amr"], reference="amr")
+    assert alone.empty and dict(zip(alone["baseline"], alone["p_value"], strict=True)) == {}
 
 
 def test_protocol_sensitivity_deltas():

@@ -431,6 +431,8 @@ def test_live_lock_blocks_a_second_runner(data_dir, tmp_path):
     result = runner.execute_run(task)
     assert result["status"] == "failed" and "being trained by another process" in result["error"]
     assert (run_dir / "run.lock").exists() and not store.is_finished(run_dir)
+    # the refused runner leaves nothing in the live run's folder (no error.txt to outlive it)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["run.lock"]
 
 
 def test_official_split_with_std_and_unknown_subjects(data_dir, tmp_path):

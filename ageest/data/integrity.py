@@ -156,7 +156,7 @@ def check_image_file(path: str | os.PathLike, mode: str = "header") -> str | Non
             elif im.size[0] <= 0 or im.size[1] <= 0:
                 return f"image has size {im.size}"
     except UnidentifiedImageError:
-        return "not a readable image (corrupt or not an image format PIL knows)"
+        return _unreadable(path)
     except (OSError, SyntaxError, ValueError) as exc:  # PIL raises these for damaged data
         return f"corrupt image ({exc})"
     return None
@@ -563,7 +563,12 @@ def verify_dataset_manifest(
     manifest = read_json(path)
     if cache_path is None:
         cache_path = path.parent / ".sha256-cache.json"
-    old = manifest.get("files", {})
+    old = manifest.get("files", {}) if isinstance(manifest, dict) else None
+    if not isinstance(old, dict) or not all(
+            isinstance(e, dict) and {"sha256", "age"} <= set(e) for e in old.values()):
+        raise DataError(f"{path}: not a dataset manifest ('files' must map image ids to their "
+                        "sha256 and age); delete it to have it written again, or pass another "
+                        "--manifest")
     now = {str(i): (p, int(a)) for i, p, a in zip(df["image_id"], df["path"], df["age"],
                                                     strict=True)}
     on_disk = [p for p, _ in now.values() if Path(p).is_file()]

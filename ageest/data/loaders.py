@@ -117,6 +117,39 @@ def _normalise_split(value: Any, where: str, bad: BadRecords) -> Any:
     return _SPLIT_ALIASES[key]
 
 
+#: the most age classes a label range may declare (a network head of that many outputs; human
+#: ages need at most ~120, so a larger range is a typo such as 0,2000000000)
+MAX_CLASSES = 1000
+
+
+def check_class_count(lo: int, hi: int, what: str = "age_range") -> None:
+    """A ``ValueError`` naming ``what`` when ``lo..hi`` asks for more than :data:`MAX_CLASSES`.
+
+    >>> check_class_count(0, 2000000000, "--age-range")
+    Traceback (most recent call last):
+    ...
+    ValueError: --age-range 0,2000000000: 2000000001 age classes; at most 1000 (one network output per age): give the range the labels really span, e.g. 0,100
+    """
+    if int(hi) - int(lo) + 1 > MAX_CLASSES:
+        raise ValueError(f"{what} {lo},{hi}: {int(hi) - int(lo) + 1} age classes; at most "
+                         f"{MAX_CLASSES} (one network output per age): give the range the "
+                         "labels really span, e.g. 0,100")
+
+
+def age_fix(problem: str, age_range: tuple[int, int] | None) -> str:
+    """What to do about a bad age label: a missing one is filled in or its row dropped (no
+    age range can cover it); one outside the range is corrected or the range widened.
+
+    >>> age_fix("age is missing", (0, 100))
+    'fill in the age, or delete the row'
+    """
+    if problem == "age is missing":
+        return "fill in the age, or delete the row"
+    if "outside the declared range" in problem and age_range:
+        return "correct the age, or declare an age range covering it (--age-range LO,HI)"
+    return "correct the age"
+
+
 def _age_problem(age: Any, age_range: tuple[int, int] | None) -> str | None:
     """Why ``age`` is not a valid label (or None)."""
     if age is None or (isinstance(age, str) and not age.strip()):
@@ -731,8 +764,7 @@ def _csv_row(rec: dict[str, Any], line: int, csv_path: Path, root: Path, bad: Ba
         return None
     problem = _age_problem(rec["age"], age_range)
     if problem is not None:
-        bad.add(where, problem, "correct the age" + (
-            " or declare an age range covering it (--age-range LO,HI)" if age_range else ""))
+        bad.add(where, problem, age_fix(problem, age_range))
         return None
     age_f = float(rec["age"])
     mean = rec.get("age_mean", age_f)

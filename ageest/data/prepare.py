@@ -23,6 +23,7 @@ from ageest.data.integrity import (
     is_identical_record,
     verify_dataset_manifest,
 )
+from ageest.data.loaders import check_class_count
 from ageest.data.registry import DATASETS, get_dataset
 from ageest.data.splits import PROTOCOLS, make_folds
 
@@ -40,6 +41,10 @@ def age_range_arg(text: str) -> tuple[int, int]:
             f"{text!r}: expected two integers LO,HI, e.g. 0,120") from None
     if not 0 <= lo < hi:
         raise argparse.ArgumentTypeError(f"{text!r}: expected 0 <= LO < HI")
+    try:
+        check_class_count(lo, hi, "--age-range")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return lo, hi
 
 

@@ -292,6 +292,7 @@ def _dataset_info(name: str, df: pd.DataFrame, root: Path,
     if start is None:
         start, end = (declared if declared is not None
                       else (int(df["age"].min()), int(df["age"].max())))
+        loaders.check_class_count(start, end, "age_range")
     has_split = spec.has_official_split and bool(df["split"].notna().any())
     info = DatasetInfo(name=name, start_age=int(start), end_age=int(end),
                        root=Path(root).resolve(), synthetic=spec.synthetic,

@@ -1,0 +1,135 @@
+"""Choose the utkface profile's CPU recipe by measurement on real faces.
+
+Every candidate trains the same losses and seeds on one train/valid/test split of a UTKFace
+folder (the development faces only: make a folder of the names you may tune on, and never point
+this at faces kept for an independent evaluation) and is compared on **validation** MAE only:
+the MAE of the epoch the run selects on validation, the last epoch's validation MAE, and the
+training wall time. Test MAE is not printed: the test part is held out for the committed recipe.
+
+Usage::
+
+    python benchmarks/utkface_recipe.py split --utkface DEV --out results/recipe
+    python benchmarks/utkface_recipe.py run --utkface DEV --out results/recipe \\
+        --candidates small64-8ep,small64-20ep-cos --losses amr,ce --seeds 0
+    python benchmarks/utkface_recipe.py table --out results/recipe     # the Markdown table
+
+``split`` writes ``OUT/dev_split.csv`` (seeded, age-stratified 70/15/15, the kit's
+:func:`ageest.data.splits.stratified_split`); ``run`` trains what is not finished (an
+interrupted sweep resumes); ``table`` reads the run folders. The candidates are below, each a
+set of ``ageest run`` grid keys on top of :data:`BASE`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+#: what every candidate shares (the utkface profile's keys; amp auto: bf16 where native)
+BASE = {"model": "small_cnn", "pretrained": False, "optimizer": "adamw", "lr": 1e-3,
+        "batch_size": 64, "image_size": 64, "transforms": "light", "normalize": False,
+        "amp": "auto", "workers": 2, "keep_checkpoints": "none", "quiet": True}
+#: the candidates, by name: grid keys that differ from BASE
+CANDIDATES: dict[str, dict] = {
+    "small64-8ep": {"epochs": 8, "milestones": [6]},  # the recipe before this measurement
+    "small64-20ep-step": {"epochs": 20, "milestones": [15]},
+    "small64-20ep-cos": {"epochs": 20, "lr_schedule": "cosine"},
+    "small64-20ep-cos-wd0.05": {"epochs": 20, "lr_schedule": "cosine", "weight_decay": 0.05},
+    "small64-20ep-cos-bs32": {"epochs": 20, "lr_schedule": "cosine", "batch_size": 32},
+    "small64-20ep-cos-lr3e-3": {"epochs": 20, "lr_schedule": "cosine", "lr": 3e-3},
+    "small64-30ep-cos": {"epochs": 30, "lr_schedule": "cosine"},
+    "small96-20ep-cos": {"epochs": 20, "lr_schedule": "cosine", "image_size": 96},
+    "resnet18-64-12ep-cos": {"epochs": 12, "lr_schedule": "cosine", "model": "resnet18"},
+    "small64-20ep-cos-clip5": {"epochs": 20, "lr_schedule": "cosine", "grad_clip": 5.0},
+}
+SPLIT = "dev_split.csv"
+
+
+def make_split(utkface: Path, out: Path) -> Path:
+    from ageest.data import get_dataset
+    from ageest.data.splits import stratified_split
+
+    df, _ = get_dataset("utkface", data_dir=utkface)
+    split = stratified_split(df, fractions=(0.7, 0.15, 0.15), seed=0)
+    out.mkdir(parents=True, exist_ok=True)
+    split.to_csv(out / SPLIT, index=False)
+    print(f"{out / SPLIT}: {split['split'].value_counts().to_dict()}")
+    return out / SPLIT
+
+
+def run(utkface: Path, out: Path, names: list[str], losses: list[str], seeds: list[int]) -> None:
+    from ageest.runner import run_grid
+
+    unknown = sorted(set(names) - set(CANDIDATES))
+    if unknown:
+        raise SystemExit(f"--candidates: unknown {unknown}; choose from {sorted(CANDIDATES)}")
+    for name in names:
+        grid = {**BASE, **CANDIDATES[name], "dataset": ["utkface"], "data_dir": str(utkface),
+                "split_csv": str(out / SPLIT), "protocol": ["official"], "losses": losses,
+                "seeds": seeds}
+        print(f"{name}: {CANDIDATES[name]}", flush=True)
+        summary = run_grid(grid, results_dir=out / name, aggregate_results=False)
+        for row in summary.itertuples():
+            print(f"  {row.status} {Path(row.run_dir).parent.name} {row.wall_time_s:.0f} s",
+                  flush=True)
+
+
+def table(out: Path) -> pd.DataFrame:
+    from ageest import store
+
+    rows = []
+    for name in CANDIDATES:
+        if not (out / name).is_dir():
+            continue
+        for run_dir in store.find_run_dirs(out / name):
+            if not store.is_finished(run_dir):
+                continue
+            params, metrics = store.read_params(run_dir), store.read_metrics(run_dir)
+            hist = pd.read_csv(Path(run_dir) / "history.csv")
+            best = hist.loc[hist["epoch"] == metrics["best_epoch"]].iloc[0]
+            rows.append({"candidate": name, "loss": params["loss"], "seed": params["seed"],
+                         "val_mae_selected": round(float(best["val_mae"]), 3),
+                         "epoch": int(metrics["best_epoch"]),
+                         "val_mae_last": round(float(hist["val_mae"].iloc[-1]), 3),
+                         "val_mae_swing": round(float(hist["val_mae"].diff().abs().max()), 2),
+                         "wall_s": round(float(metrics["wall_time_s"]), 1),
+                         "amp": params.get("amp") or "fp32"})
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=("split", "run", "table"))
+    parser.add_argument("--utkface", type=Path, help="the UTKFace folder of development faces")
+    parser.add_argument("--out", type=Path, default=Path("results/recipe"))
+    parser.add_argument("--candidates", default=",".join(CANDIDATES))
+    parser.add_argument("--losses", default="amr,ce")
+    parser.add_argument("--seeds", default="0")
+    args = parser.parse_args(argv)
+    if args.command in ("split", "run") and args.utkface is None:
+        parser.error(f"{args.command} needs --utkface DIR")
+    if args.command == "split":
+        make_split(args.utkface, args.out)
+    elif args.command == "run":
+        if not (args.out / SPLIT).is_file():
+            parser.error(f"{args.out / SPLIT} is missing: run the split command first")
+        run(args.utkface, args.out, args.candidates.split(","), args.losses.split(","),
+            [int(s) for s in args.seeds.split(",")])
+    else:
+        t = table(args.out)
+        if t.empty:
+            print("no finished runs")
+            return 0
+        print(t.to_markdown(index=False))
+        print()
+        per = t.groupby("candidate", sort=False).agg(
+            runs=("loss", "size"), val_mae_selected=("val_mae_selected", "mean"),
+            val_mae_last=("val_mae_last", "mean"), wall_s=("wall_s", "mean"))
+        print(per.round(3).to_markdown())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
