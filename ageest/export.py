@@ -80,6 +80,9 @@ def export_onnx(run_dir: str | os.PathLike, onnx_path: str | os.PathLike, *,
     from ageest.artifacts import write_json
 
     _require_onnx()
+    if Path(onnx_path).is_dir():  # checked before the export (torch.onnx would raise deep down)
+        raise RunError(f"--onnx {onnx_path}: is a folder; give a file name, e.g. "
+                       f"{Path(onnx_path) / 'model.onnx'}")
     run = load_run(run_dir, checkpoint=checkpoint, device="cpu")
     head = age_head(run)
     onnx_path = Path(onnx_path)

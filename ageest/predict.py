@@ -341,6 +341,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ageest.artifacts import atomic_write_text
 
+    # where the results go, checked before any work: a folder as --out, a file as --plot
+    if Path(args.out).is_dir():
+        raise RunError(f"--out {args.out}: is a folder; give a CSV file name, e.g. "
+                       f"{Path(args.out) / 'predictions.csv'}")
+    if args.plot and Path(args.plot).exists() and not Path(args.plot).is_dir():
+        raise RunError(f"--plot {args.plot}: is a file; give a folder for the figures")
     loaded = load_run(args.run, checkpoint=args.checkpoint, device=args.device)
     table = predict(args.inputs, run=loaded, detect_faces=args.detect_faces)
     shown = table.drop(columns=["probs"])
