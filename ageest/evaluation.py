@@ -22,7 +22,13 @@ import pandas as pd
 
 from ageest import metrics
 from ageest.losses import LOSSES, loss_order
-from ageest.official import OFFICIAL_LABEL, OFFICIAL_SELECTION, SELECTION_LABELS, protocol_label
+from ageest.official import (
+    OFFICIAL_LABEL,
+    OFFICIAL_READOUTS,
+    OFFICIAL_SELECTION,
+    SELECTION_LABELS,
+    protocol_label,
+)
 from ageest.parameters import as_list
 
 # Columns identifying a method (one row of a comparison table).
@@ -198,7 +204,7 @@ def mae_comparison(preds: pd.DataFrame, *, readout: str = "expectation", n_boot:
         pooled = metrics.bootstrap_mae_ci(pred, true, clusters, n_boot=n_boot, ci=ci, seed=seed)
         by_subject = metrics.bootstrap_mae_ci(pred, true, clusters, n_boot=n_boot, ci=ci,
                                               seed=seed, statistic="subject_mean")
-        cs_readout = "argmax" if selection == OFFICIAL_SELECTION else readout
+        cs_readout = OFFICIAL_READOUTS["cs"] if selection == OFFICIAL_SELECTION else readout
         cs5 = metrics.cumulative_score(group[f"pred_{cs_readout}"], true, thetas=[5]).iloc[0]
         rows.append({
             "method": method_label(loss, k, selection), "protocol": protocol_label(selection),
@@ -264,7 +270,7 @@ def cs_curves(preds: pd.DataFrame, *, readout: str = "expectation",
     preds = add_readouts(check_predictions(preds))
     rows = []
     for (loss, k, selection), group in _method_groups(preds):
-        chosen = ["argmax"] if selection == OFFICIAL_SELECTION else list(
+        chosen = [OFFICIAL_READOUTS["cs"]] if selection == OFFICIAL_SELECTION else list(
             dict.fromkeys([readout, "argmax"]))
         for r in chosen:
             cs = metrics.cumulative_score(group[f"pred_{r}"], group["age"].to_numpy(float),
@@ -379,7 +385,8 @@ def dual_protocol(preds: pd.DataFrame, *, loss: str = "amr",
                          f"{OFFICIAL_SELECTION!r} and with a clean selection; found "
                          f"{sorted(preds['selection'].unique())}")
     rows = []
-    for name, group, mae_r, cs_r in (("official", official, "rounded", "argmax"),
+    for name, group, mae_r, cs_r in (("official", official, OFFICIAL_READOUTS["mae"],
+                                      OFFICIAL_READOUTS["cs"]),
                                      ("clean", clean, "expectation", "expectation")):
         true = group["age"].to_numpy(float)
         agg = metrics.aggregate_lopo(pred=group[f"pred_{mae_r}"].to_numpy(), true=true,

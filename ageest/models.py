@@ -33,6 +33,11 @@ PRETRAINED_FILES: dict[str, tuple[str, str]] = {
 }
 
 
+#: which ImageNet weights those files are: torchvision's first release of each (what
+#: ``pretrained=True`` gave in the paper's era), IMAGENET1K_V1 in torchvision's own naming
+PRETRAINED_WEIGHTS = "IMAGENET1K_V1"
+
+
 def pretrained_path(name: str) -> Path:
     """Where the ImageNet weights of backbone ``name`` must lie: ``<hub dir>/checkpoints/<file>``.
 

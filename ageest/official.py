@@ -30,6 +30,10 @@ SELECTION_LABELS = {"val_best": "clean (validation-selected)",
 SELECTIONS = tuple(SELECTION_LABELS)
 #: the label of official-protocol rows in every table, figure and the report
 OFFICIAL_LABEL = SELECTION_LABELS[OFFICIAL_SELECTION]
+#: how official-protocol rows read the softmax out: MAE from the rounded expectation, CS from
+#: the argmax class (``main_FGNET.py``), over θ = 0..10
+OFFICIAL_READOUTS = {"mae": "rounded", "cs": "argmax"}
+OFFICIAL_CS_THETAS = tuple(range(11))
 
 
 def protocol_label(selection: str) -> str:
@@ -73,7 +77,7 @@ def official_values(kind: str, scope: str | None = None) -> dict[str, Any]:
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}: expected one of {KINDS}")
     return {e["key"]: e[kind] for e in record()["settings"]
-            if kind in e and (scope is None or e["scope"] == scope)}
+            if kind in e and e.get("of") != "code" and (scope is None or e["scope"] == scope)}
 
 
 def official_grid(grid: Mapping[str, Any], kind: str, losses: list[str]) -> dict[str, Any]:
@@ -93,7 +97,56 @@ def _effective(params: Mapping[str, Any], key: str) -> Any:
         return 0.01 if params.get("optimizer") == "adamw" else 1e-4
     if key in ("lambda_mean", "lambda_residue"):
         return (params.get("loss_kwargs") or {}).get(key)
+    if key == "num_classes":
+        if params.get("end_age") is None or params.get("start_age") is None:
+            return None
+        return int(params["end_age"]) - int(params["start_age"]) + 1
     return params.get(key)
+
+
+def _code_value(key: str, kind: str) -> Any:
+    """What ageest's code does for a record entry that is not a run parameter (``of: code``):
+    computed from the code itself, not restated."""
+    import inspect
+
+    import torch
+
+    from ageest import losses, models
+
+    if key == "head":  # the layer after the backbone, built on the meta device (no weights)
+        with torch.device("meta"):
+            net = models.get_model("resnet50", num_classes=7)
+        last = net.fc
+        return "linear" if isinstance(last, torch.nn.Linear) else type(last).__name__
+    if key == "residue_eps":
+        return inspect.signature(losses.MeanResidueLoss).parameters["eps"].default
+    if key == "residue_mask_gradient":
+        logits = torch.zeros(2, 5, requires_grad=True)
+        return bool(losses.topk_mask(logits, torch.tensor([1, 3])).requires_grad)
+    if key == "pretrained_weights":
+        return models.PRETRAINED_WEIGHTS
+    if key == "cs_readout":
+        return OFFICIAL_READOUTS["cs"]
+    if key == "mae_readout":
+        return OFFICIAL_READOUTS["mae"]
+    if key == "cs_thetas":
+        return list(OFFICIAL_CS_THETAS)
+    raise KeyError(f"official_settings.yaml: {key}: no code value to check it against")
+
+
+def check_code() -> list[str]:
+    """Where ageest's code differs from the record's ``of: code`` entries (the head, the
+    residue's ε and mask, the pretrained weights, the official readouts and θ range): ``"key:
+    official X, ageest Y"`` lines; empty when the code matches."""
+    problems = []
+    for entry in record()["settings"]:
+        if entry.get("of") != "code":
+            continue
+        for kind in KINDS:
+            if kind in entry and _code_value(entry["key"], kind) != entry[kind]:
+                problems.append(f"{entry['key']} ({kind}): official {entry[kind]!r}, ageest "
+                                f"{_code_value(entry['key'], kind)!r}")
+    return problems
 
 
 def check_run(params: Mapping[str, Any], kind: str) -> list[str]:
@@ -104,7 +157,7 @@ def check_run(params: Mapping[str, Any], kind: str) -> list[str]:
     official = params.get("selection") == OFFICIAL_SELECTION
     problems = []
     for entry in record()["settings"]:
-        if kind not in entry:
+        if kind not in entry or entry.get("of") == "code":
             continue
         key = entry["key"]
         if key in ("lambda_mean", "lambda_residue") and params.get("loss") != "amr":
@@ -151,8 +204,9 @@ def settings_markdown(profiles: Mapping[str, Mapping[str, Mapping[str, Any]]]) -
             vals = []
             for kind in KINDS:
                 run = p.get(kind + suffix)
-                vals.append(show(_effective(run, key)) if run is not None and kind in entry
-                            else "-")
+                vals.append(show(_code_value(key, kind)) if entry.get("of") == "code"
+                            and kind in entry else show(_effective(run, key))
+                            if run is not None and kind in entry else "-")
             cells.append(" / ".join(vals))
         cells.append(entry["source"].replace("|", "\\|"))
         lines.append("| " + " | ".join(cells) + " |")
@@ -165,6 +219,7 @@ def settings_markdown(profiles: Mapping[str, Mapping[str, Mapping[str, Any]]]) -
     return "\n".join(lines)
 
 
-__all__ = ["KINDS", "OFFICIAL_LABEL", "OFFICIAL_SELECTION", "SELECTIONS", "SELECTION_LABELS",
-           "protocol_label", "check_run", "official_grid",
+__all__ = ["KINDS", "OFFICIAL_CS_THETAS", "OFFICIAL_LABEL", "OFFICIAL_READOUTS",
+           "OFFICIAL_SELECTION", "SELECTIONS", "SELECTION_LABELS",
+           "protocol_label", "check_code", "check_run", "official_grid",
            "official_values", "record", "settings_markdown"]

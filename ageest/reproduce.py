@@ -387,7 +387,7 @@ def check_values(plan: list[tuple[Path, dict[str, Any]]]) -> None:
     ``model``, ``on_bad``, ``device`` ...) checked against its declaration in
     :data:`ageest.runner.SCHEMA` before the first notebook starts, so ``-p epochs -1`` fails in
     a second, not inside notebook 02; empty texts mean "default" and are left to the notebook."""
-    from ageest.runner import SCHEMA, check_setting
+    from ageest.runner import SCHEMA, check_device, check_setting
 
     for nb, params in plan:
         for name, value in params.items():
@@ -398,6 +398,8 @@ def check_values(plan: list[tuple[Path, dict[str, Any]]]) -> None:
                 continue  # no runs of that kind (the notebook says whether that is allowed)
             try:
                 check_setting(key, value)
+                if name == "device" and params.get("executor", "local") == "local":
+                    check_device(str(value))
             except ValueError as exc:
                 raise ReproduceError(f"parameter {name} of {nb.name}: {value!r}: {exc}") from None
 

@@ -177,6 +177,7 @@ def train_run(params: dict[str, Any], run_dir: str | os.PathLike) -> dict[str, A
            "selection": config.selection, "selected_by": result.selected_by,
            "test_selected": bool(result.test_selected), "best_epoch": result.best_epoch,
            "epochs": config.epochs, "resumed_from_epoch": result.resumed_from_epoch,
+           "numerics": result.numerics,
            "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(fold.test),
            **test_metrics(result.predictions, int(info.start_age)), "wall_time_s": None}
     if result.test_selected:

@@ -299,7 +299,7 @@ def normalize_grid(grid: dict[str, Any]) -> dict[str, Any]:
 
 def check_setting(name: str, value: Any) -> Any:
     """One grid key's value checked as :func:`normalize_grid` checks it (kind, range, choices;
-    loss and model names against their registries; a CUDA device against this machine), for
+    loss and model names against their registries), for
     callers that hold single settings (``ageest reproduce`` checks every notebook parameter
     that is a grid key before the first notebook starts). A ``ValueError`` names the key."""
     from ageest.losses import list_losses
@@ -312,14 +312,12 @@ def check_setting(name: str, value: Any) -> Any:
                 raise ValueError(f"{name}: unknown loss {loss!r}; choose from {list_losses()}")
     if name == "model" and value not in list_models():
         raise ValueError(f"model: unknown model {value!r}; choose from {list_models()}")
-    if name == "device":
-        check_device(str(value))
     return value
 
 
 def _check_parts(g: dict[str, Any]) -> None:
     """The names a grid chooses parts by, checked against their registries before any data is
-    loaded: losses, the model, each loss's extra arguments, and a CUDA device this machine has."""
+    loaded: losses, the model and each loss's extra arguments."""
     from ageest.losses import list_losses, loss_parameters
     from ageest.models import list_models
 
@@ -338,7 +336,6 @@ def _check_parts(g: dict[str, Any]) -> None:
         if unknown:
             raise ValueError(f"grid key loss_kwargs: {loss} takes no {unknown}; it takes "
                              f"{loss_parameters(loss)}")
-    check_device(str(g["device"]))
 
 
 def check_device(device: str) -> None:
@@ -352,6 +349,26 @@ def check_device(device: str) -> None:
     if kind.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: CUDA is not available on this machine (torch "
                          f"{torch.__version__}); use --device cpu")
+
+
+def _check_ignore_list(dataset: str, g: dict[str, Any]) -> None:
+    """Real CLAP2016 without its ignore list: the official code reads
+    ``<CLAP folder>/ignore_list.txt`` and fails without it, so official-protocol runs are
+    refused; clean runs go on (the list only cleans their training set) with a warning."""
+    if dataset != "clap2016" or g["ignore_list"] is not None or not g["data_dir"] \
+            or (Path(g["data_dir"]) / "ignore_list.txt").is_file():
+        return
+    where = Path(g["data_dir"]) / "ignore_list.txt"
+    if OFFICIAL_SELECTION in g["selection"]:
+        raise FileNotFoundError(
+            f"{where}: missing; official-protocol CLAP2016 runs need it (the official code reads "
+            "it and fails without it): place yu4u/age-gender-estimation's appa-real/"
+            "ignore_list.txt (118 names) there, or pass --ignore-list FILE")
+    import warnings
+
+    warnings.warn(f"{where}: missing; the clean runs train on all images, the 118 that the "
+                  "official ignore list drops included (place the list there to drop them)",
+                  stacklevel=3)
 
 
 def _loss_runs(losses: Sequence[str], ks: Sequence[int | str]) -> list[tuple[str, int | None]]:
@@ -397,6 +414,7 @@ def expand_grid(grid: dict[str, Any], results_dir: str | os.PathLike | None = No
                 **{k: g[k] for k in ("data_dir", "csv", "json", "image_root", "synthetic_size")}}
         # only the dataset's own loader options change its data (and the run's identity)
         base.update({k: g[k] for k in loader_keys(dataset)})
+        _check_ignore_list(dataset, g)
         df, info = load_data(base)
         for record in df.attrs.get("skipped", []):  # --on-bad skip: never silent
             if not is_identical_record(record):
@@ -499,7 +517,8 @@ def _progress_printer() -> Callable[[dict], None]:
 def preflight(g: dict[str, Any], results_dir: Path) -> None:
     """Checks made once, before any data is loaded or any run starts: the results folder can
     be written (a read-only path, ``/proc``, a full disk would otherwise fail every run
-    separately), and pretrained weights are where ``--pretrained`` will look."""
+    separately), a CUDA device exists here (local executor), and pretrained weights are where
+    ``--pretrained`` will look."""
     import errno
     import tempfile
 
@@ -512,6 +531,8 @@ def preflight(g: dict[str, Any], results_dir: Path) -> None:
             exc.strerror or str(exc))
         raise PermissionError(f"--results-dir {results_dir}: cannot be written ({why}); "
                               "choose a writable folder") from None
+    if g["executor"] == "local":  # a Ray driver may plan CUDA runs for GPU workers
+        check_device(str(g["device"]))
     if g.get("pretrained"):
         from ageest.models import pretrained_path
 

@@ -232,6 +232,7 @@ class TrainResult:
     test_selected: bool
     wall_time_s: float
     resumed_from_epoch: int | None = None
+    numerics: dict[str, Any] = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> None:
@@ -442,6 +443,22 @@ class _State:
     resumed_from: int | None = None
 
 
+def cuda_numerics(official: bool) -> dict[str, bool]:
+    """Set and return the CUDA numerics of a run. Official-protocol runs do what the official
+    scripts did (``main_FGNET.py``: ``cudnn.deterministic = True``, ``cudnn.benchmark =
+    False``; PyTorch 1.7 had no TF32, so TF32 is off for matmuls and convolutions); clean runs
+    keep torch's defaults (recorded as they are)."""
+    if official:
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    return {"cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+            "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+            "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+            "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32)}
+
+
 def _setup_process(cfg: TrainConfig) -> tuple[str, int, bool]:
     """Threads, the process group (under torchrun) and this rank's device; seeds this rank."""
     if cfg.threads:
@@ -454,7 +471,19 @@ def _setup_process(cfg: TrainConfig) -> tuple[str, int, bool]:
         raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the number of "
                          f"processes ({world})")
     seed_everything(cfg.seed + dist.rank())  # per-rank augmentation streams; weights broadcast by DDP
+    if torch.device(device).type == "cuda":
+        cuda_numerics(official=cfg.selection == OFFICIAL_SELECTION)
     return device, world, dist.is_main_process()
+
+
+def numerics(cfg: TrainConfig, device: str) -> dict[str, Any]:
+    """How a run computed, for its ``metrics.json``: precision, memory format and, on CUDA,
+    the cuDNN and TF32 settings (:func:`cuda_numerics`)."""
+    out: dict[str, Any] = {"amp": cfg.amp or "fp32", "channels_last": bool(cfg.channels_last),
+                           "dtype": cfg.dtype}
+    if torch.device(device).type == "cuda":
+        out.update(cuda_numerics(official=False))  # reads what _setup_process set
+    return out
 
 
 def _make_data(cfg: TrainConfig, df: pd.DataFrame, fold, start_age: int, device: str,
@@ -807,4 +836,4 @@ def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_ag
     return TrainResult(history=hist, predictions=predictions, best_epoch=int(state.best_epoch),
                        selected_by=sel.selected_by, test_selected=sel.split == "test",
                        wall_time_s=time.perf_counter() - t_start,
-                       resumed_from_epoch=state.resumed_from)
+                       resumed_from_epoch=state.resumed_from, numerics=numerics(cfg, device))

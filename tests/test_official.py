@@ -94,3 +94,48 @@ def test_docs_show_the_generated_settings_table(paper_tasks, tmp_path):
         current = table
     assert current == table, ("docs/reproduce.md's settings table is stale; rerun with "
                               "AGEEST_UPDATE_DOCS=1 to regenerate it")
+
+
+def test_code_matches_the_record_and_a_change_is_caught(monkeypatch):
+    assert official.check_code() == []
+    rec = official.record()
+    changed = {**rec, "settings": [
+        {**e, "fgnet": 0.01} if e["key"] == "residue_eps" else
+        {**e, "fgnet": "mlp"} if e["key"] == "head" else e for e in rec["settings"]]}
+    monkeypatch.setattr(official, "record", lambda: changed)
+    problems = official.check_code()
+    assert "residue_eps (fgnet): official 0.01, ageest 0.001" in problems
+    assert "head (fgnet): official 'mlp', ageest 'linear'" in problems
+
+
+def test_num_classes_is_checked_per_run():
+    params = {"selection": "val_best", "start_age": 0, "end_age": 99}
+    assert "num_classes: official 70, run 100" in official.check_run(params, "fgnet")
+    assert not any(p.startswith("num_classes")
+                   for p in official.check_run({**params, "end_age": 100}, "clap"))
+
+
+def test_official_cuda_numerics_are_the_official_scripts():
+    import torch
+
+    from ageest.train import cuda_numerics
+
+    saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        torch.backends.cudnn.benchmark = True
+        clean = cuda_numerics(official=False)
+        assert clean["cudnn_benchmark"] is True  # clean runs keep (and record) the defaults
+        assert cuda_numerics(official=True) == {
+            "cudnn_deterministic": True, "cudnn_benchmark": False, "tf32_matmul": False,
+            "tf32_cudnn": False}
+    finally:
+        (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) = saved
+
+
+def test_official_clap2016_needs_the_ignore_list(tmp_path):
+    grid = {"dataset": ["clap2016"], "data_dir": str(tmp_path), "protocol": ["official"],
+            "losses": ["amr"]}
+    with pytest.raises(FileNotFoundError, match="ignore_list.txt: missing; official-protocol"):
+        expand_grid({**grid, "selection": [official.OFFICIAL_SELECTION]}, tmp_path / "r")
