@@ -11,7 +11,7 @@ from ageest.data import get_dataset
 from ageest.data.integrity import DataError
 from ageest.data.splits import apply_split_csv, stratified_split
 from ageest.reproduce import ReproduceError, reproduce
-from tests.helpers import write_utkface_fixture
+from tests.helpers import add_identical_copies, write_utkface_fixture
 
 pytestmark = pytest.mark.filterwarnings("ignore:UTKFace .* do not follow")
 
@@ -52,19 +52,35 @@ def test_utkface_profile_needs_the_folder(tmp_path):
         reproduce("utkface", results_dir=tmp_path, log=lambda s: None)
 
 
-def test_utkface_profile_end_to_end(utk, tmp_path):
+@pytest.fixture(scope="module")
+def utk_copies(tmp_path_factory):
+    """The 60-face folder plus the release's kinds of identical images (3 groups: a byte copy
+    under the same age, one under another age, a pixel copy with other bytes)."""
+    root = write_utkface_fixture(tmp_path_factory.mktemp("utkc") / "UTKFace", n_images=60)
+    add_identical_copies(root)
+    return root
+
+
+def test_utkface_profile_end_to_end(utk_copies, tmp_path):
+    utk = utk_copies
     out = tmp_path / "res"
     reproduce("utkface", utkface=str(utk), results_dir=out, log=lambda s: None, html=False,
               parameters={"epochs": "1", "milestones": "", "image_size": "32",
                           "batch_size": "16", "workers": "1", "n_boot": "50",
                           "n_resamples": "99", "sweep_points": "5"})
     split = pd.read_csv(out / "splits" / "utkface_split.csv")
-    assert len(split) == 60 and set(split["split"]) == {"train", "valid", "test"}
+    # 63 files: 2 kept once, the conflicting pair dropped: 59 faces, each on one side only
+    assert len(split) == 59 and set(split["split"]) == {"train", "valid", "test"}
+    assert split["image_id"].is_unique
     summary = pd.read_csv(out / "tables" / "data_summary.csv")
     assert summary["name"].tolist() == ["utkface"] and summary["names_missing_a_field"][0] == 1
+    assert summary.loc[0, ["identical_policy", "identical_groups", "identical_files",
+                           "label_conflicts", "identical_kept", "identical_dropped"]].tolist() \
+        == ["dedupe", 3, 6, 1, 2, 4]
+    assert "identical_groups" in (out / "tables" / "data_summary.md").read_text()
     mae = pd.read_csv(out / "tables" / "fgnet_mae_comparison.csv")
     assert set(mae["loss"]) == {"amr", "mean_variance", "ce", "dldl_v2"}
-    assert (mae["n_images"] == 18).all()  # the split's test part
+    assert (mae["n_images"] == 18).all()  # the split's test part (30 % of 59)
     for name in ("fgnet_mae_comparison", "cs_curves", "age_group_mae", "k_ablation",
                  "paired_tests", "protocol_sensitivity"):
         text = (out / "tables" / f"{name}.md").read_text()
