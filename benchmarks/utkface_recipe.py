@@ -12,6 +12,7 @@ Usage::
     python benchmarks/utkface_recipe.py run --utkface DEV --out results/recipe \\
         --candidates small64-8ep,small64-20ep-cos --losses amr,ce --seeds 0
     python benchmarks/utkface_recipe.py table --out results/recipe     # the Markdown table
+    python benchmarks/utkface_recipe.py faces --utkface DEV --out results/recipe --run RUN
 
 ``split`` writes ``OUT/dev_split.csv`` (seeded, age-stratified 70/15/15, the kit's
 :func:`ageest.data.splits.stratified_split`); ``run`` trains what is not finished (an
@@ -99,16 +100,47 @@ def table(out: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def faces(utkface: Path, out: Path, run_dir: Path, part: str = "valid") -> pd.DataFrame:
+    """``ageest predict`` with and without ``--detect-faces`` (OpenCV's Haar cascade, a square
+    crop with a 40 % margin) on one part of the development split, with a finished run: how often
+    a face is found, and what the crop does to the predicted age and its error."""
+    from ageest.predict import load_run, predict
+
+    split = pd.read_csv(out / SPLIT)
+    names = split.loc[split["split"] == part, "image_id"].tolist()
+    paths = [utkface / n for n in names]
+    ages = pd.Series([int(n.split("_", 1)[0]) for n in names])
+    run = load_run(run_dir)
+    whole = predict(paths, run=run)
+    crop = predict(paths, run=run, detect_faces=True)
+    found = crop["face"] == "detected face"
+    err_whole = (whole["expected_age"] - ages).abs()
+    err_crop = (crop["expected_age"] - ages).abs()
+    shift = crop["expected_age"] - whole["expected_age"]
+    rows = []
+    for label, mask in (("all faces", pd.Series(True, index=found.index)),
+                        ("face detected", found), ("no face detected", ~found)):
+        rows.append({"images": label, "n": int(mask.sum()),
+                     "share": round(float(mask.mean()), 3),
+                     "mae_whole_image": round(float(err_whole[mask].mean()), 3),
+                     "mae_detect_faces": round(float(err_crop[mask].mean()), 3),
+                     "mean_shift_years": round(float(shift[mask].mean()), 3),
+                     "mean_abs_shift_years": round(float(shift[mask].abs().mean()), 3)})
+    return pd.DataFrame(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("split", "run", "table"))
+    parser.add_argument("command", choices=("split", "run", "table", "faces"))
+    parser.add_argument("--run", type=Path, help="faces: a finished run folder (fold-...)")
+    parser.add_argument("--part", default="valid", help="faces: the split part to predict")
     parser.add_argument("--utkface", type=Path, help="the UTKFace folder of development faces")
     parser.add_argument("--out", type=Path, default=Path("results/recipe"))
     parser.add_argument("--candidates", default=",".join(CANDIDATES))
     parser.add_argument("--losses", default="amr,ce")
     parser.add_argument("--seeds", default="0")
     args = parser.parse_args(argv)
-    if args.command in ("split", "run") and args.utkface is None:
+    if args.command in ("split", "run", "faces") and args.utkface is None:
         parser.error(f"{args.command} needs --utkface DIR")
     if args.command == "split":
         make_split(args.utkface, args.out)
@@ -117,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{args.out / SPLIT} is missing: run the split command first")
         run(args.utkface, args.out, args.candidates.split(","), args.losses.split(","),
             [int(s) for s in args.seeds.split(",")])
+    elif args.command == "faces":
+        if args.run is None:
+            parser.error("faces needs --run RUN_DIR")
+        print(faces(args.utkface, args.out, args.run, args.part).to_markdown(index=False))
     else:
         t = table(args.out)
         if t.empty:
