@@ -34,7 +34,6 @@ from ageest.errors import UserError
 
 #: file endings taken from a folder (a file named explicitly is checked whatever its ending)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-GIT_LFS_HEADER = b"version https://git-lfs.github.com/spec/"
 
 
 class RunError(UserError):
@@ -108,6 +107,8 @@ def read_checkpoint(path: Path, device: str = "cpu") -> dict[str, Any]:
     """A checkpoint's contents (``weights_only=True``), or a :class:`RunError` for a git-lfs
     pointer (the weights were never fetched), an empty or truncated file, or not a checkpoint."""
     import torch
+
+    from ageest.data.integrity import GIT_LFS_HEADER
 
     if not path.is_file():
         raise RunError(f"{path}: no such checkpoint; the run keeps only what its "

@@ -60,7 +60,8 @@ def make_split(utkface: Path, out: Path) -> Path:
     return out / SPLIT
 
 
-def run(utkface: Path, out: Path, names: list[str], losses: list[str], seeds: list[int]) -> None:
+def run(utkface: Path, out: Path, names: list[str], losses: list[str], seeds: list[int],
+        keep_checkpoints: str = "none") -> None:
     from ageest.runner import run_grid
 
     unknown = sorted(set(names) - set(CANDIDATES))
@@ -69,7 +70,7 @@ def run(utkface: Path, out: Path, names: list[str], losses: list[str], seeds: li
     for name in names:
         grid = {**BASE, **CANDIDATES[name], "dataset": ["utkface"], "data_dir": str(utkface),
                 "split_csv": str(out / SPLIT), "protocol": ["official"], "losses": losses,
-                "seeds": seeds}
+                "seeds": seeds, "keep_checkpoints": keep_checkpoints}
         print(f"{name}: {CANDIDATES[name]}", flush=True)
         summary = run_grid(grid, results_dir=out / name, aggregate_results=False)
         for row in summary.itertuples():
@@ -77,7 +78,7 @@ def run(utkface: Path, out: Path, names: list[str], losses: list[str], seeds: li
                   flush=True)
 
 
-def table(out: Path) -> pd.DataFrame:
+def table(out: Path, test: bool = False) -> pd.DataFrame:
     from ageest import store
 
     rows = []
@@ -97,6 +98,8 @@ def table(out: Path) -> pd.DataFrame:
                          "val_mae_swing": round(float(hist["val_mae"].diff().abs().max()), 2),
                          "wall_s": round(float(metrics["wall_time_s"]), 1),
                          "amp": params.get("amp") or "fp32"})
+            if test:  # the held-out part: only for the recipe already chosen
+                rows[-1]["test_mae"] = round(float(metrics["mae"]), 3)
     return pd.DataFrame(rows)
 
 
@@ -134,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=("split", "run", "table", "faces"))
     parser.add_argument("--run", type=Path, help="faces: a finished run folder (fold-...)")
     parser.add_argument("--part", default="valid", help="faces: the split part to predict")
+    parser.add_argument("--keep-checkpoints", default="none", choices=("none", "best", "all"),
+                        help="run: checkpoints kept (faces needs best)")
+    parser.add_argument("--test", action="store_true",
+                        help="table: add the held-out test MAE (only once the recipe is chosen)")
     parser.add_argument("--utkface", type=Path, help="the UTKFace folder of development faces")
     parser.add_argument("--out", type=Path, default=Path("results/recipe"))
     parser.add_argument("--candidates", default=",".join(CANDIDATES))
@@ -148,13 +155,13 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.out / SPLIT).is_file():
             parser.error(f"{args.out / SPLIT} is missing: run the split command first")
         run(args.utkface, args.out, args.candidates.split(","), args.losses.split(","),
-            [int(s) for s in args.seeds.split(",")])
+            [int(s) for s in args.seeds.split(",")], args.keep_checkpoints)
     elif args.command == "faces":
         if args.run is None:
             parser.error("faces needs --run RUN_DIR")
         print(faces(args.utkface, args.out, args.run, args.part).to_markdown(index=False))
     else:
-        t = table(args.out)
+        t = table(args.out, test=args.test)
         if t.empty:
             print("no finished runs")
             return 0

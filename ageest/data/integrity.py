@@ -38,6 +38,8 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", 
 ON_BAD_CHOICES = ("raise", "skip")
 #: what to do with identical images (same decoded pixels); see :func:`resolve_identical`
 IDENTICAL_CHOICES = ("refuse", "dedupe")
+#: how a git-lfs pointer file starts (an image or checkpoint that was never pulled)
+GIT_LFS_HEADER = b"version https://git-lfs.github.com/spec/"
 CHECK_IMAGES_CHOICES = ("header", "decode", "none")
 MANIFEST_VERSION = 1
 
@@ -235,10 +237,10 @@ def _unreadable(path: Path) -> str:
     as such, anything else is not a readable image."""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(64)
+            head = fh.read(len(GIT_LFS_HEADER))
     except OSError:
         head = b""
-    if head.startswith(b"version https://git-lfs"):
+    if head.startswith(GIT_LFS_HEADER):
         return "a git-lfs pointer, not the image (run `git lfs pull` in its repository)"
     return "not a readable image (corrupt or not an image format PIL knows)"
 
