@@ -60,7 +60,10 @@ AMP_MODES = (None, "auto", "fp32", "bf16", "fp16")
 
 def native_bf16() -> bool:
     """Whether this CPU executes bf16 arithmetic in hardware (AMX tiles or AVX-512-BF16, as torch
-    reports them). Without it bf16 is emulated and slower than fp32."""
+    reports them) and torch's kernels may use it: ``ATEN_CPU_CAPABILITY=avx2`` or ``=default``
+    (torch's capability below AVX512) means fp32. Without it bf16 is emulated and slower."""
+    if torch.backends.cpu.get_cpu_capability() != "AVX512":
+        return False
     cpu = getattr(torch, "cpu", None)
     checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
     return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)

@@ -70,3 +70,15 @@ def test_grid_records_what_auto_resolved_to(monkeypatch, tmp_path):
     assert (found[False]["amp"], found[False]["channels_last"]) == (None, False)
     # a bf16 run is never reused as an fp32 one: the identity differs
     assert found[True]["params_hash"] != found[False]["params_hash"]
+
+
+def test_forced_avx2_kernels_resolve_auto_to_fp32():
+    import os
+    import subprocess
+    import sys
+
+    code = "from ageest.train import resolve_amp; print(resolve_amp('auto', 'cpu'))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "ATEN_CPU_CAPABILITY": "avx2"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "(None, False)"
