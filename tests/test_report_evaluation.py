@@ -282,3 +282,24 @@ def test_k_column_says_n_a_for_losses_without_top_k():
     assert [k_label(loss, "adaptive") for loss in ("amr", "ce", "mean_variance", "dldl")] == [
         "adaptive", "n/a", "n/a", "n/a"]
     assert k_label("mean_residue", 4) == "4"
+
+
+def test_evaluation_tables_for_every_subset_of_the_losses():
+    """What notebook 03 builds from stored predictions, for every non-empty subset of the
+    methods the fixture holds (the reference alone, without it, any mix)."""
+    import itertools
+
+    preds = grid()
+    methods = sorted(set(zip(preds["loss"], preds["k"].astype(str), strict=True)))
+    for n in range(1, len(methods) + 1):
+        for subset in itertools.combinations(methods, n):
+            keep = pd.Series(list(zip(preds["loss"], preds["k"].astype(str), strict=True)),
+                             index=preds.index).isin(subset)
+            part = preds[keep]
+            mae = ev.mae_comparison(part, n_boot=20)
+            assert len(mae) == part.groupby(["loss", "k", "selection"]).ngroups
+            paired = ev.paired_tests(part, reference="amr", n_resamples=19)
+            assert list(paired.columns) == list(ev.PAIRED_COLUMNS)
+            assert ev.protocol_sensitivity(part)["mae_pooled"].notna().all()
+            if ev.has_official(part, loss="amr"):
+                assert len(ev.dual_protocol(part, loss="amr")) == 3
