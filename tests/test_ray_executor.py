@@ -228,8 +228,9 @@ def test_ray_grid_survives_a_killed_worker_and_matches_local(ray_head, data_dir,
     # resume through Ray: finished runs are skipped by the same logic as locally; a broken run
     # comes back failed with its traceback while the others are unaffected
     tasks = runner.expand_grid(_grid(data_dir, tmp_path / "ray"))
-    bad = runner.expand_grid(_grid(data_dir, tmp_path / "bad", model="no_such_model",
-                                   losses=["ce"], folds=[0]))
+    bad = runner.expand_grid(_grid(data_dir, tmp_path / "bad", losses=["ce"], folds=[0]))
+    # a model name is refused before any run starts; this one breaks only inside the worker
+    bad[0]["params"]["model"] = "no_such_model"
     results = RayExecutor(address=ray_head).run(tasks + bad, runner.execute_run)
     assert [r["status"] for r in results] == ["skipped"] * 4 + ["failed"]
     assert "Traceback" in results[-1]["error"] and "no_such_model" in results[-1]["error"]

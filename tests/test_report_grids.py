@@ -15,7 +15,7 @@ SETTINGS = dict(model="small_cnn", pretrained=False, optimizer="adamw", lr=1e-3,
                 normalize=False, grad_clip=0.0, lambda_mean=0.2, lambda_residue=0.05,
                 lambda_variance=0.05, seeds="0,1", device="cpu", workers=2, executor="local",
                 address="", synthetic_size=64, val_fraction=0.15, split_seed=0,
-                lr_schedule="multistep")
+                lr_schedule="multistep", amp="fp32", identical_images="refuse")
 
 
 def test_dataset_choice(tmp_path):

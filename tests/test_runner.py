@@ -227,11 +227,23 @@ def test_unfinished_run_with_other_parameters_restarts(data_dir, tmp_path):
     assert store.read_metrics(run_dir)["resumed_from_epoch"] is None
 
 
-def test_failed_run_is_recorded_and_others_continue(data_dir, tmp_path):
+def test_failed_run_is_recorded_and_others_continue(data_dir, tmp_path, monkeypatch):
+    # a failure only the run itself can meet (a bad name is refused before any run starts,
+    # see test_trust_round3): the ce loss breaks when it is built
+    import ageest.losses
+
+    real_get_loss = ageest.losses.get_loss
+
+    def broken_for_ce(name, **kwargs):
+        if name == "ce":
+            raise RuntimeError("ce does not take lambda_mean (broken on purpose)")
+        return real_get_loss(name, **kwargs)
+
     res = tmp_path / "res"
-    summary = runner.run_grid(_grid(data_dir, res, losses=["ce", "amr"],
-                                    loss_kwargs={"ce": {"lambda_mean": 0.3}}),
+    monkeypatch.setattr(ageest.losses, "get_loss", broken_for_ce)
+    summary = runner.run_grid(_grid(data_dir, res, losses=["ce", "amr"]),
                               aggregate_results=True)
+    monkeypatch.setattr(ageest.losses, "get_loss", real_get_loss)
     by_loss = {Path(r).parent.name.split("-")[3]: s
                for r, s in zip(summary["run_dir"], summary["status"], strict=True)}
     assert by_loss == {"ce": "failed", "amr": "done"}
