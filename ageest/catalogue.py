@@ -170,12 +170,6 @@ def artefact(kind: str, name: str) -> Artefact:
     return _INDEX[(kind, name)][1]
 
 
-def notebook_of(kind: str, name: str) -> str | None:
-    """The notebook stem that writes an artefact (``None``: a command)."""
-    artefact(kind, name)
-    return _INDEX[(kind, name)][0].notebook
-
-
 def of_notebook(notebook: str) -> list[Artefact]:
     """The artefacts a notebook (stem) declares, in report order.
 

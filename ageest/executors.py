@@ -7,7 +7,7 @@ the same way as the local process pool here.
 Contract
 --------
 - ``tasks`` are JSON-able run specifications (dicts).
-- ``fn`` is a top-level importable function (``ageest.runner.execute_run``) that performs one task
+- ``fn`` is a top-level importable function (``ageest.run.execute_run``) that performs one task
   and returns a JSON-able dict ``{"run_dir", "status": "done"|"skipped"|"failed", "error",
   "wall_time_s"}``. It catches its own exceptions, so a failed run never stops the others.
 - An executor turns a worker process that dies (segfault, out-of-memory kill, SIGKILL) into a

@@ -53,7 +53,6 @@ __all__ = [
     "L1ExpectationLoss",
     "LOSSES",
     "LossSpec",
-    "WEIGHT_DEFAULTS",
     "component_order",
     "get_loss",
     "list_losses",
@@ -1120,8 +1119,6 @@ LOSSES: dict[str, LossSpec] = {
                         components=("kl", "l1")),
     "l1": LossSpec(L1ExpectationLoss, L1ExpectationLoss, "L1", components=("l1",)),
 }
-#: the paper's weight of each term, one name everywhere (losses, notebooks, grids, CLI)
-WEIGHT_DEFAULTS = {"lambda_mean": 0.2, "lambda_residue": 0.05, "lambda_variance": 0.05}
 
 
 def loss_spec(name: str) -> LossSpec:

@@ -2,7 +2,7 @@
 
 :class:`RayExecutor` implements the :class:`ageest.executors.Executor` interface, so the runner
 (``ageest run ... --executor ray --address auto``) and the training notebook use it exactly like
-the local process pool: same run specs, same ``fn`` (``ageest.runner.execute_run``), same results.
+the local process pool: same run specs, same ``fn`` (``ageest.run.execute_run``), same results.
 
 - **Resources.** Each run is one Ray task that asks for ``num_gpus_per_task`` GPUs (default 1 when
   the run's device is CUDA) and ``num_cpus_per_task`` CPUs; Ray's scheduler packs the runs onto the
@@ -69,19 +69,14 @@ def _lost_worker_errors() -> tuple[type[BaseException], ...]:
 
 
 def _release_lock_of(run_dir: str | None, host: str | None, pid: int | None) -> bool:
-    """Remove ``run_dir/run.lock`` when it names exactly the lost worker (``"<host> <pid>"``, as
-    :class:`ageest.runner._RunLock` writes it), so the redone run, possibly on another node, is
-    not refused as "being trained by another process". True when removed."""
+    """Remove ``run_dir``'s lock when it names exactly the lost worker (the lock's format is
+    :class:`ageest.run._RunLock`'s), so the redone run, possibly on another node, is not refused
+    as "being trained by another process". True when removed."""
     if not run_dir or host is None or pid is None:
         return False
-    lock = Path(run_dir) / "run.lock"
-    try:
-        if lock.read_text().split() == [host, str(pid)]:
-            lock.unlink(missing_ok=True)
-            return True
-    except OSError:  # no lock, or it vanished meanwhile
-        pass
-    return False
+    from ageest.run import _RunLock
+
+    return _RunLock.release_if_held_by(run_dir, host, pid)
 
 
 class _Tracker:

@@ -25,7 +25,7 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -323,6 +323,19 @@ class _RunLock:
             self.path.unlink(missing_ok=True)
             self.held = False
 
+    @staticmethod
+    def release_if_held_by(run_dir: str | os.PathLike, host: str, pid: int) -> bool:
+        """Remove ``run_dir``'s lock when it names exactly process ``pid`` on ``host`` (a worker
+        that is gone, so its redone run is not refused); True when removed."""
+        path = Path(run_dir) / "run.lock"
+        try:
+            if path.read_text().split() == [host, str(pid)]:
+                path.unlink(missing_ok=True)
+                return True
+        except OSError:  # no lock, or it vanished meanwhile
+            pass
+        return False
+
 
 def _pid_alive(pid: int) -> bool:
     if pid <= 0:
@@ -334,6 +347,17 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def stale_reason(run_dir: Path, params: Mapping[str, Any]) -> str | None:
+    """Why the finished run in ``run_dir`` is not the run ``params`` describe (what changed and
+    the two hashes), or ``None`` when it is the same run. The one check behind the runner's
+    refusal before a grid starts and the executor's refusal of a single task."""
+    old_params = store.read_params(run_dir)
+    old = old_params.get("params_hash")
+    if old == params["params_hash"]:
+        return None
+    return f"{describe_change(old_params, params)} (params_hash {old} -> {params['params_hash']})"
 
 
 def execute_run(task: dict[str, Any]) -> dict[str, Any]:
@@ -351,14 +375,12 @@ def execute_run(task: dict[str, Any]) -> dict[str, Any]:
     lock = None
     try:
         if store.is_finished(run_dir):
-            old_params = store.read_params(run_dir)
-            old = old_params.get("params_hash")
-            if old == params["params_hash"]:
+            stale = stale_reason(run_dir, params)
+            if stale is None:
                 result.update(status="skipped", mae=store.read_metrics(run_dir).get("mae"))
                 return result
-            raise StaleRunError(f"{run_dir} finished with params_hash {old}, not "
-                                f"{params['params_hash']}: {describe_change(old_params, params)}"
-                                "; it is not overwritten")
+            raise StaleRunError(f"{run_dir} finished with other parameters: {stale}; "
+                                "it is not overwritten")
         run_dir.mkdir(parents=True, exist_ok=True)
         lock = _RunLock(run_dir)
         held_by = lock.acquire()
@@ -374,8 +396,7 @@ def execute_run(task: dict[str, Any]) -> dict[str, Any]:
                 if child.name != lock.path.name:
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
         (run_dir / store.ERROR).unlink(missing_ok=True)
-        store.write_params(run_dir, params)
-        metrics = train_run(params, run_dir)
+        metrics = train_run(params, run_dir)  # writes params.yaml when the folder has none
         result.update(status="done", mae=metrics.get("mae"))
     except Exception:
         result["error"] = traceback.format_exc()

@@ -79,6 +79,7 @@ from ageest.run import (  # noqa: F401  (re-exported: a run's identity, used wit
     params_hash,
     run_dir_for,
     run_name,
+    stale_reason,
     train_run,
 )
 from ageest.train import TrainConfig, precision_label, resolve_amp
@@ -184,8 +185,6 @@ SCHEMA: dict[str, GridKey] = {key.name: key for key in [
 ]}
 #: every key a grid YAML may hold, with its default
 GRID_DEFAULTS: dict[str, Any] = {name: key.default for name, key in SCHEMA.items()}
-#: grid keys that are lists (axes of the grid)
-AXES = ("dataset", "protocol", "losses", "k", "seeds", "selection")
 
 
 def load_grid_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -479,12 +478,9 @@ def check_stale(tasks: Sequence[dict[str, Any]]) -> None:
     stale = []
     for task in tasks:
         run_dir = Path(task["run_dir"])
-        if store.is_finished(run_dir):
-            old_params = store.read_params(run_dir)
-            old = old_params.get("params_hash")
-            if old != task["params"]["params_hash"]:
-                stale.append(f"{run_dir}: {describe_change(old_params, task['params'])} "
-                             f"(params_hash {old} -> {task['params']['params_hash']})")
+        reason = stale_reason(run_dir, task["params"]) if store.is_finished(run_dir) else None
+        if reason is not None:
+            stale.append(f"{run_dir}: {reason}")
     if stale:
         raise StaleRunError(
             "finished runs were trained with other parameters and are never overwritten:\n  "

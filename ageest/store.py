@@ -20,7 +20,7 @@ Every file is written atomically (temporary name, then rename), so a run killed 
 leaves a file that looks complete, and a run without ``metrics.json`` is unfinished.
 
 :func:`load_predictions` gathers every finished run under a folder into one DataFrame with the
-columns :mod:`ageest.evaluation` expects; :func:`list_runs` gives one row per run with its status.
+columns :mod:`ageest.evaluation` expects;
 """
 
 from __future__ import annotations
@@ -146,11 +146,11 @@ def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
         raise FileNotFoundError(f"{path} is missing: the run did not finish; rerun it")
     table = pq.read_table(path)
     df = table.drop(["probs"]).to_pandas()
-    df["probs"] = list(probs_matrix(table))
+    df["probs"] = list(_arrow_probs(table))
     return df
 
 
-def probs_matrix(table) -> np.ndarray:
+def _arrow_probs(table) -> np.ndarray:
     """(N, C) float32 probabilities from a predictions arrow table (rows renormalised)."""
     col = table.column("probs").combine_chunks()
     c = col.type.list_size
@@ -199,22 +199,6 @@ def find_run_dirs(root: str | os.PathLike) -> list[Path]:
     if (root / PARAMS).is_file():
         return [root]
     return sorted(p.parent for p in root.rglob(PARAMS) if CHECKPOINTS not in p.parts)
-
-
-def list_runs(root: str | os.PathLike) -> pd.DataFrame:
-    """One row per run directory under ``root``: its parameters, ``status``, ``run_dir`` and,
-    for finished runs, the metrics (``mae``, ``epsilon``, ``best_epoch``, ``wall_time_s`` ...)."""
-    rows = []
-    for run_dir in find_run_dirs(root):
-        row: dict[str, Any] = dict(read_params(run_dir))
-        row.pop("loss_kwargs", None)
-        row["run_dir"] = str(run_dir)
-        row["status"] = run_status(run_dir)
-        if row["status"] == "done":
-            m = read_metrics(run_dir)
-            row.update({k: v for k, v in m.items() if not isinstance(v, (dict, list))})
-        rows.append(row)
-    return pd.DataFrame(rows)
 
 
 def _with_run_columns(df: pd.DataFrame, run_dir: Path, columns: tuple[str, ...]) -> pd.DataFrame:

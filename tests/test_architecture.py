@@ -118,3 +118,17 @@ def test_no_function_over_80_lines():
                 if n > MAX_FUNCTION_LINES:
                     long.append(f"{rel}:{node.lineno} {node.name} ({n} lines)")
     assert not long, "split these functions:\n" + "\n".join(long)
+
+
+def test_every_module_is_in_the_architecture_map():
+    """docs/architecture.md names every module of the package in its table (a row per module,
+    or a row naming several): a new module without its row fails here."""
+    import re
+
+    doc = (PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    rows = [line for line in doc.splitlines() if line.startswith("| `ageest")]
+    named = {m for row in rows for m in re.findall(r"`(ageest(?:\.\w+)*)`", row.split("|")[1])}
+    modules = {name for name, path in _modules().items()
+               if path.name not in ("__init__.py", "__main__.py")}
+    assert modules - named == set(), f"add a row for {sorted(modules - named)}"
+    assert named - set(_modules()) == set(), f"rows name no module: {sorted(named - set(_modules()))}"
