@@ -26,55 +26,36 @@ class RunsFailed(RuntimeError):
     """Some runs of a grid failed; the message lists them with the last line of each error."""
 
 
-def loss_kwargs(lambda_mean: float, lambda_residue: float,
-                lambda_variance: float) -> dict[str, dict[str, float]]:
-    """Per-loss keyword arguments for the paper's weights: λ1 on the mean term of AMR,
-    mean-residue and mean-variance, λ2 on their residue / variance term (the registry's
-    :func:`ageest.losses.weight_kwargs` gives each loss the weights it takes).
-
-    >>> loss_kwargs(0.2, 0.05, 0.05)["mean_variance"]
-    {'lambda_mean': 0.2, 'lambda_variance': 0.05}
-    """
-    from ageest.losses import weight_kwargs
-
-    return weight_kwargs({"lambda_mean": lambda_mean, "lambda_residue": lambda_residue,
-                          "lambda_variance": lambda_variance})
-
-
-#: the notebook parameters :func:`training_settings` reads (notebooks 02 and 04 declare them all)
+#: the notebook parameters :func:`training_settings` passes to the runner as grid keys of the
+#: same name (notebooks 02 and 04 declare them all); each is checked once, by the grid schema
 TRAINING_PARAMETERS = (
     "model", "pretrained", "optimizer", "lr", "milestones", "lr_schedule", "epochs",
-    "batch_size", "image_size", "transforms", "normalize", "grad_clip", "lambda_mean",
-    "lambda_residue", "lambda_variance", "seeds", "device", "workers", "executor", "address",
-    "synthetic_size", "val_fraction", "split_seed", "amp", "identical_images")
+    "batch_size", "image_size", "transforms", "normalize", "grad_clip", "seeds", "device",
+    "workers", "executor", "address", "synthetic_size", "val_fraction", "split_seed", "amp",
+    "identical_images")
 
 
 def training_settings(params: Mapping[str, Any]) -> dict[str, Any]:
     """Runner grid keys shared by every grid of a notebook, from its parameters (a notebook
-    passes ``globals()``; ``grad_clip`` 0 = none). A missing parameter is an error naming it."""
+    passes ``globals()``). A missing parameter is an error naming it; the loss weights
+    (``lambda_mean`` ...) are passed when the notebook declares them (each loss's runs take the
+    ones it uses; an undeclared one keeps its one default). Values are not converted here: the
+    grid schema checks each one (:func:`ageest.runner.normalize_grid`)."""
+    from ageest.losses import WEIGHT_SETTINGS
+
     missing = [name for name in TRAINING_PARAMETERS if name not in params]
     if missing:
         raise ValueError(f"training parameters {missing} are not set; declare them in the "
                          "notebook's parameters cell (see notebooks/02_training.ipynb)")
     p = {name: params[name] for name in TRAINING_PARAMETERS}
-    return {
-        "model": p["model"], "pretrained": bool(p["pretrained"]), "optimizer": p["optimizer"],
-        "lr": float(p["lr"]), "milestones": int_list(p["milestones"], "milestones"),
-        "lr_schedule": p["lr_schedule"],
-        "epochs": int(p["epochs"]), "batch_size": int(p["batch_size"]),
-        "image_size": int(p["image_size"]),
-        "transforms": p["transforms"], "normalize": bool(p["normalize"]),
-        "grad_clip": float(p["grad_clip"]) if p["grad_clip"] else None,
-        "loss_kwargs": loss_kwargs(p["lambda_mean"], p["lambda_residue"], p["lambda_variance"]),
-        "seeds": int_list(p["seeds"], "seeds"), "device": p["device"],
-        "workers": int(p["workers"]), "executor": p["executor"],
-        "address": p["address"] or None, "synthetic_size": int(p["synthetic_size"]),
-        "val_fraction": float(p["val_fraction"]), "split_seed": int(p["split_seed"]),
-        "amp": p["amp"], "identical_images": p["identical_images"] or None,
-        # several workers: one line per finished run (the runner silences their epoch bars);
-        # one worker would print a progress bar per epoch into the executed notebook
-        "quiet": None if int(p["workers"]) > 1 else True,
-    }
+    p.update({w: params[w] for w in WEIGHT_SETTINGS if w in params})
+    # the notebooks' "none" spellings: grad_clip 0, an empty address or policy
+    for name in ("grad_clip", "address", "identical_images"):
+        p[name] = p[name] or None
+    # several workers: one line per finished run (the runner silences their epoch bars);
+    # one worker would print a progress bar per epoch into the executed notebook
+    p["quiet"] = None if int(p["workers"]) > 1 else True
+    return p
 
 
 def comparison_grids(settings: Mapping[str, Any], *, fgnet_dir: str, clap_dir: str,

@@ -300,8 +300,9 @@ def compared_losses(
     ['CE', 'mean-variance', 'AMR', 'mean-residue K=4', 'DLDL']
     """
     rng = {"start_age": start_age, "end_age": start_age + num_classes - 1}
-    weights = losses.weight_kwargs({"lambda_mean": lambda_mean, "lambda_residue": lambda_residue,
-                                    "lambda_variance": lambda_variance})
+    given = {"lambda_mean": lambda_mean, "lambda_residue": lambda_residue,
+             "lambda_variance": lambda_variance}
+    weights = {name: losses.loss_weights(name, given) for name in losses.LOSSES}
     label = {name: spec.label for name, spec in losses.LOSSES.items()}
     return {
         label["ce"]: losses.get_loss("ce", **rng),

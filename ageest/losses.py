@@ -33,6 +33,7 @@ import inspect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -59,7 +60,9 @@ __all__ = [
     "loss_order",
     "loss_spec",
     "topk_mask",
-    "weight_kwargs",
+    "WEIGHT_SETTINGS",
+    "weight_default",
+    "loss_weights",
 ]
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -1146,19 +1149,36 @@ def component_order() -> tuple[str, ...]:
     return tuple(dict.fromkeys(c for spec in LOSSES.values() for c in spec.components))
 
 
-def weight_kwargs(weights: Mapping[str, float]) -> dict[str, dict[str, float]]:
-    """Per-loss keyword arguments from one set of named weights: each loss gets the weights it
-    takes (``lambda_mean`` and ``lambda_residue`` for AMR ...).
+#: the term weights that are settings of their own (training settings, grid keys, notebook
+#: parameters and ``ageest run`` flags by these names); a loss takes those its entry names
+WEIGHT_SETTINGS = ("lambda_mean", "lambda_residue", "lambda_variance")
 
-    >>> weight_kwargs({"lambda_mean": 0.2, "lambda_variance": 0.05})["mean_variance"]
-    {'lambda_mean': 0.2, 'lambda_variance': 0.05}
+
+def weight_default(name: str) -> float:
+    """The one default of weight setting ``name``: its constructor default in the losses that
+    take it (which agree; a test checks it).
+
+    >>> weight_default("lambda_mean"), weight_default("lambda_residue")
+    (0.2, 0.05)
     """
-    out = {}
-    for name, spec in LOSSES.items():
-        kw = {w: float(weights[w]) for w in spec.weights if w in weights}
-        if kw:
-            out[name] = kw
-    return out
+    for spec in LOSSES.values():
+        if name in spec.weights:
+            return float(inspect.signature(spec.cls.__init__).parameters[name].default)
+    raise ValueError(f"{name!r} is not a loss weight; weights: {', '.join(WEIGHT_SETTINGS)}")
+
+
+def loss_weights(name: str, settings: Mapping[str, Any]) -> dict[str, float]:
+    """The weight settings loss ``name`` takes, picked from ``settings`` by name (the others do
+    not concern it, so they are not part of its runs' identity).
+
+    >>> loss_weights("mean_variance", {"lambda_mean": 0.2, "lambda_residue": 0.1,
+    ...                                "lambda_variance": 0.05})
+    {'lambda_mean': 0.2, 'lambda_variance': 0.05}
+    >>> loss_weights("ce", {"lambda_mean": 0.2})
+    {}
+    """
+    return {w: float(settings[w]) for w in loss_spec(name).weights
+            if w in WEIGHT_SETTINGS and w in settings}
 
 
 def topk_mask(logits: torch.Tensor, ages, *, start_age: int = 0,

@@ -95,8 +95,6 @@ def _effective(params: Mapping[str, Any], key: str) -> Any:
     """A run parameter as the trainer applies it (defaults resolved)."""
     if key == "weight_decay" and params.get("weight_decay") is None:
         return 0.01 if params.get("optimizer") == "adamw" else 1e-4
-    if key in ("lambda_mean", "lambda_residue"):
-        return (params.get("loss_kwargs") or {}).get(key)
     if key == "num_classes":
         if params.get("end_age") is None or params.get("start_age") is None:
             return None

@@ -64,6 +64,7 @@ from ageest.data.integrity import (
 )
 from ageest.data.loaders import LABEL_ROUNDINGS, check_class_count
 from ageest.data.splits import PROTOCOLS
+from ageest.losses import WEIGHT_SETTINGS, loss_weights
 from ageest.official import OFFICIAL_SELECTION, SELECTIONS
 from ageest.parameters import as_list
 from ageest.run import (  # noqa: F401  (re-exported: a run's identity, used with grids)
@@ -330,7 +331,12 @@ def _check_parts(g: dict[str, Any]) -> None:
     for loss, kwargs in (g["loss_kwargs"] or {}).items():
         if loss not in list_losses():
             raise ValueError(f"grid key loss_kwargs: {loss!r} is not a loss; its keys are loss "
-                             f"names ({list_losses()}), e.g. {{amr: {{lambda_mean: 0.2}}}}")
+                             f"names ({list_losses()}), e.g. {{amr: {{eps: 0.001}}}}")
+        weights = sorted(set(kwargs or {}) & set(WEIGHT_SETTINGS))
+        if weights:
+            raise ValueError(f"grid key loss_kwargs: {weights[0]} is a setting of its own; set "
+                             f"{weights[0]} (--{weights[0].replace('_', '-')}), not "
+                             "loss_kwargs")
         unknown = sorted(set(kwargs or {}) - set(loss_parameters(loss)))
         if unknown:
             raise ValueError(f"grid key loss_kwargs: {loss} takes no {unknown}; it takes "
@@ -404,7 +410,8 @@ def expand_grid(grid: dict[str, Any], results_dir: str | os.PathLike | None = No
     # augment: a run's params.yaml may set it (python -m ageest.run); not a grid key, so the
     # parameter hashes of existing runs stay valid
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {
-        "seed", "loss", "loss_kwargs", "selection", "threads", "quiet", "augment"}
+        "seed", "loss", "loss_kwargs", "selection", "threads", "quiet", "augment",
+        *WEIGHT_SETTINGS}  # a run holds only the weights its loss takes
     amp, channels_last = resolve_amp(g["amp"], g["device"], g["channels_last"])
     tasks: list[dict[str, Any]] = []
     for dataset in g["dataset"]:
@@ -456,6 +463,7 @@ def expand_grid(grid: dict[str, Any], results_dir: str | os.PathLike | None = No
                                 "split_digest": fold_digest(df, folds[i]),
                                 "start_age": int(info.start_age), "end_age": int(info.end_age),
                                 **{f: g[f] for f in sorted(train_fields)},
+                                **loss_weights(loss, g),
                                 # what amp auto resolved to on this machine: part of the
                                 # run's identity, so a bf16 run is never reused as fp32
                                 "amp": amp, "channels_last": channels_last,

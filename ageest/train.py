@@ -49,6 +49,7 @@ import torch
 from ageest import distributed as dist
 from ageest.artifacts import atomic_write_bytes
 from ageest.data.dataset import TRANSFORMS
+from ageest.losses import WEIGHT_SETTINGS, loss_weights, weight_default
 from ageest.official import OFFICIAL_SELECTION, SELECTIONS
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -133,8 +134,16 @@ class TrainConfig:
     pretrained: bool = _option(False, "ImageNet weights from the local torch hub cache")
     loss: str = _option("amr", "a name of ageest.losses.list_losses()", grid=False)
     loss_kwargs: dict[str, Any] = _option(
-        help='extra loss arguments; in a grid, per loss: {"amr": {"lambda_mean": 0.2}} (JSON on '
-             "the command line); start_age/end_age are added", factory=dict)
+        help='extra loss arguments beside the weights; in a grid, per loss: {"amr": {"eps": '
+             '0.001}} (JSON on the command line); start_age/end_age are added', factory=dict)
+    lambda_mean: float = _option(weight_default("lambda_mean"), "λ1, weight of the mean term "
+                                 "(amr, mean_residue, mean_variance; official: 0.2)", minimum=0.0)
+    lambda_residue: float = _option(weight_default("lambda_residue"), "λ2 of amr and "
+                                    "mean_residue, weight of the residue term (official: 0.05)",
+                                    minimum=0.0)
+    lambda_variance: float = _option(weight_default("lambda_variance"), "λ2 of mean_variance, "
+                                     "weight of the variance term (its paper: 0.05)",
+                                     minimum=0.0)
     optimizer: str = _option("adamw", "adamw (official FG-NET script) or sgd with momentum "
                              "(official CLAP2016 script)", choices=OPTIMIZERS)
     lr: float = _option(1e-3, "learning rate", minimum=0.0)
@@ -796,7 +805,9 @@ def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_ag
 
     model = _make_model(cfg, end_age - start_age + 1, device, dtype)
     raw_model = dist.unwrap_model(model)
-    loss_fn = get_loss(cfg.loss, start_age=start_age, end_age=end_age, **cfg.loss_kwargs)
+    weights = loss_weights(cfg.loss, {w: getattr(cfg, w) for w in WEIGHT_SETTINGS})
+    loss_fn = get_loss(cfg.loss, start_age=start_age, end_age=end_age, **weights,
+                       **cfg.loss_kwargs)
     opt = _make_optimizer(cfg, model)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16" and device.startswith("cuda"))
     ages_axis = torch.arange(start_age, end_age + 1, device=device, dtype=dtype)  # (C,)

@@ -53,8 +53,7 @@ def test_official_runs_are_test_selected_on_the_official_training_set(paper_task
 
 def test_check_run_names_each_departure():
     params = {"selection": "val_best", "loss": "amr", "model": "resnet50", "pretrained": True,
-              "optimizer": "adamw", "lr": 0.01, "loss_kwargs": {"lambda_mean": 0.2,
-                                                                "lambda_residue": 0.05}}
+              "optimizer": "adamw", "lr": 0.01, "lambda_mean": 0.2, "lambda_residue": 0.05}
     problems = official.check_run(params, "fgnet")
     assert "lr: official 0.001, run 0.01" in problems
     assert not any(p.startswith(("model:", "optimizer:", "weight_decay:", "lambda"))

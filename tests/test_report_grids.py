@@ -31,8 +31,9 @@ def test_training_settings_are_runner_grid_keys():
     s = experiments.training_settings(SETTINGS)
     g = normalize_grid(s)  # raises on an unknown key
     assert g["milestones"] == [6] and g["seeds"] == [0, 1] and g["grad_clip"] is None
-    assert s["loss_kwargs"]["amr"] == {"lambda_mean": 0.2, "lambda_residue": 0.05}
-    assert s["loss_kwargs"]["mean_variance"] == {"lambda_mean": 0.2, "lambda_variance": 0.05}
+    # the loss weights are plain settings, passed through by name
+    assert (g["lambda_mean"], g["lambda_residue"], g["lambda_variance"]) == (0.2, 0.05, 0.05)
+    assert "loss_kwargs" not in s
 
 
 def test_comparison_grids_official_and_clap_switches():
@@ -121,7 +122,7 @@ def test_profiles_build_valid_runner_grids(profile, tmp_path):
     fg, clap, ablation = normalized["fgnet"], normalized["clap"], normalized["k_ablation"]
     # notebook 04 trains with notebook 02's settings, so its AMR runs are reused
     for key in ("model", "epochs", "lr", "milestones", "optimizer", "batch_size", "image_size",
-                "loss_kwargs", "seeds", "protocol", "n_folds", "val_fraction", "split_seed"):
+                "lambda_mean", "lambda_residue", "seeds", "protocol", "n_folds", "val_fraction", "split_seed"):
         assert ablation[key] == fg[key], f"{profile}: 02 and 04 differ in {key}"
     assert set(ablation["folds"] or []) <= set(fg["folds"] or range(10_000))
     if profile == "paper":
@@ -133,7 +134,7 @@ def test_profiles_build_valid_runner_grids(profile, tmp_path):
         assert fg["optimizer"] == "adamw" and not fg["normalize"]
         assert (clap["optimizer"], clap["grad_clip"], clap["normalize"], clap["transforms"]) \
             == ("sgd", 5.0, True, "clap")
-        assert fg["loss_kwargs"]["amr"] == {"lambda_mean": 0.2, "lambda_residue": 0.05}
+        assert (fg["lambda_mean"], fg["lambda_residue"]) == (0.2, 0.05)
         assert fg["seeds"] == [42] and fg["device"] == "cuda"
         assert ablation["k"] == [1, 2, 3, 4, 5, 6, 8, 10, "adaptive"]
     else:
@@ -142,3 +143,34 @@ def test_profiles_build_valid_runner_grids(profile, tmp_path):
     if profile == "default":
         assert ablation["k"] == [1, 2, 3, 4, 5, 6, 8, 10, "adaptive"]
         assert set(fg["losses"]) == {"amr", "mean_variance", "ce", "dldl", "dldl_v2", "l1"}
+
+
+def test_loss_weights_are_plain_settings_each_run_holds_its_own(tmp_path):
+    """lambda_mean / lambda_residue / lambda_variance are grid keys with one default each; a
+    run's parameters (and identity) hold only the weights its loss takes, and a weight given
+    through loss_kwargs is refused with the setting's name."""
+    import inspect
+
+    from ageest import losses, train
+
+    for name in losses.WEIGHT_SETTINGS:  # the defaults agree across the losses that take one
+        defaults = {inspect.signature(spec.cls.__init__).parameters[name].default
+                    for spec in losses.LOSSES.values() if name in spec.weights}
+        assert defaults == {losses.weight_default(name)}
+        assert getattr(train.TrainConfig(), name) == losses.weight_default(name)
+    grid = {"dataset": ["synthetic-fgnet"], "synthetic_size": 16, "protocol": ["group-kfold"],
+            "n_folds": 2, "folds": [0], "losses": ["amr", "mean_variance", "ce"],
+            "lambda_residue": 0.1, "results_dir": str(tmp_path)}
+    tasks = {t["params"]["loss"]: t["params"] for t in expand_grid(grid)}
+    assert (tasks["amr"]["lambda_mean"], tasks["amr"]["lambda_residue"]) == (0.2, 0.1)
+    assert "lambda_variance" not in tasks["amr"]
+    assert (tasks["mean_variance"]["lambda_variance"], "lambda_residue" in
+            tasks["mean_variance"]) == (0.05, False)
+    assert not any(k.startswith("lambda_") for k in tasks["ce"])
+    # changing a weight CE does not take leaves CE's identity alone
+    other = {t["params"]["loss"]: t["params"]["params_hash"]
+             for t in expand_grid({**grid, "lambda_residue": 0.3})}
+    assert other["ce"] == tasks["ce"]["params_hash"]
+    assert other["amr"] != tasks["amr"]["params_hash"]
+    with pytest.raises(ValueError, match="lambda_mean is a setting of its own; set lambda_mean"):
+        normalize_grid({**grid, "loss_kwargs": {"amr": {"lambda_mean": 0.3}}})

@@ -505,9 +505,9 @@ def test_grid_schema_is_trainconfig_and_the_cli_is_the_schema():
     assert "(default 10)" in flags["epochs"].help and flags["epochs"].type is int
     assert flags["optimizer"].choices == ["adamw", "sgd"]
     args = parser.parse_args(["--epochs", "3", "--losses", "amr,ce", "--no-pretrained",
-                              "--loss-kwargs", '{"amr": {"lambda_mean": 0.1}}'])
+                              "--loss-kwargs", '{"amr": {"eps": 0.01}}', "--lambda-mean", "0.1"])
     grid = runner.grid_from_args(args)
     assert grid == {"epochs": 3, "losses": "amr,ce", "pretrained": False,
-                    "loss_kwargs": {"amr": {"lambda_mean": 0.1}}}
+                    "loss_kwargs": {"amr": {"eps": 0.01}}, "lambda_mean": 0.1}
     g = runner.normalize_grid(grid)
-    assert g["losses"] == ["amr", "ce"] and g["epochs"] == 3
+    assert g["losses"] == ["amr", "ce"] and g["epochs"] == 3 and g["lambda_mean"] == 0.1
