@@ -29,7 +29,7 @@ import yaml
 from ageest import paths
 from ageest.artifacts import atomic_write_text, read_json, write_manifest
 from ageest.errors import UserError, format_user_error
-from ageest.parameters import SHARED_FILE, as_list
+from ageest.parameters import SHARED_FILE, annotation_alternatives, as_list
 
 PROFILES = ("smoke", "default", "paper", "utkface")
 KERNEL_NAME = "ageest"
@@ -161,24 +161,11 @@ _TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
 }
 
 
-def _alternatives(type_name: str) -> list[str]:
-    """The members of an annotation: ``"list[int] | None"`` -> ``["list[int]", "None"]``
-    (``Optional[X]`` -> ``["X", "None"]``).
-
-    >>> _alternatives("Optional[list[int]]"), _alternatives("int | None")
-    (['list[int]', 'None'], ['int', 'None'])
-    """
-    text = type_name.strip()
-    if text.startswith("Optional[") and text.endswith("]"):
-        return [*_alternatives(text[len("Optional["):-1]), "None"]
-    return [t.strip() for t in text.split("|")]
-
-
 def _type_ok(type_name: str | None, value: Any) -> bool:
     """Whether ``value`` fits a papermill ``inferred_type_name`` such as ``int | None``."""
     if not type_name or type_name == "None":
         return True
-    for alt in _alternatives(type_name):
+    for alt in annotation_alternatives(type_name):
         if alt in ("None", "NoneType") and value is None:
             return True
         base, _, item = alt.partition("[")
@@ -231,7 +218,7 @@ def convert_parameter(name: str, text: str, type_name: str | None, notebook: str
     >>> convert_parameter("losses", "amr,ce", "list[str]", "02_training.ipynb")
     ['amr', 'ce']
     """
-    alternatives = _alternatives(type_name or "str")
+    alternatives = annotation_alternatives(type_name or "str")
     if "None" in alternatives and text.strip().lower() in ("none", "null"):
         return None
     errors = []

@@ -48,11 +48,9 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from ageest import __version__, store
@@ -66,7 +64,7 @@ from ageest.data.loaders import LABEL_ROUNDINGS, check_class_count
 from ageest.data.splits import PROTOCOLS
 from ageest.losses import WEIGHT_SETTINGS, loss_weights
 from ageest.official import OFFICIAL_SELECTION, SELECTIONS
-from ageest.parameters import as_list
+from ageest.parameters import Setting, check_value, settings_of
 from ageest.run import (  # noqa: F401  (re-exported: a run's identity, used with grids)
     KEEP_CHECKPOINTS,
     UNHASHED,
@@ -89,44 +87,22 @@ from ageest.train import TrainConfig, precision_label, resolve_amp
 # the grid: one schema (keys, defaults, types, ranges, help), its validation and its CLI flags
 
 
-@dataclass(frozen=True)
-class GridKey:
-    """One key of a grid (and one ``ageest run`` flag, ``n_folds`` -> ``--n-folds``)."""
-
-    name: str
-    default: Any
-    kind: str  # "int", "float", "bool", "str", "list" or "dict"
-    help: str
-    choices: tuple | None = None
-    minimum: float | None = None
-    maximum: float | None = None
-    item: str = "str"  # kind of a list's items
+#: one grid key (and one ``ageest run`` flag, ``n_folds`` -> ``--n-folds``)
+GridKey = Setting
 
 
-def _k(name, default, kind, help, **kw) -> GridKey:
-    return GridKey(name, default, kind, help, **kw)
+def _k(name, default, kind, help, **kw) -> Setting:
+    return Setting(name, default, kind, help, **kw)
 
 
-def _train_keys() -> list[GridKey]:
+def _train_keys() -> list[Setting]:
     """The training keys: every :class:`~ageest.train.TrainConfig` field a grid sets (not the
-    per-run ``loss``/``seed``/``selection``, nor ``augment``), with the field's default, type and
-    metadata."""
-    out = []
-    for f in dataclasses.fields(TrainConfig):
-        if not f.metadata.get("grid", True):
-            continue
-        type_text = str(f.type).replace(" | None", "")
-        kind, _, item = type_text.partition("[")
-        kind = {"dict": "dict", "list": "list"}.get(kind, kind)
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING \
-            else f.default
-        out.append(GridKey(f.name, default, kind, f.metadata["help"],
-                           choices=f.metadata.get("choices"), minimum=f.metadata.get("min"),
-                           maximum=f.metadata.get("max"), item=item.rstrip("]") or "str"))
-    return out
+    per-run ``loss``/``seed``/``selection``, nor ``augment``), declared by the field itself."""
+    grid_fields = [f for f in dataclasses.fields(TrainConfig) if f.metadata.get("grid", True)]
+    return settings_of(grid_fields)
 
 
-SCHEMA: dict[str, GridKey] = {key.name: key for key in [
+SCHEMA: dict[str, Setting] = {key.name: key for key in [
     # axes: lists, one run per combination
     _k("dataset", ["synthetic-fgnet"], "list", "dataset name(s): a registry name of "
        "ageest.data (fgnet, clap2016, utkface, csv, benchmark-json, synthetic-fgnet ...)"),
@@ -208,61 +184,6 @@ def load_grid_config(path: str | os.PathLike) -> dict[str, Any]:
     return values
 
 
-def _integer(key: str, value: Any, minimum: int | None = None) -> int:
-    """An integer grid value (``2``, ``"2"``), never a truncated float (``2.7``) or a bool."""
-    ok = (isinstance(value, int) and not isinstance(value, bool)) or (
-        isinstance(value, str) and value.strip().lstrip("-").isdigit()) or (
-        isinstance(value, float) and value.is_integer())
-    if not ok:
-        raise ValueError(f"grid key {key}: {value!r} is not an integer")
-    out = int(value)
-    if minimum is not None and out < minimum:
-        raise ValueError(f"grid key {key}: {out} is below the minimum {minimum}")
-    return out
-
-
-def _number(key: str, value: Any, bounds: tuple[float | None, float | None]) -> float:
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        out = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"grid key {key}: {value!r} is not a number") from None
-    lo, hi = bounds
-    if not np.isfinite(out) or (lo is not None and out < lo) or (hi is not None and out > hi):
-        raise ValueError(f"grid key {key}: {value!r} is outside [{lo}, {hi if hi is not None else 'inf'}]")
-    return out
-
-
-def _check_value(key: GridKey, value: Any) -> Any:
-    """One grid value of ``key``'s kind, range and choices, or a ``ValueError`` naming it."""
-    name = key.name
-    if key.kind == "int":
-        return _integer(name, value, key.minimum)
-    if key.kind == "float":
-        return _number(name, value, (key.minimum, key.maximum))
-    if key.kind == "bool":
-        if not isinstance(value, bool):
-            raise ValueError(f"grid key {name}: {value!r} is not true or false")
-        return value
-    if key.kind == "list":
-        items = as_list(value)
-        if key.item == "int":
-            items = [_integer(name, v, key.minimum) for v in items]
-        for item in items:
-            if key.choices and item not in key.choices:
-                raise ValueError(f"grid key {name}: {item!r} is not one of {list(key.choices)}")
-        return items
-    if key.kind == "dict":
-        if not isinstance(value, dict):
-            raise ValueError(f"grid key {name}: expected a mapping, e.g. "
-                             "{amr: {lambda_mean: 0.2}}")
-        return value
-    if key.choices and value not in key.choices:
-        raise ValueError(f"grid key {name}: {value!r} is not one of {list(key.choices)}")
-    return value
-
-
 def normalize_grid(grid: dict[str, Any]) -> dict[str, Any]:
     """Fill defaults, turn comma strings into lists and check every value's type, range and
     choice against :data:`SCHEMA` before any run starts (an error names the key); unknown keys
@@ -273,9 +194,7 @@ def normalize_grid(grid: dict[str, Any]) -> dict[str, Any]:
     g = {**GRID_DEFAULTS, **{k: v for k, v in grid.items() if v is not None}}
     for name, key in SCHEMA.items():
         if g[name] is not None:
-            g[name] = _check_value(key, g[name])
-    if g["lr"] <= 0:
-        raise ValueError(f"grid key lr: {g['lr']!r} must be positive")
+            g[name] = check_value(key, g[name])
     ar = g["age_range"]
     if ar is not None and (len(ar) != 2 or ar[0] >= ar[1]):
         raise ValueError(f"grid key age_range: {ar!r} is not [lo, hi] with lo < hi")
@@ -305,7 +224,7 @@ def check_setting(name: str, value: Any) -> Any:
     from ageest.losses import list_losses
     from ageest.models import list_models
 
-    value = _check_value(SCHEMA[name], value)
+    value = check_value(SCHEMA[name], value)
     if name == "losses":
         for loss in value:
             if loss not in list_losses():

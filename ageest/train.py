@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import io
 import math
 import os
@@ -51,12 +52,13 @@ from ageest.artifacts import atomic_write_bytes
 from ageest.data.dataset import TRANSFORMS
 from ageest.losses import WEIGHT_SETTINGS, loss_weights, weight_default
 from ageest.official import OFFICIAL_SELECTION, SELECTIONS
+from ageest.parameters import check_value, settings_of
 
 OPTIMIZERS = ("adamw", "sgd")
 #: what ``amp`` may be: ``auto`` (bf16 autocast + channels_last on a CPU that executes bf16
 #: natively, fp32 otherwise: :func:`resolve_amp`), ``fp32`` (= None: no autocast), ``bf16``,
 #: ``fp16`` (CUDA, with a gradient scaler)
-AMP_MODES = (None, "auto", "fp32", "bf16", "fp16")
+AMP_MODES = ("auto", "fp32", "bf16", "fp16")
 
 
 def native_bf16() -> bool:
@@ -112,10 +114,12 @@ class NonFiniteLossError(FloatingPointError):
 
 def _option(default: Any = dataclasses.MISSING, help: str = "", *, factory=None,
             choices: tuple | None = None, minimum: float | None = None,
-            maximum: float | None = None, grid: bool = True) -> Any:
+            maximum: float | None = None, above: bool = False, grid: bool = True) -> Any:
     """A :class:`TrainConfig` field with its help text, choices and range: the one place they
-    are written (the grid schema, its validation and the ``ageest run`` flags read them)."""
-    meta = {"help": help, "choices": choices, "min": minimum, "max": maximum, "grid": grid}
+    are written (:func:`ageest.parameters.settings_of` makes them the grid schema's keys, the
+    ``ageest run`` flags and the one check, :func:`ageest.parameters.check_value`)."""
+    meta = {"help": help, "choices": choices, "min": minimum, "max": maximum, "above": above,
+            "grid": grid}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -146,7 +150,7 @@ class TrainConfig:
                                      minimum=0.0)
     optimizer: str = _option("adamw", "adamw (official FG-NET script) or sgd with momentum "
                              "(official CLAP2016 script)", choices=OPTIMIZERS)
-    lr: float = _option(1e-3, "learning rate", minimum=0.0)
+    lr: float = _option(1e-3, "learning rate", minimum=0.0, above=True)
     momentum: float = _option(0.9, "SGD momentum", minimum=0.0, maximum=1.0)
     weight_decay: float | None = _option(None, "default: 0.01 for AdamW (torch's default, the "
                                          "FG-NET script's), 1e-4 for SGD", minimum=0.0)
@@ -161,7 +165,7 @@ class TrainConfig:
     amp: str | None = _option(None, "autocast: auto (bf16 + channels_last where the CPU "
                               "executes bf16 natively, else fp32; fp32 on CUDA), fp32, bf16, fp16 "
                               "(CUDA, with a gradient scaler); a run records what auto resolved "
-                              "to", choices=("auto", "fp32", "bf16", "fp16"))
+                              "to", choices=AMP_MODES)
     channels_last: bool = _option(False, "NHWC memory format (faster convolutions on recent "
                                   "GPUs and oneDNN)")
     num_workers: int = _option(0, "DataLoader worker processes per run (0: load in the "
@@ -193,27 +197,17 @@ class TrainConfig:
     quiet: bool = _option(False, "no per-batch progress bars", grid=False)
 
     def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer={self.optimizer!r}: expected one of {OPTIMIZERS}")
-        if self.selection not in SELECTIONS:
-            raise ValueError(f"selection={self.selection!r}: expected one of {SELECTIONS}")
-        if self.amp not in AMP_MODES:
-            raise ValueError(f"amp={self.amp!r}: expected one of {AMP_MODES}")
-        for name, choices in (("select_metric", SELECT_METRICS), ("lr_schedule", LR_SCHEDULES),
-                              ("dtype", DTYPES)):
-            if getattr(self, name) not in choices:
-                raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {choices}")
+        # every field against its own declaration (the grid's check, one function); what
+        # follows are the rules between fields
+        for setting in _settings():
+            setattr(self, setting.name,
+                    check_value(setting, getattr(self, setting.name), "TrainConfig"))
         if self.dtype == "float64" and self.amp not in (None, "fp32", "auto"):
             raise ValueError("dtype='float64' cannot be combined with amp; set amp to fp32")
         if self.dtype == "float64":
             self.amp = None  # float64 equivalence runs never autocast
         self.amp, self.channels_last = resolve_amp(self.amp, self.device, self.channels_last)
-        for name in ("epochs", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive finite number, got {self.lr}")
-        self.milestones = sorted(int(m) for m in self.milestones)
+        self.milestones = sorted(self.milestones)
         self.loss_kwargs = dict(self.loss_kwargs or {})
 
     @classmethod
@@ -227,6 +221,12 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@functools.cache
+def _settings() -> tuple:
+    """:class:`TrainConfig`'s fields as :class:`ageest.parameters.Setting` (built once)."""
+    return tuple(settings_of(dataclasses.fields(TrainConfig)))
 
 
 @dataclass

@@ -93,7 +93,7 @@ def test_grid_errors(data_dir, tmp_path):
     ("lr", "fast", "grid key lr: 'fast' is not a number"),
     ("seeds", [0, "x"], "grid key seeds: 'x' is not an integer"),
     ("n_folds", 2.7, "grid key n_folds: 2.7 is not an integer"),
-    ("val_fraction", 1.5, "grid key val_fraction: 1.5 is outside"),
+    ("val_fraction", 1.5, "grid key val_fraction: 1.5 is above the maximum 1.0"),
     ("optimizer", "adam", "grid key optimizer: 'adam' is not one of"),
     ("pretrained", "yes", "grid key pretrained: 'yes' is not true or false"),
 ])

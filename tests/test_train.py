@@ -161,10 +161,15 @@ def test_huge_learning_rate_fails_with_epoch_and_batch(tiny):
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match="selection='best'"):
+    # every field is checked against its own declaration, by the grid's one check
+    with pytest.raises(ValueError, match="TrainConfig selection: 'best' is not one of"):
         TrainConfig(selection="best")
-    with pytest.raises(ValueError, match="optimizer='adam'"):
+    with pytest.raises(ValueError, match="TrainConfig optimizer: 'adam' is not one of"):
         TrainConfig(optimizer="adam")
+    with pytest.raises(ValueError, match="TrainConfig lr: 0.0 is not above 0.0"):
+        TrainConfig(lr=0.0)
+    with pytest.raises(ValueError, match="TrainConfig amp: 'bf15' is not one of"):
+        TrainConfig(amp="bf15")
     with pytest.raises(ValueError, match=r"unknown TrainConfig key\(s\) \['lrr'\]"):
         TrainConfig.from_dict({"lrr": 0.1})
 
