@@ -17,10 +17,10 @@ from ageest.errors import USER_ERRORS, format_os_error, format_user_error
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "info": ("ageest.envinfo", "Print versions, device and paths of this installation."),
     "data": ("ageest.data.prepare", "Load or generate a dataset, check it, write its manifest."),
-    "run": ("ageest.runner", "Train a grid of runs (dataset x protocol x loss x k x seed x fold); resumable."),
-    "reproduce": ("ageest.reproduce", "Execute the notebooks of a profile with papermill; write REPORT.md."),
-    "predict": ("ageest.predict", "Predict the age of photos with a finished run (files or folders)."),
-    "export": ("ageest.export", "Export a finished run's network to ONNX, checked against PyTorch."),
+    "run": ("ageest.engine.grids", "Train a grid of runs (dataset x protocol x loss x k x seed x fold); resumable."),
+    "reproduce": ("ageest.pipeline.reproduce", "Execute the notebooks of a profile with papermill; write REPORT.md."),
+    "predict": ("ageest.inference.predict", "Predict the age of photos with a finished run (files or folders)."),
+    "export": ("ageest.inference.export", "Export a finished run's network to ONNX, checked against PyTorch."),
 }
 
 

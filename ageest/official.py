@@ -26,7 +26,7 @@ OFFICIAL_SELECTION = "test_best_epoch_official"
 SELECTION_LABELS = {"val_best": "clean (validation-selected)",
                     "last": "clean (last epoch)",
                     OFFICIAL_SELECTION: "official (test-selected epoch)"}
-#: the selections a run may use (:class:`ageest.train.TrainConfig`'s ``selection``)
+#: the selections a run may use (:class:`ageest.engine.train.TrainConfig`'s ``selection``)
 SELECTIONS = tuple(SELECTION_LABELS)
 #: the label of official-protocol rows in every table, figure and the report
 OFFICIAL_LABEL = SELECTION_LABELS[OFFICIAL_SELECTION]
@@ -109,7 +109,8 @@ def _code_value(key: str, kind: str) -> Any:
 
     import torch
 
-    from ageest import losses, models
+    from ageest import losses
+    from ageest.engine import models
 
     if key == "head":  # the layer after the backbone, built on the meta device (no weights)
         with torch.device("meta"):

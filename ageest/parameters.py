@@ -81,7 +81,7 @@ class Setting:
 def annotation_alternatives(text: str) -> list[str]:
     """The members of a type annotation: ``"list[int] | None"`` -> ``["list[int]", "None"]``
     (``Optional[X]`` -> ``["X", "None"]``). The one parser of annotations (the notebooks' as
-    papermill reports them, and :class:`~ageest.train.TrainConfig`'s fields).
+    papermill reports them, and :class:`~ageest.engine.train.TrainConfig`'s fields).
 
     >>> annotation_alternatives("Optional[list[int]]"), annotation_alternatives("int | None")
     (['list[int]', 'None'], ['int', 'None'])

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils import benchmark
 
+from ageest.engine.models import get_model
 from ageest.losses import MeanResidueLoss
-from ageest.models import get_model
 
 
 class OfficialStyleAMR(nn.Module):
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     t = interleaved_ms({"ours": fwd_bwd(ours), "ref": fwd_bwd(ref)}, 2 * args.min_run_time)
     t_ours, t_ref = t["ours"], t["ref"]
 
-    model, model_name = get_model("small_cnn", num_classes=c), "ageest.models small_cnn"
+    model, model_name = get_model("small_cnn", num_classes=c), "ageest.engine.models small_cnn"
     model = model.to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     images = torch.rand(n, 3, args.image_size, args.image_size, generator=g).to(device)

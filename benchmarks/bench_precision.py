@@ -1,7 +1,7 @@
 """Training-step speed per precision and memory format, on this CPU, in one run.
 
 For each arm (fp32, fp32 + channels_last, bf16 autocast, bf16 + channels_last, and ``auto`` as
-:func:`ageest.train.resolve_amp` resolves it here) it times a full step of the model (forward,
+:func:`ageest.engine.train.resolve_amp` resolves it here) it times a full step of the model (forward,
 the AMR loss in fp32 as the training loop computes it, backward, AdamW) on pre-made batches,
 alternating the arms round by round so a shared machine's load hits all alike, and prints the
 median images/s and its ratio to fp32. The issue's targets: on a CPU with native bf16 ``auto``
@@ -23,9 +23,9 @@ import time
 
 import torch
 
+from ageest.engine.models import get_model
+from ageest.engine.train import _autocast, native_bf16, resolve_amp
 from ageest.losses import get_loss
-from ageest.models import get_model
-from ageest.train import _autocast, native_bf16, resolve_amp
 
 ARMS = {"fp32": (None, False), "fp32+channels_last": (None, True), "bf16": ("bf16", False),
         "bf16+channels_last": ("bf16", True)}

@@ -1,7 +1,7 @@
 """Speed-up of the Ray executor on this machine, and Ray's per-task overhead.
 
 1. The same grid of short runs (8 runs: losses amr and ce x 4 folds, small CNN, 64 px), each
-   into a fresh results folder, timed around :func:`ageest.runner.run_grid`:
+   into a fresh results folder, timed around :func:`ageest.engine.grids.run_grid`:
 
    - ``local 1 worker x 1 thread``: the local executor running one run after the other in one
      spawned worker process with one torch thread -- the same per-run resources as a Ray worker;
@@ -41,9 +41,9 @@ import time
 import warnings
 from pathlib import Path
 
-from ageest import runner
 from ageest.data.synthetic import write_fgnet_like
-from ageest.executors import LocalExecutor, available_cpus
+from ageest.engine import grids
+from ageest.engine.executors import LocalExecutor, available_cpus
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray on loopback
@@ -56,11 +56,11 @@ def empty_task(task: dict) -> dict:
 
 def timed_grid(grid: dict, results: Path, executor) -> float:
     t0 = time.perf_counter()
-    summary = runner.run_grid({**grid, "results_dir": str(results)}, executor=executor,
+    summary = grids.run_grid({**grid, "results_dir": str(results)}, executor=executor,
                               aggregate_results=False, on_event=lambda event: None)
     wall = time.perf_counter() - t0
     if not (summary["status"] == "done").all():
-        raise RuntimeError("not every run finished:\n" + runner.format_summary(summary))
+        raise RuntimeError("not every run finished:\n" + grids.format_summary(summary))
     return wall
 
 
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["PYTHONWARNINGS"] = "ignore"  # spawned workers: no synthetic-data manifest notes
     import ray
 
-    from ageest.ray_executor import RayExecutor
+    from ageest.engine.ray_executor import RayExecutor
 
     with tempfile.TemporaryDirectory(prefix="ageest-bench-ray-") as tmp:
         tmp = Path(tmp)

@@ -1,5 +1,5 @@
 """Speed-up of the local executor: the same grid of 4 short runs with ``--workers 1`` and
-``--workers 2``, each into a fresh results folder, wall time of :func:`ageest.runner.run_grid`.
+``--workers 2``, each into a fresh results folder, wall time of :func:`ageest.engine.grids.run_grid`.
 
 ``--workers 1`` trains in this process with every core's threads; ``--workers 2`` trains two runs
 at once in spawned processes with half the threads each (their start-up, about a torch import and
@@ -25,7 +25,7 @@ import time
 import warnings
 from pathlib import Path
 
-from ageest import runner
+from ageest.engine import grids
 
 
 def timed_grid(results: Path, workers: int, args: argparse.Namespace,
@@ -36,11 +36,11 @@ def timed_grid(results: Path, workers: int, args: argparse.Namespace,
             "workers": workers, "threads": threads, "quiet": True,
             "results_dir": str(results)}
     t0 = time.perf_counter()
-    summary = runner.run_grid(grid, aggregate_results=False)
+    summary = grids.run_grid(grid, aggregate_results=False)
     wall = time.perf_counter() - t0
     if not (summary["status"] == "done").all():
         raise RuntimeError(f"workers={workers}: not every run finished:\n"
-                           + runner.format_summary(summary))
+                           + grids.format_summary(summary))
     return wall
 
 

@@ -3,7 +3,7 @@
 Compares, in one run and alternating the arms epoch by epoch (so a shared machine's changing
 load hits both alike):
 
-- **real**: training-epoch throughput of :func:`ageest.train.train` (images/s of the ``history``,
+- **real**: training-epoch throughput of :func:`ageest.engine.train.train` (images/s of the ``history``,
   evaluation excluded): the uint8-cached dataset, the ``light`` augmentation, the DataLoader,
   the AMR loss with its logged components and adaptive K, the train-MAE bookkeeping, the
   non-finite check and the tqdm bar (unless ``--quiet``);
@@ -37,9 +37,9 @@ import torch
 import torch.nn.functional as F
 
 from ageest.data import get_dataset, make_folds
+from ageest.engine.models import get_model
+from ageest.engine.train import TrainConfig, train
 from ageest.losses import get_loss
-from ageest.models import get_model
-from ageest.train import TrainConfig, train
 
 
 def bare_speed(num_classes: int, size: int, batch: int, steps: int, loss: str

@@ -66,14 +66,14 @@ def make_split(utkface: Path, out: Path) -> Path:
 
 def run(utkface: Path, out: Path, names: list[str], losses: list[str], seeds: list[int],
         keep_checkpoints: str = "none") -> None:
-    from ageest.runner import run_grid
+    from ageest.engine.grids import run_grid
 
     unknown = sorted(set(names) - set(CANDIDATES))
     if unknown:
         raise SystemExit(f"--candidates: unknown {unknown}; choose from {sorted(CANDIDATES)}")
     for name in names:
         grid = {**BASE, **CANDIDATES[name], "dataset": ["utkface"], "data_dir": str(utkface),
-                "split_csv": str(out / SPLIT), "protocol": ["official"], "losses": losses,
+                "split_csv": str(out / SPLIT), "protocol": ["holdout"], "losses": losses,
                 "seeds": seeds, "keep_checkpoints": keep_checkpoints}
         print(f"{name}: {CANDIDATES[name]}", flush=True)
         summary = run_grid(grid, results_dir=out / name, aggregate_results=False)
@@ -83,7 +83,7 @@ def run(utkface: Path, out: Path, names: list[str], losses: list[str], seeds: li
 
 
 def table(out: Path, test: bool = False) -> pd.DataFrame:
-    from ageest import store
+    from ageest.engine import store
 
     rows = []
     for name in CANDIDATES:
@@ -111,7 +111,7 @@ def faces(utkface: Path, out: Path, run_dir: Path, part: str = "valid") -> pd.Da
     """``ageest predict`` with and without ``--detect-faces`` (OpenCV's Haar cascade, a square
     crop with a 40 % margin) on one part of the development split, with a finished run: how often
     a face is found, and what the crop does to the predicted age and its error."""
-    from ageest.predict import load_run, predict
+    from ageest.inference.predict import load_run, predict
 
     split = pd.read_csv(out / SPLIT)
     names = split.loc[split["split"] == part, "image_id"].tolist()

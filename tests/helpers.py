@@ -69,7 +69,7 @@ def notebook_grids(profile: str, stem: str, tmp_path: Path, overrides: dict | No
     of a training notebook (no training: that happens in the next cell); return its ``grids``."""
     import nbformat
 
-    from ageest.reproduce import list_notebooks, notebook_parameters
+    from ageest.pipeline.reproduce import list_notebooks, notebook_parameters
 
     nb_path = next(n for n in list_notebooks() if n.stem == stem)
     cells = [c for c in nbformat.read(str(nb_path), as_version=4).cells if c.cell_type == "code"]
@@ -81,7 +81,7 @@ def notebook_grids(profile: str, stem: str, tmp_path: Path, overrides: dict | No
     values = notebook_parameters(profile, nb_path, out=tmp_path / "out",
                                  overrides=overrides or {})
     ns: dict = {}
-    exec("import ageest.experiments, ageest.paths", ns)  # the setup cell's imports we need
+    exec("import ageest.analysis.training_grids, ageest.paths", ns)  # the setup cell's imports we need
     exec(cells[i].source, ns)
     ns.update(values)
     exec(cells[i + 1].source, ns)

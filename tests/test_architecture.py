@@ -97,13 +97,13 @@ def test_find_cycle_sees_a_circle():
 
 def test_no_import_circle_in_the_package():
     graph = import_graph()
-    assert "ageest.run" in graph["ageest.runner"]  # the parser sees real edges
+    assert "ageest.engine.run" in graph["ageest.engine.grids"]  # the parser sees real edges
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
 
 def test_train_and_run_do_not_import_the_grid_runner():
     graph = import_graph()
-    assert "ageest.runner" not in graph["ageest.train"] | graph["ageest.run"]
+    assert "ageest.engine.grids" not in graph["ageest.engine.train"] | graph["ageest.engine.run"]
 
 
 def test_no_function_over_80_lines():
@@ -132,3 +132,32 @@ def test_every_module_is_in_the_architecture_map():
                if path.name not in ("__init__.py", "__main__.py")}
     assert modules - named == set(), f"add a row for {sorted(modules - named)}"
     assert named - set(_modules()) == set(), f"rows name no module: {sorted(named - set(_modules()))}"
+
+
+#: the edges from a lower layer to a higher one that docs/architecture.md names (each lazy);
+#: layers from the base up: data, engine, pipeline / analysis / plots / inference
+UPWARD_ALLOWED = {
+    ("ageest.engine.grids", "ageest.analysis.comparisons"),  # `ageest run`'s summary table
+    ("ageest.engine.grids", "ageest.pipeline.artefacts"),
+    ("ageest.data.prepare", "ageest.pipeline.artefacts"),  # `ageest data`'s face grid
+    ("ageest.data.prepare", "ageest.plots"),
+    ("ageest.data.benchmark", "ageest.engine.models"),  # a benchmark times a model step
+    ("ageest.official", "ageest.engine.models"),  # check_code reads the weights' name
+}
+_RANK = {"data": 1, "engine": 2, "pipeline": 3, "analysis": 3, "plots": 3, "inference": 3}
+
+
+def _layer(module: str) -> int:
+    parts = module.split(".")
+    return _RANK.get(parts[1], 0) if len(parts) > 1 else 0
+
+
+def test_the_science_imports_nothing_else_and_layers_point_down():
+    graph = import_graph()
+    assert graph["ageest.losses"] == set() and graph["ageest.metrics"] == set()
+    upward = {(m, d) for m, deps in graph.items() for d in deps
+              if _layer(d) > _layer(m) and _layer(m) > 0}
+    base_up = {(m, d) for m, deps in graph.items() for d in deps
+               if _layer(m) == 0 and _layer(d) > 0 and m not in ("ageest.cli", "ageest.official")}
+    assert upward - UPWARD_ALLOWED == set(), "import from a higher layer; see docs/architecture.md"
+    assert base_up == set(), f"a base module imports a layer: {sorted(base_up)}"

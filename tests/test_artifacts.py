@@ -1,4 +1,4 @@
-"""ageest.artifacts: atomic writers, tables, figures, manifests."""
+"""ageest.files (atomic writers, JSON, manifests) and ageest.pipeline.artefacts (tables, figures)."""
 
 import json
 import math
@@ -13,36 +13,37 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from ageest import artifacts  # noqa: E402
+from ageest import files  # noqa: E402
+from ageest.pipeline import artefacts  # noqa: E402
 
 
 def test_atomic_write_leaves_no_temp_and_uses_umask_mode(tmp_path):
-    path = artifacts.atomic_write_text(tmp_path / "sub" / "a.txt", "hello")
+    path = files.atomic_write_text(tmp_path / "sub" / "a.txt", "hello")
     assert path.read_text() == "hello"
     assert [p.name for p in path.parent.iterdir()] == ["a.txt"]
     mode = stat.S_IMODE(os.stat(path).st_mode)
-    assert mode == 0o666 & ~artifacts._UMASK
+    assert mode == 0o666 & ~files._UMASK
 
 
 def test_atomic_write_keeps_old_file_when_writing_fails(tmp_path):
     target = tmp_path / "keep.json"
-    artifacts.write_json(target, {"v": 1})
+    files.write_json(target, {"v": 1})
 
     class Boom:
         def tolist(self):
             raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        artifacts.write_json(target, {"v": Boom()})
+        files.write_json(target, {"v": Boom()})
     assert json.loads(target.read_text()) == {"v": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.json"]
 
 
 def test_write_json_converts_numpy_and_nonfinite(tmp_path):
-    p = artifacts.write_json(
+    p = files.write_json(
         tmp_path / "m.json", {"a": np.float32(1.5), "b": np.arange(3), "c": math.nan, "d": tmp_path}
     )
-    back = artifacts.read_json(p)
+    back = files.read_json(p)
     assert back == {"a": 1.5, "b": [0, 1, 2], "c": None, "d": str(tmp_path)}
 
 
@@ -50,12 +51,12 @@ def test_read_json_names_the_file_on_corruption(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="bad.json"):
-        artifacts.read_json(bad)
+        files.read_json(bad)
 
 
 def test_save_table_writes_csv_md_tex(tmp_path):
     df = pd.DataFrame({"method": ["amr", "ce"], "mae": [3.14159, math.nan]})
-    out = artifacts.save_table(df, tmp_path, "k_ablation", "MAE by K")
+    out = artefacts.save_table(df, tmp_path, "k_ablation", "MAE by K")
     assert set(out) == {"csv", "md", "tex"}
     assert out["csv"] == tmp_path / "tables" / "k_ablation.csv"
     back = pd.read_csv(out["csv"])
@@ -63,24 +64,24 @@ def test_save_table_writes_csv_md_tex(tmp_path):
     md = out["md"].read_text()
     assert md.startswith("MAE by K") and "3.142" in md
     assert "\\caption{MAE by K}" in out["tex"].read_text()
-    marked = artifacts.save_table(df, tmp_path, "k_ablation", "MAE by K", synthetic=True)
+    marked = artefacts.save_table(df, tmp_path, "k_ablation", "MAE by K", synthetic=True)
     assert marked["md"].read_text().startswith("Synthetic data")
 
 
 def test_save_table_and_figure_refuse_undeclared_names(tmp_path):
     df = pd.DataFrame({"a": [1]})
-    with pytest.raises(ValueError, match="'scratch' is not declared in ageest.catalogue"):
-        artifacts.save_table(df, tmp_path, "scratch")
+    with pytest.raises(ValueError, match="'scratch' is not declared in ageest.pipeline.catalogue"):
+        artefacts.save_table(df, tmp_path, "scratch")
     fig, _ = plt.subplots()
     with pytest.raises(ValueError, match="figure 'scratch' is not declared"):
-        artifacts.save_figure(fig, tmp_path, "scratch")
+        artefacts.save_figure(fig, tmp_path, "scratch")
     plt.close(fig)
     assert not (tmp_path / "tables").exists() and not (tmp_path / "figures").exists()
 
 
 def test_save_table_does_not_print_small_values_as_zero(tmp_path):
     df = pd.DataFrame({"p_value": [0.0002, 0.0, 0.06]})
-    md = artifacts.save_table(df, tmp_path, "paired_tests")["md"].read_text()
+    md = artefacts.save_table(df, tmp_path, "paired_tests")["md"].read_text()
     cells = [line.strip("|").strip() for line in md.splitlines()[2:]]
     assert cells == ["2.0e-04", "0.000", "0.060"]
 
@@ -88,7 +89,7 @@ def test_save_table_does_not_print_small_values_as_zero(tmp_path):
 def test_save_figure_writes_png_and_pdf(tmp_path):
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])
-    out = artifacts.save_figure(fig, tmp_path, "cs_curves")
+    out = artefacts.save_figure(fig, tmp_path, "cs_curves")
     assert out["png"] == tmp_path / "figures" / "cs_curves.png"
     plt.close(fig)
     assert out["png"].read_bytes()[:4] == b"\x89PNG"
@@ -96,8 +97,8 @@ def test_save_figure_writes_png_and_pdf(tmp_path):
 
 
 def test_manifest_records_environment_and_parameters(tmp_path):
-    p = artifacts.write_manifest(tmp_path, parameters={"lr": 0.001}, seeds=[0], wall_time_s=1.5)
-    m = artifacts.read_json(p)
+    p = files.write_manifest(tmp_path, parameters={"lr": 0.001}, seeds=[0], wall_time_s=1.5)
+    m = files.read_json(p)
     assert m["parameters"] == {"lr": 0.001} and m["seeds"] == [0] and m["wall_time_s"] == 1.5
     assert m["versions"]["torch"] is not None
     assert "torch_threads" in m["device"]
@@ -106,7 +107,7 @@ def test_manifest_records_environment_and_parameters(tmp_path):
 def test_disk_full_names_the_file(tmp_path, monkeypatch):
     import errno
 
-    import ageest.artifacts as art
+    import ageest.files as art
 
     real = os.fdopen
 

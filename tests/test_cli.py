@@ -53,7 +53,7 @@ def test_output_root_default_and_override(tmp_path):
 def test_top_level_help_imports_no_torch():
     """`ageest --help` builds only the sub-command list: no sub-command module, so no torch."""
     code = ("import sys\nfrom ageest.cli import main\ntry:\n    main(['--help'])\n"
-            "except SystemExit:\n    pass\nprint('torch' in sys.modules, 'ageest.runner' in sys.modules)")
+            "except SystemExit:\n    pass\nprint('torch' in sys.modules, 'ageest.engine.grids' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ageest.artifacts import read_json
 from ageest.data import (
     DataError,
     MissingDataError,
@@ -19,6 +18,7 @@ from ageest.data import (
 )
 from ageest.data import integrity as integrity_mod
 from ageest.data.integrity import check_image_file, sha256_files
+from ageest.files import read_json
 
 
 def build(tmp_path: Path) -> Path:

@@ -1,5 +1,5 @@
-"""Protocols: LOPO, group K-fold and the official split, with subject-disjoint validation and
-leakage checks that name the overlapping subjects or files."""
+"""Protocols: LOPO, group K-fold and holdout (the table's own train/valid/test split), with
+subject-disjoint validation and leakage checks that name the overlapping subjects or files."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def table(n_subjects: int = 12, per_subject: int = 4, *, split: bool = False) ->
                          "image_id": f"{s:03d}_{j}"})
     df = pd.DataFrame(rows)
     df["subject"] = df["subject"].astype("string")
-    if split:  # subject-disjoint official split: subject s -> train/valid/test by s % 3
+    if split:  # subject-disjoint holdout split: subject s -> train/valid/test by s % 3
         parts = np.array(["train", "valid", "test"])[df["subject"].astype(int).to_numpy() % 3]
         df["split"] = pd.array(parts, dtype="string")
     return df
@@ -71,35 +71,35 @@ def test_no_validation():
     assert all(len(f.val) == 0 for f in folds)
 
 
-def test_official_protocol_uses_split_column():
+def test_holdout_protocol_uses_split_column():
     df = table(split=True)
-    (fold,) = make_folds(df, "official")
-    assert fold.fold_id == "official"
+    (fold,) = make_folds(df, "holdout")
+    assert fold.fold_id == "holdout"
     assert (df["split"].iloc[fold.train] == "train").all()
     assert (df["split"].iloc[fold.val] == "valid").all()
     assert (df["split"].iloc[fold.test] == "test").all()
 
 
-def test_official_split_that_leaks_subjects_is_refused():
+def test_holdout_split_that_leaks_subjects_is_refused():
     df = table(split=True)
     # each subject's images spread over all three splits
     df["split"] = pd.array(np.array(["train", "valid", "test"])[np.arange(len(df)) % 3],
                            dtype="string")
     with pytest.raises(LeakageError, match=r"train/val share \d+ subject\(s\): \['000'"):
-        make_folds(df, "official")
+        make_folds(df, "holdout")
 
 
-def test_official_without_valid_carves_from_train_and_warns():
+def test_holdout_without_valid_carves_from_train_and_warns():
     df = table()
     df["split"] = pd.array(np.where(df["subject"] < "009", "train", "test"), dtype="string")
     with pytest.warns(UserWarning, match="no 'valid' rows"):
-        (fold,) = make_folds(df, "official", val_fraction=0.2)
+        (fold,) = make_folds(df, "holdout", val_fraction=0.2)
     assert len(fold.val) and not subjects(df, fold.val) & subjects(df, fold.train)
 
 
-def test_official_needs_a_split_column():
+def test_holdout_needs_a_split_column():
     with pytest.raises(DataError, match="needs a split column"):
-        make_folds(table(), "official")
+        make_folds(table(), "holdout")
 
 
 def test_unknown_subjects():
@@ -137,7 +137,7 @@ def test_check_disjoint_names_subjects_and_files():
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_every_protocol_returns_checked_folds(protocol):
-    df = table(split=protocol == "official")
+    df = table(split=protocol == "holdout")
     folds = make_folds(df, protocol, n_folds=3)
     for f in folds:
         check_disjoint(df, f)

@@ -207,7 +207,7 @@ def test_every_registered_dataset_loads(name, tmp_path, data_root, fgnet32, clap
     if name in ("synthetic-fgnet", "fgnet"):
         assert (info.start_age, info.end_age) == (0, 69)
     if name in ("synthetic-clap", "clap2016"):
-        assert (info.start_age, info.end_age) == (0, 100) and info.has_official_split
+        assert (info.start_age, info.end_age) == (0, 100) and info.has_own_split
     if name == "utkface":
         assert (info.start_age, info.end_age) == (0, 116)
     if name == "synthetic-fgnet":
@@ -274,7 +274,7 @@ def test_get_dataset_writes_then_verifies_a_manifest(tmp_path, fgnet32):
 
 def _learnability(root: Path, *, size: int, epochs: int, width: int = 16, seed: int = 0
                   ) -> tuple[float, float]:
-    """Train a small CNN regressor (inline: independent of ageest.train) on 75% of the
+    """Train a small CNN regressor (inline: independent of ageest.engine.train) on 75% of the
     subjects; return (test MAE, baseline MAE of predicting the training mean)."""
     torch.manual_seed(seed)
     df = load_fgnet(root)

@@ -117,7 +117,7 @@ def test_truncated_jpeg_fails_at_load_naming_the_file(tmp_path):
 def test_diverged_run_never_checkpoints_or_selects_a_non_finite_state(tmp_path):
     from ageest.data import make_folds
     from ageest.data.synthetic import write_fgnet_like
-    from ageest.train import NonFiniteLossError, TrainConfig, load_checkpoint, train
+    from ageest.engine.train import NonFiniteLossError, TrainConfig, load_checkpoint, train
 
     data = write_fgnet_like(tmp_path / "fg", seed=0, size=32, n_subjects=12, n_images=72)
     df, info = get_dataset("fgnet", data_dir=data, hash_cache=tmp_path / "cache.json")
@@ -137,7 +137,7 @@ def test_diverged_run_never_checkpoints_or_selects_a_non_finite_state(tmp_path):
 
 
 def test_profile_is_a_name_not_a_path(tmp_path):
-    from ageest.reproduce import ReproduceError, reproduce
+    from ageest.pipeline.reproduce import ReproduceError, reproduce
 
     with pytest.raises(ReproduceError, match="a profile is a name"):
         reproduce("../params/smoke", results_dir=tmp_path, log=lambda s: None)

@@ -9,7 +9,7 @@ batch; DDP averages the ranks' gradients, which equals the gradient of the globa
 the ranks hold equally many images (an even number of training images here). Three things would
 break the equality and are excluded on purpose:
 
-- batch norm statistics over each rank's slice: :func:`ageest.distributed.wrap_model` synchronises
+- batch norm statistics over each rank's slice: :func:`ageest.engine.distributed.wrap_model` synchronises
   them (``GlooSyncBatchNorm`` on CPU), and the model is ResNet-18, full of batch norm, so this is
   tested rather than avoided;
 - random augmentation and dropout draw per-rank random numbers: ``augment: false`` and ResNet-18
@@ -44,9 +44,9 @@ import pytest
 import torch
 import yaml
 
-from ageest import distributed, runner, store
 from ageest.data import get_dataset, make_folds
 from ageest.data.synthetic import write_fgnet_like
+from ageest.engine import distributed, grids, store
 
 pytestmark = pytest.mark.filterwarnings("ignore:FG-NET .* differs from the release manifest")
 
@@ -63,7 +63,7 @@ def _params(tmp_path: Path) -> dict:
             "losses": ["amr"], "model": "resnet18", "optimizer": "sgd", "lr": 1e-3,
             "epochs": 1, "batch_size": 16, "image_size": 64, "synthetic_size": 64,
             "threads": 1, "quiet": True, "results_dir": str(tmp_path / "grid")}
-    tasks = runner.expand_grid(grid)
+    tasks = grids.expand_grid(grid)
     df, _ = get_dataset("fgnet", data_dir=data)
     folds = make_folds(df, "group-kfold", n_folds=3, val_fraction=0.15, seed=0)
     # equal shards: an odd count would make DistributedSampler repeat one image on one rank
@@ -87,10 +87,10 @@ def test_two_process_ddp_run_matches_one_process(tmp_path):
     if sys.platform.startswith("linux"):
         env["GLOO_SOCKET_IFNAME"] = "lo"  # gloo on the loopback interface only
     one, two = tmp_path / "one", tmp_path / "two"
-    _run([sys.executable, "-m", "ageest.run", "--params", str(path), "--out", str(one)], env)
+    _run([sys.executable, "-m", "ageest.engine.run", "--params", str(path), "--out", str(one)], env)
     torchrun = Path(sys.executable).with_name("torchrun")
     out = _run([str(torchrun), "--nnodes", "1", "--nproc-per-node", "2", "--rdzv-backend",
-                "c10d", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "-m", "ageest.run",
+                "c10d", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "-m", "ageest.engine.run",
                 "--params", str(path), "--out", str(two)], env)
     assert out.stdout.count("test MAE") == 1  # rank 0 alone reports (and writes)
 

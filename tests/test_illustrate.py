@@ -1,4 +1,4 @@
-"""Tests of ageest.illustrate: the example distributions, the numbers behind notebook 01 against
+"""Tests of ageest.analysis.loss_illustration: the example distributions, the numbers behind notebook 01 against
 hand-derived references, the static figures, and the loss explorer driven without a browser."""
 
 from __future__ import annotations
@@ -13,19 +13,21 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from ageest import artifacts, explorer, illustrate, losses, paths, plots
+from ageest import losses, paths, plots
+from ageest.analysis import loss_explorer, loss_illustration
+from ageest.pipeline import artefacts
 
 TRUE_AGE = 30
 
 
 @pytest.fixture(scope="module")
 def examples():
-    return illustrate.example_distributions(TRUE_AGE, noise=0.3, seed=0)
+    return loss_illustration.example_distributions(TRUE_AGE, noise=0.3, seed=0)
 
 
 @pytest.fixture(scope="module")
 def response(examples):
-    return illustrate.loss_response_table(examples, TRUE_AGE, lambda_mean=0.2, lambda_residue=0.05,
+    return loss_illustration.loss_response_table(examples, TRUE_AGE, lambda_mean=0.2, lambda_residue=0.05,
                                           fixed_k=4)
 
 
@@ -36,13 +38,13 @@ def response(examples):
     ("shape", "expected_mode"), [("unimodal", 31), ("shifted", 38), ("bimodal", 24)]
 )
 def test_example_logits_modes(shape, expected_mode):
-    z = illustrate.example_logits(TRUE_AGE, shape, 2.0)
+    z = loss_illustration.example_logits(TRUE_AGE, shape, 2.0)
     assert z.shape == (70,) and z.dtype == torch.float64
     assert int(z.argmax()) == expected_mode
 
 
 def test_shifted_mode_stays_inside_the_age_range():
-    z = illustrate.example_logits(65, "shifted", 2.0, num_classes=70)
+    z = loss_illustration.example_logits(65, "shifted", 2.0, num_classes=70)
     assert int(z.argmax()) == 65 - 8
 
 
@@ -50,7 +52,7 @@ def test_sharpness_narrows_the_distribution():
     a = torch.arange(70, dtype=torch.float64)
 
     def std(s):
-        p = torch.softmax(illustrate.example_logits(TRUE_AGE, "unimodal", s), 0)
+        p = torch.softmax(loss_illustration.example_logits(TRUE_AGE, "unimodal", s), 0)
         m = p @ a
         return float((p @ (a - m) ** 2).sqrt())
 
@@ -60,9 +62,9 @@ def test_sharpness_narrows_the_distribution():
 
 def test_noise_is_seeded_and_leaves_the_global_rng_alone():
     state = torch.get_rng_state()
-    z1 = illustrate.example_logits(TRUE_AGE, noise=0.5, seed=3)
-    z2 = illustrate.example_logits(TRUE_AGE, noise=0.5, seed=3)
-    z3 = illustrate.example_logits(TRUE_AGE, noise=0.5, seed=4)
+    z1 = loss_illustration.example_logits(TRUE_AGE, noise=0.5, seed=3)
+    z2 = loss_illustration.example_logits(TRUE_AGE, noise=0.5, seed=3)
+    z3 = loss_illustration.example_logits(TRUE_AGE, noise=0.5, seed=4)
     assert torch.equal(torch.get_rng_state(), state)
     assert torch.equal(z1, z2) and not torch.equal(z1, z3)
 
@@ -78,7 +80,7 @@ def test_noise_is_seeded_and_leaves_the_global_rng_alone():
 )
 def test_example_logits_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        illustrate.example_logits(**kwargs)
+        loss_illustration.example_logits(**kwargs)
 
 
 # --- the numbers --------------------------------------------------------------------------------
@@ -86,20 +88,20 @@ def test_example_logits_errors(kwargs, message):
 
 def test_topk_mask_matches_the_losses_definition(examples):
     for z in examples.values():
-        mask = illustrate.topk_mask(z, TRUE_AGE)
+        mask = loss_illustration.topk_mask(z, TRUE_AGE)
         p = torch.softmax(z, 0)
         assert mask[TRUE_AGE]
         assert torch.equal(mask, p >= p[TRUE_AGE])
         assert int(mask.sum()) == int(losses.topk_size(z[None], [TRUE_AGE])[0])
-        fixed = illustrate.topk_mask(z, TRUE_AGE, k=5)
+        fixed = loss_illustration.topk_mask(z, TRUE_AGE, k=5)
         assert int(fixed.sum()) == 5 and set(fixed.nonzero().ravel().tolist()) == set(
             torch.argsort(p, descending=True)[:5].tolist())
     with pytest.raises(ValueError, match="k must be None"):
-        illustrate.topk_mask(z, TRUE_AGE, k=0)
+        loss_illustration.topk_mask(z, TRUE_AGE, k=0)
 
 
 def test_terms_table_against_hand_computation(examples):
-    t = illustrate.terms_table(examples, TRUE_AGE, eps=1e-3)
+    t = loss_illustration.terms_table(examples, TRUE_AGE, eps=1e-3)
     assert list(t.example) == list(examples)
     assert np.isfinite(t.drop(columns="example").to_numpy(dtype=float)).all()
     a = np.arange(70)
@@ -136,9 +138,9 @@ def test_loss_response_totals_decompose(response, examples):
 
 
 def test_amr_equals_fixed_k_when_the_adaptive_k_matches(examples):
-    terms = illustrate.terms_table(examples, TRUE_AGE)
+    terms = loss_illustration.terms_table(examples, TRUE_AGE)
     name, k = next((r.example, int(r.k)) for r in terms.itertuples())
-    table = illustrate.loss_response_table({name: examples[name]}, TRUE_AGE, fixed_k=k)
+    table = loss_illustration.loss_response_table({name: examples[name]}, TRUE_AGE, fixed_k=k)
     totals = dict(zip(table.loss, table.total, strict=True))
     assert totals["AMR"] == pytest.approx(totals[f"mean-residue K={k}"])
 
@@ -146,7 +148,7 @@ def test_amr_equals_fixed_k_when_the_adaptive_k_matches(examples):
 def test_gradients_match_closed_forms(examples):
     a = np.arange(70, dtype=float)
     for z in examples.values():
-        g = illustrate.term_gradients(z, TRUE_AGE, lambda_mean=0.2, lambda_residue=0.05)
+        g = loss_illustration.term_gradients(z, TRUE_AGE, lambda_mean=0.2, lambda_residue=0.05)
         p = torch.softmax(z, 0).numpy()
         m = p @ a
         onehot = np.eye(70)[TRUE_AGE]
@@ -164,30 +166,30 @@ def test_gradients_match_closed_forms(examples):
 
 
 def test_gradient_table(examples):
-    t = illustrate.gradient_table(examples, TRUE_AGE)
+    t = loss_illustration.gradient_table(examples, TRUE_AGE)
     assert len(t) == len(examples) * 6
     assert np.isfinite(t[["l2_norm", "max_abs", "grad_true_age"]].to_numpy()).all()
     assert (t.loc[t.term == "ce", "grad_true_age"] < 0).all()
 
 
 def test_k_sweep_shows_k_falling_as_a_noisy_prediction_sharpens():
-    grid = illustrate.sharpness_grid(7)
-    clean = illustrate.k_sweep(TRUE_AGE, grid, shapes=["unimodal", "shifted"], noise=0.0)
+    grid = loss_illustration.sharpness_grid(7)
+    clean = loss_illustration.k_sweep(TRUE_AGE, grid, shapes=["unimodal", "shifted"], noise=0.0)
     # a clean Gaussian: K counts the ages at least as close to the mode as the true age
     assert (clean.loc[clean["shape"] == "unimodal", "k"] == 3).all()
     assert (clean.loc[clean["shape"] == "shifted", "k"] == 17).all()
-    noisy = illustrate.k_sweep(TRUE_AGE, grid, shapes=["unimodal"], noise=0.3)
+    noisy = loss_illustration.k_sweep(TRUE_AGE, grid, shapes=["unimodal"], noise=0.3)
     assert noisy.k.iloc[0] > noisy.k.iloc[-1] == 3
     assert np.isfinite(noisy.drop(columns="shape").to_numpy(dtype=float)).all()
     with pytest.raises(ValueError, match="points must be an integer >= 2"):
-        illustrate.sharpness_grid(1)
+        loss_illustration.sharpness_grid(1)
 
 
 # --- figures ------------------------------------------------------------------------------------
 
 
 def test_figures_build_and_save(tmp_path, examples, response):
-    sweep = illustrate.k_sweep(TRUE_AGE, illustrate.sharpness_grid(5), noise=0.3)
+    sweep = loss_illustration.k_sweep(TRUE_AGE, loss_illustration.sharpness_grid(5), noise=0.3)
     figures = {
         "distributions": plots.distributions_figure(examples, TRUE_AGE),
         "distributions_fixed": plots.distributions_figure(examples, TRUE_AGE, k=4),
@@ -201,19 +203,19 @@ def test_figures_build_and_save(tmp_path, examples, response):
         assert isinstance(fig, Figure)
         assert sum(ax.get_visible() for ax in fig.axes) == n_axes[name], name
         declared = "loss_illustration_" + name.removesuffix("_fixed")
-        out = artifacts.save_figure(fig, tmp_path, declared, dpi=40)
+        out = artefacts.save_figure(fig, tmp_path, declared, dpi=40)
         assert out["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert out["pdf"].stat().st_size > 1000
 
 
 def test_summary_metrics_are_finite_json(examples, response):
-    terms = illustrate.terms_table(examples, TRUE_AGE)
-    grads = illustrate.gradient_table(examples, TRUE_AGE)
-    sweep = illustrate.k_sweep(TRUE_AGE, illustrate.sharpness_grid(4), noise=0.3)
-    metrics = illustrate.summary_metrics(terms, response, grads, sweep)
+    terms = loss_illustration.terms_table(examples, TRUE_AGE)
+    grads = loss_illustration.gradient_table(examples, TRUE_AGE)
+    sweep = loss_illustration.k_sweep(TRUE_AGE, loss_illustration.sharpness_grid(4), noise=0.3)
+    metrics = loss_illustration.summary_metrics(terms, response, grads, sweep)
     text = json.dumps(metrics, allow_nan=False)  # raises on NaN / inf
     assert set(metrics["examples"]) == set(examples)
-    assert set(metrics["k_sweep"]) == set(illustrate.SHAPES)
+    assert set(metrics["k_sweep"]) == set(loss_illustration.SHAPES)
     assert "AMR" in text
 
 
@@ -221,7 +223,7 @@ def test_summary_metrics_are_finite_json(examples, response):
 
 
 def test_explorer_updates_when_a_control_moves():
-    ex = explorer.loss_explorer(true_age=30, shape="bimodal", noise=0.3)
+    ex = loss_explorer.loss_explorer(true_age=30, shape="bimodal", noise=0.3)
     first = dict(ex.values)
     html_before, png_before = ex.summary.value, ex.image.value
     assert png_before[:8] == b"\x89PNG\r\n\x1a\n"
@@ -242,7 +244,7 @@ def test_explorer_updates_when_a_control_moves():
 
 
 def test_explorer_fixed_k_and_shape_controls():
-    ex = explorer.loss_explorer(true_age=30, shape="unimodal")
+    ex = loss_explorer.loss_explorer(true_age=30, shape="unimodal")
     assert ex.controls["k"].disabled and ex.values["k_mode"] == "adaptive"
     ex.controls["k_mode"].value = "fixed"
     ex.controls["k"].value = 7
@@ -258,7 +260,7 @@ def test_explorer_fixed_k_and_shape_controls():
     ex.controls["sharpness"].value = 3.0
     assert ex.values["p_true"] != pytest.approx(sharp_before)
     with pytest.raises(ValueError, match="shape must be one of"):
-        explorer.loss_explorer(shape="flat")
+        loss_explorer.loss_explorer(shape="flat")
 
 
 # --- the notebook and its parameter files -------------------------------------------------------

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ageest import models
-from ageest.models import MODELS, get_model, list_models, pretrained_path
+from ageest.engine import models
+from ageest.engine.models import MODELS, get_model, list_models, pretrained_path
 
 
 @pytest.fixture(autouse=True)

@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ageest import catalogue
-from ageest.artifacts import read_json
-from ageest.report import NOT_AVAILABLE, SYNTHETIC_NOTE
-from ageest.reproduce import NotebookFailed, list_notebooks, reproduce
+from ageest.files import read_json
+from ageest.pipeline import catalogue
+from ageest.pipeline.report import NOT_AVAILABLE, SYNTHETIC_NOTE
+from ageest.pipeline.reproduce import NotebookFailed, list_notebooks, reproduce
 
 # (kind, name) every smoke run must produce, by notebook: the catalogue's declarations
 EXPECTED = {nb.stem: [(a.kind, a.name) for a in catalogue.of_notebook(nb.stem)]
@@ -76,7 +76,7 @@ def test_tables_mark_synthetic_data_and_official_rows(smoke):
         for kind, name in artefacts:
             if kind == "table" and data:
                 assert (out / "tables" / f"{name}.md").read_text().startswith(SYNTHETIC_NOTE)
-    mae = pd.read_csv(out / "tables" / "fgnet_mae_comparison.csv")
+    mae = pd.read_csv(out / "tables" / "mae_comparison.csv")
     official = mae[mae["method"].str.contains("official")]
     assert len(official) >= 1 and (official["protocol"] == "official (test-selected epoch)").all()
     # synthetic data: no published number sits beside any row, and each row says why

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from ageest import official, paths
-from ageest.runner import expand_grid
+from ageest.engine.grids import expand_grid
 from tests.helpers import notebook_grids, write_clap_fixture, write_fgnet_fixture
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -117,7 +117,7 @@ def test_num_classes_is_checked_per_run():
 def test_official_cuda_numerics_are_the_official_scripts():
     import torch
 
-    from ageest.train import cuda_numerics
+    from ageest.engine.train import cuda_numerics
 
     saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
              torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
@@ -134,7 +134,7 @@ def test_official_cuda_numerics_are_the_official_scripts():
 
 
 def test_official_clap2016_needs_the_ignore_list(tmp_path):
-    grid = {"dataset": ["clap2016"], "data_dir": str(tmp_path), "protocol": ["official"],
+    grid = {"dataset": ["clap2016"], "data_dir": str(tmp_path), "protocol": ["holdout"],
             "losses": ["amr"]}
     with pytest.raises(FileNotFoundError, match="ignore_list.txt: missing; official-protocol"):
         expand_grid({**grid, "selection": [official.OFFICIAL_SELECTION]}, tmp_path / "r")

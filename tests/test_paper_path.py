@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ageest import store
-from ageest.reproduce import ReproduceError, convert_parameter
+from ageest.engine import store
+from ageest.pipeline.reproduce import ReproduceError, convert_parameter
 from tests.helpers import write_clap_fixture, write_fgnet_fixture
 
 SHRINK = ["-p", "model", "small_cnn", "-p", "pretrained", "false", "-p", "epochs", "3",
@@ -74,7 +74,7 @@ def test_official_fgnet_run_trains_on_every_other_subject_with_the_official_sche
 
 
 def test_official_clap_run_selects_on_the_official_test_epsilon(paper_run):
-    (official,) = _runs(paper_run, "clap2016-official-amr-kadaptive-seed2019-test_best")
+    (official,) = _runs(paper_run, "clap2016-holdout-amr-kadaptive-seed2019-test_best")
     m = store.read_metrics(official)
     assert m["selected_by"].endswith("epsilon_official") and m["n_test"] == 3
     hist = pd.read_csv(official / store.HISTORY)
@@ -83,7 +83,7 @@ def test_official_clap_run_selects_on_the_official_test_epsilon(paper_run):
     params = store.read_params(official)
     assert params["label_rounding"] == "half_even" and params["seed"] == 2019
     # the clean CLAP2016 runs: ε is a number in every epoch and in metrics, σ = 0 counted
-    for run in _runs(paper_run, "clap2016-official-")[:2]:
+    for run in _runs(paper_run, "clap2016-holdout-")[:2]:
         if run == official:
             continue
         mm = store.read_metrics(run)
@@ -95,7 +95,7 @@ def test_official_clap_run_selects_on_the_official_test_epsilon(paper_run):
 
 
 def test_published_numbers_sit_beside_official_lopo_rows_only(paper_run):
-    table = pd.read_csv(paper_run / "tables" / "fgnet_mae_comparison.csv").set_index("method")
+    table = pd.read_csv(paper_run / "tables" / "mae_comparison.csv").set_index("method")
     official = table.loc["amr [official (test-selected epoch)]"]
     assert official["published_mae"] == 3.61
     assert table.loc["amr", "published_source"] == "not comparable: clean protocol"
@@ -126,7 +126,7 @@ def test_reproduce_rejects_undeclared_and_repeated_parameters(tmp_path):
 
     with pytest.raises(ReproduceError, match="-p epoch: no notebook of profile 'smoke' "
                                              "declares a parameter named 'epoch'"):
-        from ageest.reproduce import reproduce
+        from ageest.pipeline.reproduce import reproduce
 
         reproduce("smoke", results_dir=tmp_path, parameters={"epoch": "2"}, log=lambda s: None)
     assert main(["reproduce", "--profile", "smoke", "--results-dir", str(tmp_path),

@@ -13,7 +13,7 @@ import pytest
 
 from ageest import paths
 from ageest.parameters import SHARED_FILE
-from ageest.reproduce import (
+from ageest.pipeline.reproduce import (
     PROFILES,
     ReproduceError,
     check_profile,
@@ -218,8 +218,8 @@ def test_notebook_annotations_agree_with_the_one_declaration():
     """A notebook parameter named like a setting (a grid key: epochs, lr, amp, lambda_mean ...)
     is annotated with that setting's kind, so `-p` converts it as the grid checks it; its value
     in every profile passes the setting's one check."""
+    from ageest.engine.grids import SCHEMA
     from ageest.parameters import annotation_kind, check_value
-    from ageest.runner import SCHEMA
 
     checked = 0
     for nb in NOTEBOOKS:

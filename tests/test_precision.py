@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import ageest.train
+import ageest.engine.train
+from ageest.engine.train import TrainConfig, precision_label, resolve_amp
 from ageest.losses import get_loss, list_losses
-from ageest.train import TrainConfig, precision_label, resolve_amp
 
 
 def _loss(name: str):
@@ -41,7 +41,7 @@ def test_amr_gradient_flows_back_to_bf16_logits():
 
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_resolves_per_cpu(monkeypatch, native):
-    monkeypatch.setattr(ageest.train, "native_bf16", lambda: native)
+    monkeypatch.setattr(ageest.engine.train, "native_bf16", lambda: native)
     assert resolve_amp("auto", "cpu") == (("bf16", True) if native else (None, False))
     assert resolve_amp("auto", "cpu", channels_last=True) == (("bf16" if native else None), True)
     assert resolve_amp("auto", "cuda") == (None, False)  # CUDA: the user chooses
@@ -57,13 +57,13 @@ def test_precision_label():
 
 
 def test_grid_records_what_auto_resolved_to(monkeypatch, tmp_path):
-    from ageest.runner import expand_grid
+    from ageest.engine.grids import expand_grid
 
     grid = {"dataset": ["synthetic-fgnet"], "losses": ["ce"], "folds": [0], "amp": "auto",
             "synthetic_size": 32}
     found = {}
     for native in (True, False):
-        monkeypatch.setattr(ageest.train, "native_bf16", lambda native=native: native)
+        monkeypatch.setattr(ageest.engine.train, "native_bf16", lambda native=native: native)
         params = expand_grid(grid, tmp_path)[0]["params"]
         found[native] = params
     assert (found[True]["amp"], found[True]["channels_last"]) == ("bf16", True)
@@ -77,7 +77,7 @@ def test_forced_avx2_kernels_resolve_auto_to_fp32():
     import subprocess
     import sys
 
-    code = "from ageest.train import resolve_amp; print(resolve_amp('auto', 'cpu'))"
+    code = "from ageest.engine.train import resolve_amp; print(resolve_amp('auto', 'cpu'))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, env={**os.environ, "ATEN_CPU_CAPABILITY": "avx2"})
     assert done.returncode == 0, done.stderr

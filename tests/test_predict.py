@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from ageest import runner, store
 from ageest.cli import main as cli_main
 from ageest.data.synthetic import write_fgnet_like
-from ageest.predict import RunError, load_run, predict
+from ageest.engine import grids, store
+from ageest.inference.predict import RunError, load_run, predict
 
 pytestmark = pytest.mark.filterwarnings("ignore:FG-NET .* differs from the release manifest")
 
@@ -28,14 +28,14 @@ def run_dir(tmp_path_factory) -> Path:
     grid = {"dataset": "fgnet", "data_dir": str(data), "protocol": "group-kfold", "n_folds": 3,
             "folds": [0], "losses": ["amr"], "epochs": 2, "batch_size": 16, "image_size": 32,
             "results_dir": str(root / "res"), "quiet": True, "threads": 1}
-    summary = runner.run_grid(grid, aggregate_results=False)
+    summary = grids.run_grid(grid, aggregate_results=False)
     assert (summary["status"] == "done").all()
     return Path(summary["run_dir"].iloc[0])
 
 
 def _test_paths(run_dir: Path) -> pd.DataFrame:
     """The run's stored predictions with the image path of each."""
-    from ageest.run import load_data
+    from ageest.engine.run import load_data
 
     params = store.read_params(run_dir)
     df, _ = load_data(params)
@@ -76,7 +76,7 @@ def test_cli_on_a_folder_writes_csv_and_plots(run_dir, tmp_path):
 
 
 def test_detect_faces_crops_the_largest_face_or_says_why_not(run_dir, tmp_path, monkeypatch):
-    from ageest import faces
+    from ageest.inference import face_crop
 
     path = _test_paths(run_dir)["path"].iloc[0]
     whole = predict([path], run_dir)
@@ -84,13 +84,13 @@ def test_detect_faces_crops_the_largest_face_or_says_why_not(run_dir, tmp_path, 
     found = predict([path], run_dir, detect_faces=True)
     assert found["face"].iloc[0] in ("no face found: whole image", "detected face")
     # a face box: the crop (not the whole image) is what the network sees
-    monkeypatch.setattr(faces, "largest_face", lambda image, detector=None: (4, 4, 16, 16))
+    monkeypatch.setattr(face_crop, "largest_face", lambda image, detector=None: (4, 4, 16, 16))
     cropped = predict([path], run_dir, detect_faces=True)
     assert cropped["face"].iloc[0] == "detected face"
     assert cropped["expected_age"].iloc[0] != pytest.approx(whole["expected_age"].iloc[0],
                                                              abs=1e-9)
     # without OpenCV: the whole image, and the output says why
-    monkeypatch.setattr(faces, "_cascade", lambda: None)
+    monkeypatch.setattr(face_crop, "_cascade", lambda: None)
     with pytest.warns(UserWarning, match="OpenCV is not installed"):
         missing = predict([path], run_dir, detect_faces=True)
     assert missing["face"].iloc[0].startswith("whole image: OpenCV is not installed")
@@ -171,7 +171,7 @@ def test_export_without_the_onnx_extra_says_how_to_install(run_dir, tmp_path, mo
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_onnx)
-    from ageest.export import export_onnx
+    from ageest.inference.export import export_onnx
 
     with pytest.raises(RunError, match=r"pip install 'ageest\[onnx\]'"):
         export_onnx(run_dir, tmp_path / "m.onnx")

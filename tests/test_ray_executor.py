@@ -27,9 +27,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ageest import runner, store
 from ageest.data.synthetic import write_fgnet_like
-from ageest.executors import LocalExecutor
+from ageest.engine import grids, store
+from ageest.engine.executors import LocalExecutor
 
 RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 for _key, _value in RAY_ENV.items():  # read by Ray at import time
@@ -193,15 +193,15 @@ def _predictions(run_dir: str | Path) -> pd.DataFrame:
 
 
 def test_ray_grid_survives_a_killed_worker_and_matches_local(ray_head, data_dir, tmp_path):
-    from ageest.ray_executor import RayExecutor
+    from ageest.engine.ray_executor import RayExecutor
 
-    local = runner.run_grid(_grid(data_dir, tmp_path / "local"),
+    local = grids.run_grid(_grid(data_dir, tmp_path / "local"),
                             executor=LocalExecutor(workers=1, threads=1), aggregate_results=False)
     assert (local["status"] == "done").all(), local
 
     killer = _KillOneWorker()
     ray_ex = RayExecutor(address=ray_head, poll_s=0.1, retries=2)
-    summary = runner.run_grid(_grid(data_dir, tmp_path / "ray"), executor=ray_ex,
+    summary = grids.run_grid(_grid(data_dir, tmp_path / "ray"), executor=ray_ex,
                               on_event=killer, aggregate_results=False)
     assert killer.killed is not None, "no run was seen running, so no worker was killed"
     assert (summary["status"] == "done").all(), summary.to_string()
@@ -227,11 +227,11 @@ def test_ray_grid_survives_a_killed_worker_and_matches_local(ray_head, data_dir,
 
     # resume through Ray: finished runs are skipped by the same logic as locally; a broken run
     # comes back failed with its traceback while the others are unaffected
-    tasks = runner.expand_grid(_grid(data_dir, tmp_path / "ray"))
-    bad = runner.expand_grid(_grid(data_dir, tmp_path / "bad", losses=["ce"], folds=[0]))
+    tasks = grids.expand_grid(_grid(data_dir, tmp_path / "ray"))
+    bad = grids.expand_grid(_grid(data_dir, tmp_path / "bad", losses=["ce"], folds=[0]))
     # a model name is refused before any run starts; this one breaks only inside the worker
     bad[0]["params"]["model"] = "no_such_model"
-    results = RayExecutor(address=ray_head).run(tasks + bad, runner.execute_run)
+    results = RayExecutor(address=ray_head).run(tasks + bad, grids.execute_run)
     assert [r["status"] for r in results] == ["skipped"] * 4 + ["failed"]
     assert "Traceback" in results[-1]["error"] and "no_such_model" in results[-1]["error"]
 
@@ -239,7 +239,7 @@ def test_ray_grid_survives_a_killed_worker_and_matches_local(ray_head, data_dir,
 def test_cli_runs_through_ray_and_storage_errors_are_clear(ray_head, data_dir, tmp_path,
                                                             capsys, monkeypatch):
     from ageest.cli import main as cli_main
-    from ageest.ray_executor import RayExecutor, SharedStorageError, check_shared_storage
+    from ageest.engine.ray_executor import RayExecutor, SharedStorageError, check_shared_storage
 
     # `--address auto` finds a cluster started by `ray start` through RAY_ADDRESS (or Ray's
     # temp dir, which this test's head does not use)
@@ -270,7 +270,7 @@ def test_cli_runs_through_ray_and_storage_errors_are_clear(ray_head, data_dir, t
         # a run no node can hold (this head has no GPU) is an error, not an endless wait
         with pytest.raises(RuntimeError, match=r"needing 4 CPU and 1 GPU.*\(2\.0, 0\)"):
             RayExecutor(wait_for_nodes_s=0).run([{"run_dir": str(tmp_path / "g"),
-                                                  "device": "cuda"}], runner.execute_run)
+                                                  "device": "cuda"}], grids.execute_run)
         assert RayExecutor(num_cpus_per_task=2).resources({"device": "cpu"}) == (2.0, 0.0)
     finally:
         ray.shutdown()

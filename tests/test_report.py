@@ -13,8 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from ageest import report  # noqa: E402
-from ageest.artifacts import save_figure, save_table, write_json  # noqa: E402
+from ageest.pipeline import report  # noqa: E402
+from ageest.pipeline.artefacts import save_figure, save_table, write_json  # noqa: E402
 
 CITATION = ('as quoted by B. Kwon, "Data Augmentation Using a Convolutional Autoencoder for Age '
             'Estimation from Facial Images", Journal of Multimedia Information System 12(3):95 '
@@ -63,7 +63,7 @@ def _published_preds(dataset: str, protocol: str) -> pd.DataFrame:
     ("fgnet", "group-kfold", "not comparable: protocol group-kfold"),
 ])
 def test_published_numbers_only_beside_official_fgnet_lopo_rows(dataset, protocol, reason):
-    from ageest.evaluation import mae_comparison
+    from ageest.analysis.comparisons import mae_comparison
 
     t = mae_comparison(_published_preds(dataset, protocol), n_boot=10).set_index("method")
     clean = t.loc["amr"]
@@ -83,7 +83,7 @@ def _fake_results(out, *, synthetic: bool):
     write_json(out / "metrics" / "00_data_prep.json", {"synthetic": synthetic, "n": 3})
     write_json(out / "metrics" / "03_evaluation.json", {"amr_mae": 4.5, "note": "x"})
     table = pd.DataFrame({"method": ["amr", "ce"], "loss": ["amr", "ce"], "mae_pooled": [4.5, 5.0]})
-    save_table(table, out, "fgnet_mae_comparison", "MAE comparison.", synthetic=synthetic)
+    save_table(table, out, "mae_comparison", "MAE comparison.", synthetic=synthetic)
     save_table(pd.DataFrame({"k": ["1", "adaptive"], "mae_pooled": [5.1, 4.5]}), out,
                "k_ablation", "K ablation.", synthetic=synthetic)
     fig, ax = plt.subplots()
@@ -100,7 +100,7 @@ def _fake_results(out, *, synthetic: bool):
             {"notebook": "01_loss_illustration.ipynb", "status": "done", "wall_time_s": 3.0,
              "tables": [], "figures": ["loss_illustration_distributions"]},
             {"notebook": "03_evaluation.ipynb", "status": "done", "wall_time_s": 4.0,
-             "tables": ["fgnet_mae_comparison"], "figures": ["cs_curves"]},
+             "tables": ["mae_comparison"], "figures": ["cs_curves"]},
         ]})
 
 
@@ -111,7 +111,7 @@ def test_report_marks_synthetic_data_and_paper_values(tmp_path):
     head = text.split("## ", 1)[0]
     assert report.SYNTHETIC_NOTE in head, "the top of the report must say the data are synthetic"
     # every table carries the synthetic note in its caption
-    for name in ("fgnet_mae_comparison", "k_ablation"):
+    for name in ("mae_comparison", "k_ablation"):
         md = (tmp_path / "tables" / f"{name}.md").read_text()
         assert md.startswith(report.SYNTHETIC_NOTE)
     assert text.count(report.SYNTHETIC_NOTE) >= 3

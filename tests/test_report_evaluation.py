@@ -1,4 +1,4 @@
-"""Comparison tables from stored predictions (ageest.evaluation), on hand-made predictions with
+"""Comparison tables from stored predictions (ageest.analysis.comparisons), on hand-made predictions with
 known answers, and the figures drawn from them."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from ageest import evaluation as ev  # noqa: E402
 from ageest import plots  # noqa: E402
+from ageest.analysis import comparisons as ev  # noqa: E402
 
 C = 10  # ages 0..9
 
@@ -163,8 +163,8 @@ def clap_frame():
         for loss, shift in (("amr", 0), ("ce", 1)):
             p = np.zeros(101)
             p[pred + shift] = 1.0
-            rows.append(dict(run=loss, dataset="c", protocol="official", loss=loss,
-                             k="adaptive", seed=0, fold="official", selection=CLEAN,
+            rows.append(dict(run=loss, dataset="c", protocol="holdout", loss=loss,
+                             k="adaptive", seed=0, fold="holdout", selection=CLEAN,
                              start_age=0, image_id=str(i), subject=pd.NA, age=age,
                              age_mean=float(age), std=std, probs=p))
     return pd.DataFrame(rows)
@@ -277,7 +277,7 @@ def test_seed_spread_and_epsilon_interval():
 
 
 def test_k_column_says_n_a_for_losses_without_top_k():
-    from ageest.evaluation import k_label
+    from ageest.analysis.comparisons import k_label
 
     assert [k_label(loss, "adaptive") for loss in ("amr", "ce", "mean_variance", "dldl")] == [
         "adaptive", "n/a", "n/a", "n/a"]
@@ -303,3 +303,15 @@ def test_evaluation_tables_for_every_subset_of_the_losses():
             assert ev.protocol_sensitivity(part)["mae_pooled"].notna().all()
             if ev.has_official(part, loss="amr"):
                 assert len(ev.dual_protocol(part, loss="amr")) == 3
+
+
+def test_mae_comparison_without_subject_ids_counts_no_subjects():
+    """UTKFace-like predictions (no subject ids): the table says NA subjects and no subject
+    mean, instead of counting each image as a subject; the pooled MAE is the same."""
+    with_ids = ev.mae_comparison(grid(), n_boot=50).set_index("method")
+    no_ids = grid().assign(subject=pd.NA)
+    table = ev.mae_comparison(no_ids, n_boot=50).set_index("method")
+    assert table["n_subjects"].isna().all() and table["mae_subject_mean"].isna().all()
+    assert with_ids["n_subjects"].notna().all()
+    np.testing.assert_allclose(table["mae_pooled"], with_ids["mae_pooled"])
+    assert (table["mae_pooled_low"] <= table["mae_pooled"]).all()

@@ -1,4 +1,4 @@
-"""The pipeline's training grids (ageest.experiments) and dataset choice (ageest.dataprep): what
+"""The pipeline's training grids (ageest.analysis.training_grids) and dataset choice (ageest.analysis.data_summary): what
 notebooks 02 and 04 ask the runner for, checked without training anything."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from ageest import dataprep, experiments
-from ageest.runner import expand_grid, normalize_grid
+from ageest.analysis import data_summary, training_grids
+from ageest.engine.grids import expand_grid, normalize_grid
 from tests.helpers import notebook_grids
 
 SETTINGS = dict(model="small_cnn", pretrained=False, optimizer="adamw", lr=1e-3,
@@ -19,16 +19,16 @@ SETTINGS = dict(model="small_cnn", pretrained=False, optimizer="adamw", lr=1e-3,
 
 
 def test_dataset_choice(tmp_path):
-    assert dataprep.dataset_choice("fgnet", "") == ("synthetic-fgnet", None)
-    assert dataprep.dataset_choice("clap", str(tmp_path)) == ("clap2016", str(tmp_path))
+    assert data_summary.dataset_choice("fgnet", "") == ("synthetic-fgnet", None)
+    assert data_summary.dataset_choice("clap", str(tmp_path)) == ("clap2016", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="fgnet_dir='/no/such'"):
-        dataprep.dataset_choice("fgnet", "/no/such")
+        data_summary.dataset_choice("fgnet", "/no/such")
     with pytest.raises(ValueError, match="kind must be one of"):
-        dataprep.dataset_choice("utk", "")
+        data_summary.dataset_choice("utk", "")
 
 
 def test_training_settings_are_runner_grid_keys():
-    s = experiments.training_settings(SETTINGS)
+    s = training_grids.training_settings(SETTINGS)
     g = normalize_grid(s)  # raises on an unknown key
     assert g["milestones"] == [6] and g["seeds"] == [0, 1] and g["grad_clip"] is None
     # the loss weights are plain settings, passed through by name
@@ -37,10 +37,10 @@ def test_training_settings_are_runner_grid_keys():
 
 
 def test_comparison_grids_official_and_clap_switches():
-    s = experiments.training_settings(SETTINGS)
-    clap = experiments.clap_overrides(optimizer="sgd", epochs=3, grad_clip=5.0,
+    s = training_grids.training_settings(SETTINGS)
+    clap = training_grids.clap_overrides(optimizer="sgd", epochs=3, grad_clip=5.0,
                                       transforms="clap", normalize=True)
-    grids = experiments.comparison_grids(s, fgnet_dir="", clap_dir="", protocol="group-kfold",
+    grids = training_grids.comparison_grids(s, fgnet_dir="", clap_dir="", protocol="group-kfold",
                                          n_folds=5, folds="0,2", losses="amr,ce",
                                          official=True, clap_losses="amr",
                                          clap_settings=clap)
@@ -57,29 +57,29 @@ def test_comparison_grids_official_and_clap_switches():
         ["test_best_epoch_official"], "epsilon_official", ["train", "valid", "test"], 1024)
     assert co["optimizer"] == "sgd" and co["grad_clip"] == 5.0  # its training settings kept
     assert grids["clap"]["dataset"] == ["synthetic-clap"]
-    assert grids["clap"]["protocol"] == ["official"]
+    assert grids["clap"]["protocol"] == ["holdout"]
     assert (grids["clap"]["optimizer"], grids["clap"]["epochs"], grids["clap"]["grad_clip"]) \
         == ("sgd", 3, 5.0)
     assert grids["fgnet"]["optimizer"] == "adamw" and grids["fgnet"]["epochs"] == 2
     for grid in grids.values():
         normalize_grid(grid)
-    only = experiments.comparison_grids(s, fgnet_dir="", clap_dir="", protocol="lopo",
+    only = training_grids.comparison_grids(s, fgnet_dir="", clap_dir="", protocol="lopo",
                                         n_folds=5, folds="", losses="ce", official=False,
                                         clap_losses="")
     assert list(only) == ["fgnet"] and only["fgnet"]["folds"] is None
     with pytest.raises(ValueError, match="losses is empty"):
-        experiments.comparison_grids(s, fgnet_dir="", clap_dir="", protocol="lopo", n_folds=5,
+        training_grids.comparison_grids(s, fgnet_dir="", clap_dir="", protocol="lopo", n_folds=5,
                                      folds="", losses="", official=False, clap_losses="")
 
 
 def test_k_ablation_reuses_the_adaptive_runs_of_the_comparison(tmp_path):
     """The AMR runs of notebook 04's grid are exactly notebook 02's (same run folder, same
     parameter hash), so the runner skips them instead of retraining."""
-    s = experiments.training_settings(SETTINGS)
-    comparison = experiments.comparison_grids(s, fgnet_dir="", clap_dir="",
+    s = training_grids.training_settings(SETTINGS)
+    comparison = training_grids.comparison_grids(s, fgnet_dir="", clap_dir="",
                                               protocol="group-kfold", n_folds=5, folds="0",
                                               losses="amr,ce", official=False, clap_losses="")
-    ablation = experiments.k_ablation_grid(s, fgnet_dir="", protocol="group-kfold", n_folds=5,
+    ablation = training_grids.k_ablation_grid(s, fgnet_dir="", protocol="group-kfold", n_folds=5,
                                            folds="0", ks="1,3")
     a = {t["run_dir"]: t["params"]["params_hash"]
          for t in expand_grid(comparison["fgnet"], tmp_path)}
@@ -91,7 +91,7 @@ def test_k_ablation_reuses_the_adaptive_runs_of_the_comparison(tmp_path):
     assert {t["params"]["k"] for t in expand_grid(ablation["k_ablation"], tmp_path)} \
         == {1, 3, None}
     with pytest.raises(ValueError, match="ks is empty"):
-        experiments.k_ablation_grid(s, fgnet_dir="", protocol="lopo", n_folds=5, folds="",
+        training_grids.k_ablation_grid(s, fgnet_dir="", protocol="lopo", n_folds=5, folds="",
                                     ks="")
 
 
@@ -103,10 +103,10 @@ def test_failed_runs_are_listed(monkeypatch, tmp_path):
             {"run_dir": "runs/b/fold-0", "status": "failed", "wall_time_s": 1.0, "mae": None,
              "error": "ValueError: boom"}])
 
-    monkeypatch.setattr("ageest.runner.run_grid", fake_run_grid)
-    with pytest.raises(experiments.RunsFailed, match=r"1 of 2 runs failed[\s\S]*runs/b/fold-0: "
+    monkeypatch.setattr("ageest.engine.grids.run_grid", fake_run_grid)
+    with pytest.raises(training_grids.RunsFailed, match=r"1 of 2 runs failed[\s\S]*runs/b/fold-0: "
                                                      "ValueError: boom"):
-        experiments.run_grids({"g": {}}, tmp_path)
+        training_grids.run_grids({"g": {}}, tmp_path)
 
 
 def _grids_of(profile, stem, tmp_path):
@@ -151,7 +151,8 @@ def test_loss_weights_are_plain_settings_each_run_holds_its_own(tmp_path):
     through loss_kwargs is refused with the setting's name."""
     import inspect
 
-    from ageest import losses, train
+    from ageest import losses
+    from ageest.engine import train
 
     for name in losses.WEIGHT_SETTINGS:  # the defaults agree across the losses that take one
         defaults = {inspect.signature(spec.cls.__init__).parameters[name].default

@@ -1,6 +1,6 @@
 """The grid runner: expansion and naming, the run-directory store, resume (including after a
 SIGKILL), changed-configuration handling, failures, parallel workers, aggregation, the CLI and the
-``python -m ageest.run`` entry point. Tiny data: 12 subjects, 120 images, 32 px, 1-3 epochs."""
+``python -m ageest.engine.run`` entry point. Tiny data: 12 subjects, 120 images, 32 px, 1-3 epochs."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from ageest import runner, store
 from ageest.cli import main as cli_main
 from ageest.data.synthetic import write_fgnet_like
-from ageest.executors import EXECUTORS, Executor, LocalExecutor, get_executor
+from ageest.engine import grids, store
+from ageest.engine.executors import EXECUTORS, Executor, LocalExecutor, get_executor
 
 pytestmark = pytest.mark.filterwarnings("ignore:FG-NET .* differs from the release manifest")
 
@@ -48,7 +48,7 @@ def _cli_args(data_dir, results, *extra):
 
 
 def test_expand_grid_names_k_handling_and_fold_subset(data_dir, tmp_path):
-    tasks = runner.expand_grid(_grid(data_dir, tmp_path, losses=["ce", "mean_residue"],
+    tasks = grids.expand_grid(_grid(data_dir, tmp_path, losses=["ce", "mean_residue"],
                                      k=[1, 3, "adaptive"], seeds=[0, 1], folds=[0, 2]))
     names = sorted({Path(t["run_dir"]).parent.name for t in tasks})
     assert names == sorted(f"fgnet-group-kfold-{n}-seed{s}" for n in
@@ -65,7 +65,7 @@ def test_expand_grid_names_k_handling_and_fold_subset(data_dir, tmp_path):
 
 
 def test_official_selection_gets_its_own_folder(data_dir, tmp_path):
-    tasks = runner.expand_grid(_grid(data_dir, tmp_path,
+    tasks = grids.expand_grid(_grid(data_dir, tmp_path,
                                      selection=["val_best", "test_best_epoch_official"]))
     dirs = sorted(Path(t["run_dir"]).parent.name for t in tasks)
     assert dirs == ["fgnet-group-kfold-amr-kadaptive-seed0",
@@ -74,17 +74,17 @@ def test_official_selection_gets_its_own_folder(data_dir, tmp_path):
 
 def test_grid_errors(data_dir, tmp_path):
     with pytest.raises(ValueError, match=r"unknown grid key\(s\) \['epochz'\]"):
-        runner.expand_grid(_grid(data_dir, tmp_path, epochz=3))
+        grids.expand_grid(_grid(data_dir, tmp_path, epochz=3))
     with pytest.raises(ValueError, match="mean_residue .* needs integer K"):
-        runner.expand_grid(_grid(data_dir, tmp_path, losses=["mean_residue"]))
+        grids.expand_grid(_grid(data_dir, tmp_path, losses=["mean_residue"]))
     with pytest.raises(ValueError, match=r"--folds 7: .* has 3 folds"):
-        runner.expand_grid(_grid(data_dir, tmp_path, folds=[7]))
-    with pytest.raises(ValueError, match="has no official split"):
-        runner.expand_grid(_grid(data_dir, tmp_path, protocol="official"))
+        grids.expand_grid(_grid(data_dir, tmp_path, folds=[7]))
+    with pytest.raises(ValueError, match="has no train/valid/test split"):
+        grids.expand_grid(_grid(data_dir, tmp_path, protocol="holdout"))
     cfg = tmp_path / "grid.yaml"
     cfg.write_text("losses: [amr]\nlearning_rate: 0.1\n")
     with pytest.raises(ValueError, match=r"grid.yaml: unknown key\(s\) \['learning_rate'\]"):
-        runner.load_grid_config(cfg)
+        grids.load_grid_config(cfg)
 
 
 
@@ -100,7 +100,7 @@ def test_grid_errors(data_dir, tmp_path):
 def test_grid_values_are_validated_before_any_run(key, value, message, data_dir, tmp_path,
                                                    capsys):
     with pytest.raises(ValueError, match=message):
-        runner.normalize_grid(_grid(data_dir, tmp_path, **{key: value}))
+        grids.normalize_grid(_grid(data_dir, tmp_path, **{key: value}))
     cfg = tmp_path / "grid.yaml"
     cfg.write_text(yaml.safe_dump({key: value}))
     # the CLI: one line on stderr, exit status 2, no traceback, nothing trained
@@ -183,14 +183,14 @@ def test_cli_end_to_end_store_resume_and_stale(data_dir, tmp_path, capsys):
         assert store.read_predictions(d)["test_selected"].all() == official
         assert json.loads((d / "manifest.json").read_text())["test_selected"] is official
 
-    # predictions of the whole grid, in the frame ageest.evaluation expects
-    from ageest import evaluation
+    # predictions of the whole grid, in the frame ageest.analysis.comparisons expects
+    from ageest.analysis import comparisons
 
     preds = store.load_predictions(res)
-    evaluation.check_predictions(preds)
+    comparisons.check_predictions(preds)
     assert preds.groupby("run")["image_id"].count().min() > 0
     assert set(preds["k"]) == {"adaptive"} and set(preds["loss"]) == {"amr", "ce"}
-    table = runner.aggregate(res, n_boot=200)
+    table = grids.aggregate(res, n_boot=200)
     assert len(table) == 4  # (amr, ce) x (val_best, official)
     assert table.loc[table["selection"] == "test_best_epoch_official", "test_selected"].all()
     assert (table["mae_pooled_low"] <= table["mae_pooled"]).all()
@@ -214,14 +214,14 @@ def test_cli_end_to_end_store_resume_and_stale(data_dir, tmp_path, capsys):
 
 def test_unfinished_run_with_other_parameters_restarts(data_dir, tmp_path):
     res = tmp_path / "res"
-    task = runner.expand_grid(_grid(data_dir, res, epochs=2))[0]
+    task = grids.expand_grid(_grid(data_dir, res, epochs=2))[0]
     run_dir = Path(task["run_dir"])
     run_dir.mkdir(parents=True)
     store.write_params(run_dir, {**task["params"], "lr": 9.0, "params_hash": "000000000000"})
     (run_dir / "checkpoints").mkdir()
     (run_dir / "checkpoints" / "last.pt").write_bytes(b"partial garbage of the old config")
     assert store.run_status(run_dir) == "partial"
-    result = runner.execute_run(task)
+    result = grids.execute_run(task)
     assert result["status"] == "done", result["error"]
     assert store.read_params(run_dir)["params_hash"] == task["params"]["params_hash"]
     assert store.read_metrics(run_dir)["resumed_from_epoch"] is None
@@ -241,7 +241,7 @@ def test_failed_run_is_recorded_and_others_continue(data_dir, tmp_path, monkeypa
 
     res = tmp_path / "res"
     monkeypatch.setattr(ageest.losses, "get_loss", broken_for_ce)
-    summary = runner.run_grid(_grid(data_dir, res, losses=["ce", "amr"]),
+    summary = grids.run_grid(_grid(data_dir, res, losses=["ce", "amr"]),
                               aggregate_results=True)
     monkeypatch.setattr(ageest.losses, "get_loss", real_get_loss)
     by_loss = {Path(r).parent.name.split("-")[3]: s
@@ -250,9 +250,9 @@ def test_failed_run_is_recorded_and_others_continue(data_dir, tmp_path, monkeypa
     failed = Path(summary.loc[summary["status"] == "failed", "run_dir"].iloc[0])
     assert "does not take lambda_mean" in (failed / "error.txt").read_text()
     assert not (failed / "metrics.json").exists() and store.run_status(failed) == "failed"
-    assert "FAILED" in runner.format_summary(summary)
+    assert "FAILED" in grids.format_summary(summary)
     # fixing the configuration reruns it (the old hash's partial folder is cleared)
-    summary = runner.run_grid(_grid(data_dir, res, losses=["ce", "amr"]))
+    summary = grids.run_grid(_grid(data_dir, res, losses=["ce", "amr"]))
     assert sorted(summary["status"]) == ["done", "skipped"]
     assert not (failed / "error.txt").exists()
 
@@ -266,19 +266,19 @@ def test_changed_dataset_never_reuses_finished_runs(tmp_path):
 
     data = write_fgnet_like(tmp_path / "fg", seed=0, size=32, n_subjects=12, n_images=72)
     res = tmp_path / "res"
-    summary = runner.run_grid(_grid(data, res))
+    summary = grids.run_grid(_grid(data, res))
     assert (summary["status"] == "done").all()
     more = tmp_path / "fg_more"
     shutil.copytree(data, more)
     extra = write_fgnet_like(tmp_path / "fg13", seed=1, size=32, n_subjects=13, n_images=78)
     for image in extra.glob("013A*"):
         shutil.copy(image, more / image.name)
-    with pytest.raises(runner.StaleRunError, match="the data changed"):
-        runner.run_grid(_grid(more, res))
+    with pytest.raises(grids.StaleRunError, match="the data changed"):
+        grids.run_grid(_grid(more, res))
     # a moved but identical copy keeps the same identity: nothing is retrained
     moved = tmp_path / "fg_moved"
     shutil.copytree(data, moved)
-    again = runner.run_grid(_grid(moved, res))
+    again = grids.run_grid(_grid(moved, res))
     assert (again["status"] == "skipped").all()
 
 
@@ -288,8 +288,8 @@ def test_fold_digest_names_the_split():
 
     f1 = Fold("0", train=np.array([0, 1]), val=np.array([2]), test=np.array([3]))
     f2 = Fold("0", train=np.array([0, 2]), val=np.array([1]), test=np.array([3]))
-    assert runner.fold_digest(df, f1) != runner.fold_digest(df, f2)
-    assert runner.fold_digest(df, f1) == runner.fold_digest(df.iloc[::-1].reset_index(drop=True),
+    assert grids.fold_digest(df, f1) != grids.fold_digest(df, f2)
+    assert grids.fold_digest(df, f1) == grids.fold_digest(df.iloc[::-1].reset_index(drop=True),
                                                             Fold("0", np.array([3, 2]),
                                                                  np.array([1]), np.array([0])))
 
@@ -339,7 +339,7 @@ def test_sigkill_mid_run_then_resume(data_dir, tmp_path):
     assert pd.read_csv(killed_dir / store.HISTORY)["epoch"].tolist()[:2] == [1, 2]
     assert b"ETA" in seen and b"img/s" in seen
 
-    summary = runner.run_grid(_grid(data_dir, res, losses=["amr", "ce", "l1"], epochs=6,
+    summary = grids.run_grid(_grid(data_dir, res, losses=["amr", "ce", "l1"], epochs=6,
                                     batch_size=8))
     status = dict(zip(map(Path, summary["run_dir"]), summary["status"], strict=True))
     assert all(status[d] == "skipped" for d in finished_before)
@@ -358,7 +358,7 @@ def test_sigkill_mid_run_then_resume(data_dir, tmp_path):
 def test_parallel_workers_two_processes(data_dir, tmp_path):
     res = tmp_path / "res"
     events = []
-    summary = runner.run_grid(_grid(data_dir, res, losses=["amr", "ce"], folds=[0, 1],
+    summary = grids.run_grid(_grid(data_dir, res, losses=["amr", "ce"], folds=[0, 1],
                                     workers=2, threads=None), on_event=events.append)
     assert (summary["status"] == "done").all() and len(summary) == 4
     assert events[-1]["done"] == 4 and events[-1]["pending"] == 0
@@ -394,8 +394,8 @@ def test_local_executor_survives_killed_worker_and_escaped_exception():
 
 
 def test_executor_registry_and_interface():
-    assert EXECUTORS == {"local": "ageest.executors:LocalExecutor",
-                         "ray": "ageest.ray_executor:RayExecutor"}
+    assert EXECUTORS == {"local": "ageest.engine.executors:LocalExecutor",
+                         "ray": "ageest.engine.ray_executor:RayExecutor"}
     ex = get_executor("local", workers=1)
     assert isinstance(ex, Executor) and ex.in_process
     out = ex.run([{"run_dir": "a", "raise": True}, {"run_dir": "b"}], _self_kill)
@@ -407,15 +407,15 @@ def test_executor_registry_and_interface():
 
 
 # ---------------------------------------------------------------------------------------------
-# python -m ageest.run
+# python -m ageest.engine.run
 
 
 def test_train_module_entry_point_from_params_yaml(data_dir, tmp_path):
-    task = runner.expand_grid(_grid(data_dir, tmp_path / "grid"))[0]
+    task = grids.expand_grid(_grid(data_dir, tmp_path / "grid"))[0]
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(task["params"]))
     out = tmp_path / "one-run"
-    proc = subprocess.run([sys.executable, "-m", "ageest.run", "--params", str(params),
+    proc = subprocess.run([sys.executable, "-m", "ageest.engine.run", "--params", str(params),
                            "--out", str(out)], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -436,11 +436,11 @@ def test_local_executor_thread_share_and_gpu_round_robin():
 def test_live_lock_blocks_a_second_runner(data_dir, tmp_path):
     import socket
 
-    task = runner.expand_grid(_grid(data_dir, tmp_path))[0]
+    task = grids.expand_grid(_grid(data_dir, tmp_path))[0]
     run_dir = Path(task["run_dir"])
     run_dir.mkdir(parents=True)
     (run_dir / "run.lock").write_text(f"{socket.gethostname()} {os.getpid()}")  # alive: us
-    result = runner.execute_run(task)
+    result = grids.execute_run(task)
     assert result["status"] == "failed" and "being trained by another process" in result["error"]
     assert (run_dir / "run.lock").exists() and not store.is_finished(run_dir)
     # the refused runner leaves nothing in the live run's folder (no error.txt to outlive it)
@@ -462,18 +462,18 @@ def test_official_split_with_std_and_unknown_subjects(data_dir, tmp_path):
     csv = tmp_path / "labels.csv"
     labels.to_csv(csv, index=False)
     res = tmp_path / "res"
-    summary = runner.run_grid({"dataset": "csv", "csv": str(csv), "image_root": str(data_dir),
-                               "protocol": "official", "losses": ["dldl"], "epochs": 1,
+    summary = grids.run_grid({"dataset": "csv", "csv": str(csv), "image_root": str(data_dir),
+                               "protocol": "holdout", "losses": ["dldl"], "epochs": 1,
                                "batch_size": 16, "image_size": 32, "quiet": True,
                                "results_dir": str(res)})
     assert (summary["status"] == "done").all(), summary["error"].tolist()
     run_dir = Path(summary["run_dir"].iloc[0])
-    assert run_dir.name == "fold-official"
+    assert run_dir.name == "fold-holdout"
     m = store.read_metrics(run_dir)
     assert 0.0 <= m["epsilon"] <= 1.0 and m["selected_by"] == "validation epsilon"
     preds = store.read_predictions(run_dir)
     assert preds["subject"].isna().all() and preds["std"].notna().all()
-    table = runner.aggregate(res, n_boot=100)
+    table = grids.aggregate(res, n_boot=100)
     row = table.iloc[0]
     assert row["epsilon_low"] <= row["epsilon"] <= row["epsilon_high"]
     assert row["n_subjects"] == row["n_images"]  # each image its own bootstrap cluster
@@ -485,29 +485,29 @@ def test_grid_schema_is_trainconfig_and_the_cli_is_the_schema():
     import argparse
     import dataclasses
 
-    from ageest.train import TrainConfig
+    from ageest.engine.train import TrainConfig
 
     for f in dataclasses.fields(TrainConfig):
         if not f.metadata["grid"]:
             # per-run fields: the axis "selection" and the execution keys are the grid's own
-            assert f.name not in runner.SCHEMA or f.name in ("selection", "threads", "quiet")
+            assert f.name not in grids.SCHEMA or f.name in ("selection", "threads", "quiet")
             continue
-        key = runner.SCHEMA[f.name]
+        key = grids.SCHEMA[f.name]
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING \
             else f.default
         assert key.default == default and key.help == f.metadata["help"], f.name
     parser = argparse.ArgumentParser()
-    runner.add_arguments(parser)
+    grids.add_arguments(parser)
     flags = {a.dest: a for a in parser._actions}
-    for name, key in runner.SCHEMA.items():
+    for name, key in grids.SCHEMA.items():
         assert name in flags, f"--{name.replace('_', '-')} is missing"
         assert key.help.replace("%", "%%") in flags[name].help
     assert "(default 10)" in flags["epochs"].help and flags["epochs"].type is int
     assert flags["optimizer"].choices == ["adamw", "sgd"]
     args = parser.parse_args(["--epochs", "3", "--losses", "amr,ce", "--no-pretrained",
                               "--loss-kwargs", '{"amr": {"eps": 0.01}}', "--lambda-mean", "0.1"])
-    grid = runner.grid_from_args(args)
+    grid = grids.grid_from_args(args)
     assert grid == {"epochs": 3, "losses": "amr,ce", "pretrained": False,
                     "loss_kwargs": {"amr": {"eps": 0.01}}, "lambda_mean": 0.1}
-    g = runner.normalize_grid(grid)
+    g = grids.normalize_grid(grid)
     assert g["losses"] == ["amr", "ce"] and g["epochs"] == 3 and g["lambda_mean"] == 0.1

@@ -14,7 +14,7 @@ import torch
 from ageest import losses
 from ageest.data import get_dataset, make_folds
 from ageest.data.synthetic import write_fgnet_like
-from ageest.train import NonFiniteLossError, TrainConfig, load_checkpoint, train
+from ageest.engine.train import NonFiniteLossError, TrainConfig, load_checkpoint, train
 
 TIMING = ["epoch_time_s", "images_per_s", "train_cpu_s"]  # history columns that vary per run
 
@@ -176,7 +176,7 @@ def test_config_validation():
 
 def test_resume_with_inconsistent_checkpoints_restarts(tiny, tmp_path):
     """A kill between writing best.pt and last.pt leaves them disagreeing: start over."""
-    from ageest.train import save_checkpoint
+    from ageest.engine.train import save_checkpoint
 
     _train(tiny, _cfg(epochs=2, selection="last"), ckpt_dir=tmp_path)
     best = load_checkpoint(tmp_path / "best.pt")

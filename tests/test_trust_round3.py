@@ -18,9 +18,9 @@ import pytest
 import torch
 import yaml
 
-from ageest import runner, store
 from ageest.cli import main as cli_main
 from ageest.data.synthetic import write_fgnet_like
+from ageest.engine import grids, store
 
 pytestmark = [pytest.mark.filterwarnings("ignore:FG-NET .* differs from the release manifest")]
 
@@ -33,7 +33,7 @@ def runs(tmp_path_factory) -> list[Path]:
     grid = {"dataset": "fgnet", "data_dir": str(data), "protocol": "group-kfold", "n_folds": 3,
             "folds": [0], "losses": ["ce"], "seeds": [0, 1], "epochs": 1, "batch_size": 16,
             "image_size": 32, "results_dir": str(root / "res"), "quiet": True, "threads": 1}
-    summary = runner.run_grid(grid, aggregate_results=False)
+    summary = grids.run_grid(grid, aggregate_results=False)
     assert (summary["status"] == "done").all()
     return [Path(d) for d in summary["run_dir"]]
 
@@ -101,7 +101,7 @@ def test_checkpoint_of_another_run_is_refused(runs, tmp_path, capsys):
 
 def test_resume_refuses_another_runs_checkpoint(tmp_path):
     from ageest.data import get_dataset, make_folds
-    from ageest.train import CheckpointMismatchError, TrainConfig, train
+    from ageest.engine.train import CheckpointMismatchError, TrainConfig, train
 
     data = write_fgnet_like(tmp_path / "fg", seed=0, size=32, n_subjects=8, n_images=48)
     df, info = get_dataset("fgnet", data_dir=data, hash_cache=tmp_path / "c.json")

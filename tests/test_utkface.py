@@ -10,7 +10,7 @@ import pytest
 from ageest.data import get_dataset
 from ageest.data.integrity import DataError
 from ageest.data.splits import apply_split_csv, stratified_split
-from ageest.reproduce import ReproduceError, reproduce
+from ageest.pipeline.reproduce import ReproduceError, reproduce
 from tests.helpers import add_identical_copies, write_utkface_fixture
 
 pytestmark = pytest.mark.filterwarnings("ignore:UTKFace .* do not follow")
@@ -78,10 +78,10 @@ def test_utkface_profile_end_to_end(utk_copies, tmp_path):
                            "label_conflicts", "identical_kept", "identical_dropped"]].tolist() \
         == ["dedupe", 3, 6, 1, 2, 4]
     assert "identical_groups" in (out / "tables" / "data_summary.md").read_text()
-    mae = pd.read_csv(out / "tables" / "fgnet_mae_comparison.csv")
+    mae = pd.read_csv(out / "tables" / "mae_comparison.csv")
     assert set(mae["loss"]) == {"amr", "mean_variance", "ce", "dldl_v2"}
     assert (mae["n_images"] == 18).all()  # the split's test part (30 % of 59)
-    for name in ("fgnet_mae_comparison", "cs_curves", "age_group_mae", "k_ablation",
+    for name in ("mae_comparison", "cs_curves", "age_group_mae", "k_ablation",
                  "paired_tests", "protocol_sensitivity"):
         text = (out / "tables" / f"{name}.md").read_text()
         assert "UTKFace" in text.split("\n", 1)[0], name

@@ -57,7 +57,7 @@ def train_speed(ds: AgeDataset, *, num_classes: int = 70, size: int = 64, batch_
     """
     import statistics
 
-    from ageest.models import get_model
+    from ageest.engine.models import get_model
 
     model = get_model("small_cnn", num_classes=num_classes)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)

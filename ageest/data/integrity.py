@@ -32,7 +32,7 @@ from typing import Any
 
 import pandas as pd
 
-from ageest.artifacts import atomic_write_text, read_json, write_json
+from ageest.files import atomic_write_text, read_json, write_json
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 ON_BAD_CHOICES = ("raise", "skip")

@@ -49,7 +49,7 @@ class DatasetSpec:
     end_age: int | None
     needs: tuple[str, ...]  # get_dataset arguments that must be given
     synthetic: bool
-    has_official_split: bool
+    has_own_split: bool
     default_protocol: str
     #: the identical-image policy when none is given (:func:`~ageest.data.integrity.
     #: resolve_identical`): ``refuse`` where subjects or an official split say who is who, so a
@@ -67,7 +67,7 @@ class DatasetInfo:
     end_age: int
     root: Path
     synthetic: bool
-    has_official_split: bool
+    has_own_split: bool
     default_protocol: str = "group-kfold"
     manifest: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -84,11 +84,11 @@ DATASETS: dict[str, DatasetSpec] = {
         *loaders.FGNET_AGE_RANGE, (), True, False, "lopo"),
     "synthetic-clap": DatasetSpec(
         "synthetic-clap", "APPA-REAL-format synthetic faces with apparent-age mean/std",
-        *loaders.CLAP_AGE_RANGE, (), True, True, "official"),
+        *loaders.CLAP_AGE_RANGE, (), True, True, "holdout"),
     "fgnet": DatasetSpec("fgnet", "FG-NET (NNNAxx.JPG images)", *loaders.FGNET_AGE_RANGE,
                          ("data_dir",), False, False, "lopo"),
     "clap2016": DatasetSpec("clap2016", "CLAP2016 / APPA-REAL release",
-                            *loaders.CLAP_AGE_RANGE, ("data_dir",), False, True, "official"),
+                            *loaders.CLAP_AGE_RANGE, ("data_dir",), False, True, "holdout"),
     "utkface": DatasetSpec("utkface", "UTKFace ({age}_{gender}_{race}_{date}.jpg)",
                            *loaders.UTKFACE_AGE_RANGE, ("data_dir",), False, False,
                            "group-kfold", identical_images="dedupe"),
@@ -96,7 +96,7 @@ DATASETS: dict[str, DatasetSpec] = {
                        None, None, ("csv",), False, False, "group-kfold"),
     "benchmark-json": DatasetSpec(
         "benchmark-json", "Facial-Age-Estimation-Benchmark database JSON", None, None,
-        ("json", "image_root"), False, True, "official"),
+        ("json", "image_root"), False, True, "holdout"),
 }
 
 _FLAGS = {"data_dir": "--data-dir", "csv": "--csv", "json": "--json",
@@ -293,12 +293,12 @@ def _dataset_info(name: str, df: pd.DataFrame, root: Path,
         start, end = (declared if declared is not None
                       else (int(df["age"].min()), int(df["age"].max())))
         loaders.check_class_count(start, end, "age_range")
-    has_split = spec.has_official_split and bool(df["split"].notna().any())
+    has_split = spec.has_own_split and bool(df["split"].notna().any())
     info = DatasetInfo(name=name, start_age=int(start), end_age=int(end),
                        root=Path(root).resolve(), synthetic=spec.synthetic,
-                       has_official_split=has_split,
+                       has_own_split=has_split,
                        default_protocol=spec.default_protocol if (
-                           spec.default_protocol != "official" or has_split) else "group-kfold")
+                           spec.default_protocol != "holdout" or has_split) else "group-kfold")
     return info
 
 

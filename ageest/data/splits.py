@@ -7,13 +7,16 @@ protocol        test folds                                           fold ids
                 over ``subject`` (FG-NET: 82 folds)
 ``group-kfold`` :class:`~sklearn.model_selection.GroupKFold`          ``"0"`` .. ``"n-1"``
                 (``n_folds`` subject-disjoint folds)
-``official``    the table's ``split`` column (train/valid/test)      ``"official"``
+``holdout``     the table's ``split`` column (train/valid/test: a     ``"holdout"``
+                dataset's own split, or a split CSV)
 =============== ==================================================== =======================
 
 For ``lopo`` and ``group-kfold`` a validation set is carved from each fold's *training
 subjects* with :class:`~sklearn.model_selection.GroupShuffleSplit` (``val_fraction`` of the
 subjects), so validation is subject-disjoint from both training and test and model selection
-never sees the test subject. For ``official`` the validation set is the ``valid`` split.
+never sees the test subject. For ``holdout`` the validation set is the ``valid`` split.
+(``holdout`` is named apart from the *official protocol*, the official code's way of training
+and selecting: :mod:`ageest.official`.)
 
 Images without a subject (UTKFace, CLAP2016) are their own group under ``group-kfold`` (no
 identity-leakage check is possible for them); ``lopo`` requires every subject to be known.
@@ -31,7 +34,7 @@ from sklearn.model_selection import GroupKFold, GroupShuffleSplit, LeaveOneGroup
 
 from ageest.data.integrity import DataError, LeakageError
 
-PROTOCOLS = ("lopo", "group-kfold", "official")
+PROTOCOLS = ("lopo", "group-kfold", "holdout")
 
 
 @dataclass
@@ -91,14 +94,14 @@ def make_folds(df: pd.DataFrame, protocol: str, *, n_folds: int = 5, val_fractio
     Parameters
     ----------
     df : DataFrame
-        Dataset table (``subject``, ``image_id``, ``path``; ``split`` for ``official``).
-    protocol : {"lopo", "group-kfold", "official"}
+        Dataset table (``subject``, ``image_id``, ``path``; ``split`` for ``holdout``).
+    protocol : {"lopo", "group-kfold", "holdout"}
         See the module docstring.
     n_folds : int
         Number of folds for ``group-kfold``.
     val_fraction : float
         Share of each fold's training *subjects* moved to validation (``lopo``,
-        ``group-kfold``; and ``official`` when the table has no ``valid`` rows). 0 = none.
+        ``group-kfold``; and ``holdout`` when the table has no ``valid`` rows). 0 = none.
     seed : int
         Seed of the validation carve (the test folds themselves are deterministic).
 
@@ -122,9 +125,9 @@ def make_folds(df: pd.DataFrame, protocol: str, *, n_folds: int = 5, val_fractio
         raise DataError("make_folds: the dataset table is empty")
     positions = np.arange(len(df), dtype=np.int64)
     folds: list[Fold] = []
-    if protocol == "official":
+    if protocol == "holdout":
         if "split" not in df.columns or df["split"].isna().all():
-            raise DataError("protocol 'official' needs a split column with train/valid/test; "
+            raise DataError("protocol 'holdout' needs a split column with train/valid/test; "
                             "this dataset has none (use lopo or group-kfold)")
         split = df["split"].astype("string").fillna("").to_numpy(dtype=object)
         unknown = sorted(set(split) - {"train", "valid", "test", ""})
@@ -132,18 +135,18 @@ def make_folds(df: pd.DataFrame, protocol: str, *, n_folds: int = 5, val_fractio
             raise DataError(f"split column has values {unknown}; expected train/valid/test")
         n_none = int((split == "").sum())
         if n_none:
-            warnings.warn(f"official protocol: {n_none} image(s) have no split and are unused",
+            warnings.warn(f"holdout protocol: {n_none} image(s) have no split and are unused",
                           stacklevel=2)
         train, val, test = (positions[split == s] for s in ("train", "valid", "test"))
         if len(train) == 0 or len(test) == 0:
-            raise DataError(f"official split has {len(train)} train and {len(test)} test "
+            raise DataError(f"holdout split has {len(train)} train and {len(test)} test "
                             "images; both must be non-empty")
         if len(val) == 0 and val_fraction > 0:
-            warnings.warn("official protocol: no 'valid' rows; carving validation from train "
+            warnings.warn("holdout protocol: no 'valid' rows; carving validation from train "
                           f"(val_fraction={val_fraction}, by subject)", stacklevel=2)
             train, val = _carve_val(train, _groups(df, require=False), val_fraction, seed,
-                                    "official")
-        folds.append(Fold("official", train, val, test))
+                                    "holdout")
+        folds.append(Fold("holdout", train, val, test))
     else:
         groups = _groups(df, require=protocol == "lopo")
         n_groups = len(np.unique(groups))

@@ -1,5 +1,5 @@
 """Every figure ageest draws, each a function returning a matplotlib ``Figure`` for
-:func:`ageest.artifacts.save_figure` (declared in :mod:`ageest.catalogue`):
+:func:`ageest.pipeline.artefacts.save_figure` (declared in :mod:`ageest.pipeline.catalogue`):
 
 - :mod:`ageest.plots.results`: the pipeline's results, drawn from its tables (learning curves,
   CS curves, the K ablation, the dual protocol ...);

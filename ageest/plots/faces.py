@@ -1,5 +1,5 @@
 """Figures of faces: a dataset's own images across ages, and the synthetic generator's faces.
-The choice of images is :func:`ageest.dataprep.face_grid_picks`; the faces themselves come from
+The choice of images is :func:`ageest.analysis.data_summary.face_grid_picks`; the faces themselves come from
 :mod:`ageest.data.synthetic`; only the drawing is here."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def face_grid(df: pd.DataFrame, *, n_rows: int = 4, n_cols: int = 8, seed: int =
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    from ageest.dataprep import face_grid_picks
+    from ageest.analysis.data_summary import face_grid_picks
 
     rows = face_grid_picks(df, n_rows=n_rows, n_cols=n_cols, seed=seed)
     ncols = max(len(r) for r in rows)

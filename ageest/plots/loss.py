@@ -1,5 +1,5 @@
 """Figures of notebook 01: the loss on hand-made example distributions, and the explorer's
-picture. The numbers come from :mod:`ageest.illustrate`; only the drawing is here."""
+picture. The numbers come from :mod:`ageest.analysis.loss_illustration`; only the drawing is here."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from ageest.illustrate import (
+from ageest.analysis.loss_illustration import (
     RESIDUE_COLOR,
     TERM_LABELS,
     TERMS,

@@ -1,7 +1,7 @@
 """Figures of the results, each drawn from a table (never from a model), returning a matplotlib
-``Figure`` for :func:`ageest.artifacts.save_figure`.
+``Figure`` for :func:`ageest.pipeline.artefacts.save_figure`.
 
-Every function takes the long-format tables of :mod:`ageest.evaluation` or the dataset tables of
+Every function takes the long-format tables of :mod:`ageest.analysis.comparisons` or the dataset tables of
 :mod:`ageest.data`, so a figure can be redrawn from the CSVs under ``results/<profile>/tables``.
 """
 
@@ -163,7 +163,7 @@ def adaptive_k_per_epoch(history: pd.DataFrame, *, column: str = "train_k_mean",
 
 
 def cs_curves(table: pd.DataFrame, *, synthetic: bool = False) -> plt.Figure:
-    """CS(θ) against θ (long table of :func:`ageest.evaluation.cs_curves`): one panel per
+    """CS(θ) against θ (long table of :func:`ageest.analysis.comparisons.cs_curves`): one panel per
     readout (the clean rows' own readout, and argmax, the integer readout a published CS curve
     uses, where the official rows sit), one line per method with the same colour in every
     panel; official-protocol methods dashed."""

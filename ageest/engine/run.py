@@ -8,9 +8,9 @@ other parameters (:class:`StaleRunError`), holds ``run.lock`` while training, an
 A run's identity is its parameters: :func:`params_hash` (what changes the numbers),
 :func:`run_name` and :func:`run_dir_for` (where it lives), :func:`fold_digest` (its split).
 
-The torchrun entry is this module: ``python -m ageest.run --params params.yaml --out DIR``
-(``torchrun --nproc_per_node N -m ageest.run ...`` on several processes; see
-:mod:`ageest.distributed`).
+The torchrun entry is this module: ``python -m ageest.engine.run --params params.yaml --out DIR``
+(``torchrun --nproc_per_node N -m ageest.engine.run ...`` on several processes; see
+:mod:`ageest.engine.distributed`).
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ageest import distributed as dist
-from ageest import store
+from ageest.engine import distributed as dist
+from ageest.engine import store
+from ageest.engine.train import TrainConfig, train
 from ageest.errors import UserError
-from ageest.train import TrainConfig, train
 
 #: run parameters left out of the hash (they do not change the numbers)
 UNHASHED = ("quiet", "threads", "keep_checkpoints", "data_dir", "csv", "json", "image_root",
@@ -244,7 +244,7 @@ def test_metrics(pred: pd.DataFrame, start_age: int) -> dict[str, Any]:
 def _write_run(run_dir: Path, params: dict[str, Any], result, skipped: list | None,
                out: dict[str, Any], t0: float) -> None:
     """Rank 0's files of a finished run; ``metrics.json`` last (it marks the run finished)."""
-    from ageest.artifacts import atomic_write_text, write_json, write_manifest
+    from ageest.files import atomic_write_text, write_json, write_manifest
 
     if skipped:  # --on-bad skip: what was left out, beside the run
         write_json(run_dir / "skipped.json", {"skipped": list(skipped)})
@@ -270,7 +270,7 @@ def _epoch_reporter(run_dir: Path, epochs: int) -> Callable[[pd.DataFrame], None
     """After every epoch: rewrite ``history.csv`` (so a run in progress can be watched or
     plotted) and print one plain line to stderr naming the run, with the training loss,
     validation MAE, throughput and the time left (from the mean epoch time so far)."""
-    from ageest.artifacts import atomic_write_text
+    from ageest.files import atomic_write_text
 
     name = os.sep.join(run_dir.parts[-2:])
 
@@ -401,7 +401,7 @@ def execute_run(task: dict[str, Any]) -> dict[str, Any]:
     except Exception:
         result["error"] = traceback.format_exc()
         try:
-            from ageest.artifacts import atomic_write_text
+            from ageest.files import atomic_write_text
 
             atomic_write_text(run_dir / store.ERROR, result["error"])
         except OSError:
@@ -414,12 +414,12 @@ def execute_run(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m ageest.run --params params.yaml --out DIR``: one run from a params YAML (the
+    """``python -m ageest.engine.run --params params.yaml --out DIR``: one run from a params YAML (the
     keys of a run's ``params.yaml``, see :func:`train_run`). Works under ``torchrun
-    --nproc_per_node N -m ageest.run ...``."""
+    --nproc_per_node N -m ageest.engine.run ...``."""
     import yaml
 
-    parser = argparse.ArgumentParser(prog="python -m ageest.run", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m ageest.engine.run", description=main.__doc__)
     parser.add_argument("--params", required=True, help="params YAML (a run's params.yaml)")
     parser.add_argument("--out", required=True, help="run directory to write")
     args = parser.parse_args(argv)

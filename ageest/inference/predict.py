@@ -1,7 +1,7 @@
 """A finished run on new photos: ``ageest predict`` and :func:`predict` for notebooks.
 
 :func:`load_run` rebuilds a run's network from its folder: the architecture, image size,
-transforms and normalisation from its ``params.yaml`` (:class:`~ageest.train.TrainConfig`), the
+transforms and normalisation from its ``params.yaml`` (:class:`~ageest.engine.train.TrainConfig`), the
 weights from ``checkpoints/best.pt`` (or ``last.pt``) loaded with ``weights_only=True``. A folder
 that is not a finished run, a checkpoint that is a git-lfs pointer, truncated, or of another
 architecture, and parameters written by an ageest version that no longer loads them are each a
@@ -12,7 +12,7 @@ geometry and evaluation transform, :func:`ageest.data.cache_spec` with ``train=F
 run's own test images it reproduces the expected ages in its ``predictions.parquet``. Per image it
 reports the expected age (the paper's prediction), its rounding, the argmax age and its
 probability, and how many of the most probable ages hold half the mass (a spread measure).
-``detect_faces=True`` crops the largest face first (:mod:`ageest.faces`, OpenCV's bundled Haar
+``detect_faces=True`` crops the largest face first (:mod:`ageest.inference.face_crop`, OpenCV's bundled Haar
 cascade, extra ``faces``).
 """
 
@@ -46,7 +46,7 @@ class LoadedRun:
 
     run_dir: Path
     model: Any  # torch.nn.Module
-    config: Any  # ageest.train.TrainConfig
+    config: Any  # ageest.engine.train.TrainConfig
     params: dict[str, Any]
     start_age: int
     end_age: int
@@ -59,7 +59,7 @@ class LoadedRun:
 
 
 def _read_params(run_dir: Path) -> dict[str, Any]:
-    from ageest import store
+    from ageest.engine import store
 
     if not run_dir.is_dir():
         raise RunError(f"--run {run_dir}: no such folder; pass a run folder "
@@ -77,7 +77,7 @@ def _config(params: dict[str, Any], run_dir: Path):
     import dataclasses
 
     from ageest import __version__
-    from ageest.train import TrainConfig
+    from ageest.engine.train import TrainConfig
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     try:
@@ -142,9 +142,9 @@ def read_checkpoint(path: Path, device: str = "cpu") -> dict[str, Any]:
 def load_run(run_dir: str | os.PathLike, *, checkpoint: str = "best",
              device: str = "cpu") -> LoadedRun:
     """A finished run's network in eval mode (see the module docstring)."""
-    from ageest import store
-    from ageest.models import get_model
-    from ageest.train import CheckpointMismatchError, check_run_id
+    from ageest.engine import store
+    from ageest.engine.models import get_model
+    from ageest.engine.train import CheckpointMismatchError, check_run_id
 
     if checkpoint not in ("best", "last"):
         raise RunError(f"--checkpoint {checkpoint!r}: expected best or last")
@@ -260,7 +260,7 @@ def predict(inputs: list[str | os.PathLike], run_dir: str | os.PathLike | None =
     with tempfile.TemporaryDirectory(prefix="ageest-faces-") as tmp:
         fed, face = list(paths), ["whole image"] * len(paths)
         if detect_faces:
-            from ageest.faces import crop_faces
+            from ageest.inference.face_crop import crop_faces
 
             fed, face = crop_faces(paths, Path(tmp))
         probs = _probs(run, fed, batch_size)
@@ -288,7 +288,7 @@ def _probs(run: LoadedRun, paths: list[Path], batch_size: int) -> np.ndarray:
     import torch
     from torch.utils.data import DataLoader
 
-    from ageest.train import eval_amp, predict_probs
+    from ageest.engine.train import eval_amp, predict_probs
 
     cfg = run.config
     ds = evaluation_dataset(run, paths)
@@ -303,7 +303,7 @@ def plot_predictions(table: pd.DataFrame, run: LoadedRun, folder: str | os.PathL
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    from ageest.artifacts import save_figure
+    from ageest.pipeline.artefacts import save_figure
     from ageest.plots import prediction_figure
 
     written = []
@@ -340,7 +340,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ageest.artifacts import atomic_write_text
+    from ageest.files import atomic_write_text
 
     # where the results go, checked before any work: a folder as --out, a file as --plot
     if Path(args.out).is_dir():

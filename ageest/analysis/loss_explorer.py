@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 import ipywidgets as widgets
 
-from ageest.illustrate import SHAPES, _check_age, explorer_state
+from ageest.analysis.loss_illustration import SHAPES, _check_age, explorer_state
 from ageest.plots.loss import explorer_figure
 
 

@@ -3,7 +3,7 @@
 Each :class:`Artefact` names its kind and file stem, the notebook that writes it (``None``: a
 command), its title, what the paper has in its place, and the columns that must be finite in every
 row. :data:`SECTIONS` orders them as ``REPORT.md`` shows them. The notebooks save through
-:func:`ageest.artifacts.save_table` / :func:`~ageest.artifacts.save_figure`, which refuse a name
+:func:`ageest.pipeline.artefacts.save_table` / :func:`~ageest.pipeline.artefacts.save_figure`, which refuse a name
 not declared here; ``reproduce`` records per notebook the artefacts it declares and wrote;
 ``report`` places them; the notebook tests check them. A new table is one line here.
 """
@@ -78,14 +78,14 @@ SECTIONS: tuple[Section, ...] = (
                 Artefact(F, "learning_curves", "Learning curves", ADDITION),
                 Artefact(F, "adaptive_k_per_epoch", "Mean adaptive K per epoch", ADDITION),
             )),
-    Section("FG-NET: MAE comparison", "03_evaluation",
-            "Mean absolute error on FG-NET-format data, pooled over images and averaged over "
-            "subjects, with subject-level bootstrap confidence intervals. A published number is "
-            "shown only beside official-protocol leave-one-person-out rows on real FG-NET.", (
-                Artefact(T, "fgnet_mae_comparison", "MAE comparison",
+    Section("MAE comparison (FG-NET format, or UTKFace)", "03_evaluation",
+            "Mean absolute error on the profile's MAE dataset (FG-NET-format data, or UTKFace), "
+            "pooled over images and, where subjects are known, averaged over subjects, with "
+            "subject-level (else image-level) bootstrap confidence intervals. A published number "
+            "is shown only beside official-protocol leave-one-person-out rows on real FG-NET.", (
+                Artefact(T, "mae_comparison", "MAE comparison",
                          "the paper reports FG-NET MAE; this is the corresponding comparison",
-                         finite=("mae_pooled", "mae_pooled_low", "mae_pooled_high",
-                                 "mae_subject_mean", "cs5")),
+                         finite=("mae_pooled", "mae_pooled_low", "mae_pooled_high", "cs5")),
             )),
     Section("CLAP2016: ε-error comparison", "03_evaluation",
             "ε-error on CLAP2016-format data (apparent age with the annotators' σ).", (
@@ -165,7 +165,7 @@ def artefact(kind: str, name: str) -> Artefact:
     """
     if (kind, name) not in _INDEX:
         known = sorted(n for k, n in _INDEX if k == kind)
-        raise ValueError(f"{kind} {name!r} is not declared in ageest.catalogue.SECTIONS "
+        raise ValueError(f"{kind} {name!r} is not declared in ageest.pipeline.catalogue.SECTIONS "
                          f"(declared {kind}s: {', '.join(known)}); add it there")
     return _INDEX[(kind, name)][1]
 

@@ -20,7 +20,7 @@ Every file is written atomically (temporary name, then rename), so a run killed 
 leaves a file that looks complete, and a run without ``metrics.json`` is unfinished.
 
 :func:`load_predictions` gathers every finished run under a folder into one DataFrame with the
-columns :mod:`ageest.evaluation` expects;
+columns :mod:`ageest.analysis.comparisons` expects;
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ageest.artifacts import atomic_write_bytes, atomic_write_text, read_json, write_json
+from ageest.files import atomic_write_bytes, atomic_write_text, read_json, write_json
 from ageest.metrics import epsilon_per_image
 
 PARAMS = "params.yaml"
@@ -221,7 +221,7 @@ def load_predictions(root: str | os.PathLike, *, finished_only: bool = True) -> 
     ``"adaptive"`` for the adaptive loss and for losses without K, else the integer), ``seed``,
     ``fold``, ``selection``, ``start_age``, ``end_age``, ``model``, ``image_id``, ``subject``,
     ``age``, ``age_mean``, ``std``, ``expected_age``, ``test_selected`` and ``probs`` (one float32
-    vector per row) — the predictions frame of :mod:`ageest.evaluation`.
+    vector per row) — the predictions frame of :mod:`ageest.analysis.comparisons`.
 
     Parameters
     ----------

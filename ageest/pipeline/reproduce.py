@@ -27,8 +27,8 @@ from typing import Any
 import yaml
 
 from ageest import paths
-from ageest.artifacts import atomic_write_text, read_json, write_manifest
 from ageest.errors import UserError, format_user_error
+from ageest.files import atomic_write_text, read_json, write_manifest
 from ageest.parameters import SHARED_FILE, annotation_alternatives, as_list
 
 PROFILES = ("smoke", "default", "paper", "utkface")
@@ -372,9 +372,9 @@ _AS_GRID_KEY = {"clap_losses": "losses", "official_losses": "losses", "clap_opti
 def check_values(plan: list[tuple[Path, dict[str, Any]]]) -> None:
     """Every notebook parameter that is a training-grid setting (``epochs``, ``losses``,
     ``model``, ``on_bad``, ``device`` ...) checked against its declaration in
-    :data:`ageest.runner.SCHEMA` before the first notebook starts, so ``-p epochs -1`` fails in
+    :data:`ageest.engine.grids.SCHEMA` before the first notebook starts, so ``-p epochs -1`` fails in
     a second, not inside notebook 02; empty texts mean "default" and are left to the notebook."""
-    from ageest.runner import SCHEMA, check_device, check_setting
+    from ageest.engine.grids import SCHEMA, check_device, check_setting
 
     for nb, params in plan:
         for name, value in params.items():
@@ -541,7 +541,7 @@ def reproduce(profile: str, *, fgnet: str | None = None, clap: str | None = None
     result.wall_time_s = time.perf_counter() - start
     result.manifest = _write_pipeline_manifest(result, plan)
     if report:
-        from ageest.report import write_report
+        from ageest.pipeline.report import write_report
 
         result.report = write_report(out, profile=profile)
         log(f"report: {result.report}")
@@ -550,9 +550,9 @@ def reproduce(profile: str, *, fgnet: str | None = None, clap: str | None = None
 
 
 def _artefacts_of(notebook: Path, out: Path) -> tuple[list[str], list[str]]:
-    """The tables and figures ``notebook`` declares in :mod:`ageest.catalogue` that exist under
+    """The tables and figures ``notebook`` declares in :mod:`ageest.pipeline.catalogue` that exist under
     ``out`` (a notebook may skip some, e.g. the CLAP2016 tables without CLAP2016 runs)."""
-    from ageest.catalogue import of_notebook
+    from ageest.pipeline.catalogue import of_notebook
 
     found: dict[str, list[str]] = {"table": [], "figure": []}
     for art in of_notebook(notebook.stem):

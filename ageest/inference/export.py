@@ -18,7 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from ageest.predict import LoadedRun, RunError, evaluation_dataset, load_run, preprocessing
+from ageest.inference.predict import (
+    LoadedRun,
+    RunError,
+    evaluation_dataset,
+    load_run,
+    preprocessing,
+)
 
 #: parity bound on the expected age (years) between onnxruntime and PyTorch, float32
 PARITY_TOLERANCE = 1e-3
@@ -55,7 +61,7 @@ def age_head(run: LoadedRun):
 def test_images(run: LoadedRun) -> list[str]:
     """The image paths of the run's test split, rebuilt from its data and fold (the images its
     ``predictions.parquet`` scored)."""
-    from ageest.run import _checked_fold, load_data
+    from ageest.engine.run import _checked_fold, load_data
 
     df, _ = load_data(run.params)
     fold = _checked_fold(df, run.params, run.run_dir)
@@ -77,7 +83,7 @@ def export_onnx(run_dir: str | os.PathLike, onnx_path: str | os.PathLike, *,
     onnxruntime with PyTorch on the run's test images. Returns what ``<name>.json`` holds."""
     import torch
 
-    from ageest.artifacts import write_json
+    from ageest.files import write_json
 
     _require_onnx()
     if Path(onnx_path).is_dir():  # checked before the export (torch.onnx would raise deep down)

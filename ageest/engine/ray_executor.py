@@ -1,8 +1,8 @@
 """Run the grid on a Ray cluster: one Ray task per training run.
 
-:class:`RayExecutor` implements the :class:`ageest.executors.Executor` interface, so the runner
+:class:`RayExecutor` implements the :class:`ageest.engine.executors.Executor` interface, so the runner
 (``ageest run ... --executor ray --address auto``) and the training notebook use it exactly like
-the local process pool: same run specs, same ``fn`` (``ageest.run.execute_run``), same results.
+the local process pool: same run specs, same ``fn`` (``ageest.engine.run.execute_run``), same results.
 
 - **Resources.** Each run is one Ray task that asks for ``num_gpus_per_task`` GPUs (default 1 when
   the run's device is CUDA) and ``num_cpus_per_task`` CPUs; Ray's scheduler packs the runs onto the
@@ -37,7 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ageest.executors import Executor, available_cpus, failed_result
+from ageest.engine.executors import Executor, available_cpus, failed_result
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,11 @@ def _lost_worker_errors() -> tuple[type[BaseException], ...]:
 
 def _release_lock_of(run_dir: str | None, host: str | None, pid: int | None) -> bool:
     """Remove ``run_dir``'s lock when it names exactly the lost worker (the lock's format is
-    :class:`ageest.run._RunLock`'s), so the redone run, possibly on another node, is not refused
+    :class:`ageest.engine.run._RunLock`'s), so the redone run, possibly on another node, is not refused
     as "being trained by another process". True when removed."""
     if not run_dir or host is None or pid is None:
         return False
-    from ageest.run import _RunLock
+    from ageest.engine.run import _RunLock
 
     return _RunLock.release_if_held_by(run_dir, host, pid)
 

@@ -1,7 +1,7 @@
 """Comparison tables and statistics computed from stored predictions only (notebooks 03 and 04).
 
 Everything here starts from a *predictions frame*: one row per (run, test image), as written by the
-runner's prediction store and gathered by :func:`ageest.store.load_predictions`, with the columns
+runner's prediction store and gathered by :func:`ageest.engine.store.load_predictions`, with the columns
 
 ``run``, ``dataset``, ``protocol``, ``loss``, ``k`` (``"adaptive"`` or an int as text), ``seed``,
 ``fold``, ``selection``, ``start_age``, ``image_id``, ``subject``, ``age``, ``age_mean``, ``std``
@@ -75,7 +75,7 @@ def check_predictions(preds: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in PRED_COLUMNS if c not in preds.columns]
     if missing:
         raise ValueError(f"predictions frame lacks columns {missing}; gather it with "
-                         "ageest.store.load_predictions(runs_dir)")
+                         "ageest.engine.store.load_predictions(runs_dir)")
     if preds.empty:
         raise ValueError("predictions frame is empty: no finished runs were found")
     return preds
@@ -147,7 +147,7 @@ def add_published(table: pd.DataFrame, preds: pd.DataFrame, *, dataset: str, pro
     (FG-NET: leave-one-person-out). Every other row gets NaN and the reason it is not
     comparable (clean protocol, another protocol, synthetic data); comparable rows of a method
     without a sourced number read "not available"."""
-    from ageest.report import paper_value
+    from ageest.pipeline.report import paper_value
 
     values, sources = [], []
     for (loss, k, selection), group in _method_groups(preds):
@@ -184,10 +184,11 @@ def _method_groups(preds: pd.DataFrame):
 
 def mae_comparison(preds: pd.DataFrame, *, readout: str = "expectation", n_boot: int = 1000,
                    ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
-    """FG-NET-format MAE comparison: one row per method (loss, K, selection).
+    """MAE comparison (FG-NET format, or UTKFace): one row per method (loss, K, selection).
 
     Columns: ``method``, ``protocol`` (clean or official), ``loss``, ``k``, ``readout``,
-    ``seeds``, ``n_images``, ``n_subjects``, ``mae_pooled`` with its subject-bootstrap CI
+    ``seeds``, ``n_images``, ``n_subjects`` (NA when the data has no subject ids: UTKFace),
+    ``mae_pooled`` with its subject-bootstrap CI (image-bootstrap without subjects)
     (``mae_pooled_low``/``_high``), ``mae_subject_mean`` with CI, ``mae_seed_sd`` (std of the
     pooled MAE over seeds; NaN for one seed), ``cs5`` (CS at θ = 5), and the published value
     beside the rows it can be compared with (``published_mae``, ``published_source``:
@@ -206,6 +207,9 @@ def mae_comparison(preds: pd.DataFrame, *, readout: str = "expectation", n_boot:
                                               seed=seed, statistic="subject_mean")
         cs_readout = OFFICIAL_READOUTS["cs"] if selection == OFFICIAL_SELECTION else readout
         cs5 = metrics.cumulative_score(group[f"pred_{cs_readout}"], true, thetas=[5]).iloc[0]
+        if group["subject"].isna().any():  # no subject ids: no subject count, no subject mean
+            agg = {**agg, "n_subjects": pd.NA, "mae_subject_mean": np.nan}
+            by_subject = {"low": np.nan, "high": np.nan}
         rows.append({
             "method": method_label(loss, k, selection), "protocol": protocol_label(selection),
             "loss": loss, "k": k_label(loss, k), "readout": r, "seeds": group["seed"].nunique(),
@@ -216,6 +220,7 @@ def mae_comparison(preds: pd.DataFrame, *, readout: str = "expectation", n_boot:
             "mae_seed_sd": _seed_sd(group, pred, true), "cs5": float(cs5),
         })
     table = pd.DataFrame(rows)
+    table["n_subjects"] = table["n_subjects"].astype("Int64")
     return add_published(table, preds, dataset="fgnet", protocol="lopo", metric="mae")
 
 
@@ -255,7 +260,7 @@ def epsilon_comparison(preds: pd.DataFrame, *, readout: str = "expectation", n_b
             "mae": boot["estimate"], "mae_low": boot["low"], "mae_high": boot["high"],
         })
     table = pd.DataFrame(rows)
-    return add_published(table, preds, dataset="clap2016", protocol="official",
+    return add_published(table, preds, dataset="clap2016", protocol="holdout",
                          metric="epsilon_error")
 
 
@@ -573,7 +578,7 @@ def has_official(preds: pd.DataFrame, loss: str | None = None) -> bool:
 def formats(preds: pd.DataFrame) -> tuple[str, bool]:
     """``(main, has_clap)``: the kind the MAE tables are about (``utkface`` when UTKFace runs
     are stored, else ``fgnet``) and whether CLAP2016-format runs are there (the ε tables)."""
-    from ageest.dataprep import KINDS
+    from ageest.analysis.data_summary import KINDS
 
     present = set(preds["dataset"])
     main = "utkface" if present & set(KINDS["utkface"]) else "fgnet"
@@ -588,7 +593,7 @@ def by_format(preds: pd.DataFrame, kind: str, *, losses: str | Sequence[str] = "
     Raises ``ValueError`` when there are none, or when both the real dataset and its synthetic
     stand-in are present (their numbers must not be pooled).
     """
-    from ageest.dataprep import KINDS
+    from ageest.analysis.data_summary import KINDS
 
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")

@@ -1,13 +1,13 @@
 """Executors run a list of independent tasks (one training run each) and collect their results.
 
-The runner (:mod:`ageest.runner`) only talks to the :class:`Executor` interface, so a cluster
-backend is one more class: ``ageest.ray_executor.RayExecutor`` is registered in :data:`EXECUTORS`
+The runner (:mod:`ageest.engine.grids`) only talks to the :class:`Executor` interface, so a cluster
+backend is one more class: ``ageest.engine.ray_executor.RayExecutor`` is registered in :data:`EXECUTORS`
 the same way as the local process pool here.
 
 Contract
 --------
 - ``tasks`` are JSON-able run specifications (dicts).
-- ``fn`` is a top-level importable function (``ageest.run.execute_run``) that performs one task
+- ``fn`` is a top-level importable function (``ageest.engine.run.execute_run``) that performs one task
   and returns a JSON-able dict ``{"run_dir", "status": "done"|"skipped"|"failed", "error",
   "wall_time_s"}``. It catches its own exceptions, so a failed run never stops the others.
 - An executor turns a worker process that dies (segfault, out-of-memory kill, SIGKILL) into a
@@ -31,8 +31,8 @@ from collections.abc import Callable
 from typing import Any
 
 EXECUTORS: dict[str, str] = {
-    "local": "ageest.executors:LocalExecutor",
-    "ray": "ageest.ray_executor:RayExecutor",
+    "local": "ageest.engine.executors:LocalExecutor",
+    "ray": "ageest.engine.ray_executor:RayExecutor",
 }
 
 

@@ -1,25 +1,25 @@
 """Grids of training runs: the grid schema, expansion into runs, resume, parallel execution and
-the ``ageest run`` command (one run into one folder is :mod:`ageest.run`; the aggregate table's
-statistics are :func:`ageest.evaluation.aggregate`).
+the ``ageest run`` command (one run into one folder is :mod:`ageest.engine.run`; the aggregate table's
+statistics are :func:`ageest.analysis.comparisons.aggregate`).
 
 ``ageest run`` (and :func:`run_grid` from notebooks) expands a grid
 
     dataset x protocol x loss x k x seed x fold
 
 into run specifications, skips those already finished, runs the rest through an executor
-(:mod:`ageest.executors`: ``local`` process pool or ``ray``), prints a summary of done / skipped /
+(:mod:`ageest.engine.executors`: ``local`` process pool or ``ray``), prints a summary of done / skipped /
 failed / pending runs, and aggregates every finished fold into one table per
 (dataset, protocol, loss, k, selection).
 
 Run directories
 ---------------
 ``<results>/runs/<dataset>-<protocol>-<loss>-k<k|adaptive>-seed<seed>[-<selection>]/fold-<id>/``
-(:mod:`ageest.store` lists the files). ``k`` is the fixed top-K of ``mean_residue``; the adaptive
+(:mod:`ageest.engine.store` lists the files). ``k`` is the fixed top-K of ``mean_residue``; the adaptive
 loss ``amr`` and losses without a K are written ``kadaptive`` (and ``k: null`` in params.yaml).
 The ``-<selection>`` suffix appears only for a selection other than the default ``val_best``
 (e.g. ``-test_best_epoch_official``), so clean and official runs never share a folder.
 Fold ids come from :func:`ageest.data.make_folds`: the subject under ``lopo``, ``0..n-1`` under
-``group-kfold``, ``official`` for the official split. ``--folds 0,3`` selects folds by their
+``group-kfold``, ``holdout`` for the table's own train/valid/test split. ``--folds 0,3`` selects folds by their
 *position* in make_folds' order (for ``lopo``: the 1st and 4th subject in sorted order).
 
 Parameters and resume
@@ -53,7 +53,7 @@ from typing import Any
 
 import pandas as pd
 
-from ageest import __version__, store
+from ageest import __version__
 from ageest.data.integrity import (
     IDENTICAL_CHOICES,
     ON_BAD_CHOICES,
@@ -62,10 +62,8 @@ from ageest.data.integrity import (
 )
 from ageest.data.loaders import LABEL_ROUNDINGS, check_class_count
 from ageest.data.splits import PROTOCOLS
-from ageest.losses import WEIGHT_SETTINGS, loss_weights
-from ageest.official import OFFICIAL_SELECTION, SELECTIONS
-from ageest.parameters import Setting, check_value, settings_of
-from ageest.run import (  # noqa: F401  (re-exported: a run's identity, used with grids)
+from ageest.engine import store
+from ageest.engine.run import (  # noqa: F401  (re-exported: a run's identity, used with grids)
     KEEP_CHECKPOINTS,
     UNHASHED,
     StaleRunError,
@@ -81,7 +79,10 @@ from ageest.run import (  # noqa: F401  (re-exported: a run's identity, used wit
     stale_reason,
     train_run,
 )
-from ageest.train import TrainConfig, precision_label, resolve_amp
+from ageest.engine.train import TrainConfig, precision_label, resolve_amp
+from ageest.losses import WEIGHT_SETTINGS, loss_weights
+from ageest.official import OFFICIAL_SELECTION, SELECTIONS
+from ageest.parameters import Setting, check_value, settings_of
 
 # ---------------------------------------------------------------------------------------------
 # the grid: one schema (keys, defaults, types, ranges, help), its validation and its CLI flags
@@ -96,7 +97,7 @@ def _k(name, default, kind, help, **kw) -> Setting:
 
 
 def _train_keys() -> list[Setting]:
-    """The training keys: every :class:`~ageest.train.TrainConfig` field a grid sets (not the
+    """The training keys: every :class:`~ageest.engine.train.TrainConfig` field a grid sets (not the
     per-run ``loss``/``seed``/``selection``, nor ``augment``), declared by the field itself."""
     grid_fields = [f for f in dataclasses.fields(TrainConfig) if f.metadata.get("grid", True)]
     return settings_of(grid_fields)
@@ -106,7 +107,7 @@ SCHEMA: dict[str, Setting] = {key.name: key for key in [
     # axes: lists, one run per combination
     _k("dataset", ["synthetic-fgnet"], "list", "dataset name(s): a registry name of "
        "ageest.data (fgnet, clap2016, utkface, csv, benchmark-json, synthetic-fgnet ...)"),
-    _k("protocol", [], "list", "lopo, group-kfold, official (empty: each dataset's default)",
+    _k("protocol", [], "list", "lopo, group-kfold, holdout (the train/valid/test split column: CLAP2016's own, a split CSV's; empty: each dataset's default)",
        choices=PROTOCOLS),
     _k("losses", ["amr"], "list", "loss names of ageest.losses"),
     _k("k", [], "list", "fixed top-K values of mean_residue; 'adaptive' adds amr"),
@@ -221,8 +222,8 @@ def check_setting(name: str, value: Any) -> Any:
     loss and model names against their registries), for
     callers that hold single settings (``ageest reproduce`` checks every notebook parameter
     that is a grid key before the first notebook starts). A ``ValueError`` names the key."""
+    from ageest.engine.models import list_models
     from ageest.losses import list_losses
-    from ageest.models import list_models
 
     value = check_value(SCHEMA[name], value)
     if name == "losses":
@@ -237,8 +238,8 @@ def check_setting(name: str, value: Any) -> Any:
 def _check_parts(g: dict[str, Any]) -> None:
     """The names a grid chooses parts by, checked against their registries before any data is
     loaded: losses, the model and each loss's extra arguments."""
+    from ageest.engine.models import list_models
     from ageest.losses import list_losses, loss_parameters
-    from ageest.models import list_models
 
     for loss in g["losses"]:
         if loss not in list_losses():
@@ -326,7 +327,7 @@ def expand_grid(grid: dict[str, Any], results_dir: str | os.PathLike | None = No
     """
     g = normalize_grid(grid)
     results_dir = Path(results_dir or g["results_dir"] or "results")
-    # augment: a run's params.yaml may set it (python -m ageest.run); not a grid key, so the
+    # augment: a run's params.yaml may set it (python -m ageest.engine.run); not a grid key, so the
     # parameter hashes of existing runs stay valid
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {
         "seed", "loss", "loss_kwargs", "selection", "threads", "quiet", "augment",
@@ -350,10 +351,10 @@ def expand_grid(grid: dict[str, Any], results_dir: str | os.PathLike | None = No
         data_digest = df.attrs.get("content_digest")
         protocols = g["protocol"] or [info.default_protocol]
         for protocol in protocols:
-            has_split = info.has_official_split or (
+            has_split = info.has_own_split or (
                 "split" in df.columns and bool(df["split"].notna().any()))  # e.g. csv's column
-            if protocol == "official" and not has_split:
-                raise ValueError(f"dataset {dataset!r} has no official split (no split column); "
+            if protocol == "holdout" and not has_split:
+                raise ValueError(f"dataset {dataset!r} has no train/valid/test split (no split column); "
                                  "use protocol lopo or group-kfold" + (
                                      ", or give --split-csv (image_id,split; ageest.data.splits"
                                      ".stratified_split writes one)" if dataset == "utkface"
@@ -418,7 +419,7 @@ def check_stale(tasks: Sequence[dict[str, Any]]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# a whole grid (one run: ageest.run)
+# a whole grid (one run: ageest.engine.run)
 
 
 def _progress_printer() -> Callable[[dict], None]:
@@ -457,7 +458,7 @@ def preflight(g: dict[str, Any], results_dir: Path) -> None:
     if g["executor"] == "local":  # a Ray driver may plan CUDA runs for GPU workers
         check_device(str(g["device"]))
     if g.get("pretrained"):
-        from ageest.models import pretrained_path
+        from ageest.engine.models import pretrained_path
 
         path = pretrained_path(g["model"])
         if not path.is_file():
@@ -468,7 +469,7 @@ def preflight(g: dict[str, Any], results_dir: Path) -> None:
 
 def make_executor(g: dict[str, Any]):
     """The executor named by the grid's ``executor`` key, with its execution options."""
-    from ageest.executors import get_executor
+    from ageest.engine.executors import get_executor
 
     retries = {} if g["retries"] is None else {"retries": int(g["retries"])}
     if g["executor"] == "local":
@@ -539,7 +540,7 @@ def run_grid(grid: dict[str, Any] | None = None, *, results_dir: str | os.PathLi
     if aggregate_results and (summary["status"].isin(["done", "skipped"])).any():
         table = aggregate(results_dir, runs=[r["run_dir"] for r in rows
                                              if r["status"] in ("done", "skipped")])
-        from ageest.artifacts import save_table
+        from ageest.pipeline.artefacts import save_table
 
         save_table(table, results_dir, "aggregate",
                    "Test metrics aggregated over folds (runs written by ageest run). "
@@ -576,9 +577,9 @@ def format_summary(summary: pd.DataFrame) -> str:
 
 def aggregate(results_dir: str | os.PathLike, *, runs: Sequence[str | os.PathLike] | None = None,
               **options: Any) -> pd.DataFrame:
-    """:func:`ageest.evaluation.aggregate` of the stored predictions of ``results_dir`` (or of
+    """:func:`ageest.analysis.comparisons.aggregate` of the stored predictions of ``results_dir`` (or of
     the run folders ``runs``); ``options`` are its bootstrap and CS options."""
-    from ageest.evaluation import aggregate as aggregate_predictions
+    from ageest.analysis.comparisons import aggregate as aggregate_predictions
 
     preds = (pd.concat([store.load_predictions(r) for r in runs], ignore_index=True)
              if runs is not None else store.load_predictions(results_dir))

@@ -82,9 +82,9 @@ def utkface_split_csv(utkface_dir: str | os.PathLike, out: str | os.PathLike, *,
     (:func:`ageest.data.splits.stratified_split`) written to ``out/splits/utkface_split.csv``.
     An existing file there with another split is an error, never overwritten. ``df``: the
     UTKFace table when the caller has loaded it already (else it is loaded here)."""
-    from ageest.artifacts import atomic_write_text
     from ageest.data import get_dataset
     from ageest.data.splits import SPLIT_FRACTIONS, apply_split_csv, stratified_split
+    from ageest.files import atomic_write_text
 
     if df is None:
         name, folder = dataset_choice("utkface", utkface_dir)
@@ -140,7 +140,7 @@ def dataset_folds(datasets: Mapping[str, tuple[pd.DataFrame, Any]], *, protocol:
             folds = make_folds(df, protocol, n_folds=n_folds, val_fraction=val_fraction,
                                seed=split_seed)
         else:
-            folds = make_folds(df, "official")
+            folds = make_folds(df, "holdout")
         out[label] = (df, folds)
     return out
 

@@ -7,7 +7,7 @@ Published numbers live in one data file, ``ageest/resources/paper_results.csv``,
 *Journal of Multimedia Information System* 12(3):95 (2025), Table 3 (FG-NET
 leave-one-person-out MAE, values extracted from existing studies): AMR 3.61, mean-variance 4.1,
 DEX 4.63, cited "as quoted by" that table. They are shown only beside official-protocol FG-NET
-leave-one-person-out rows (:func:`ageest.evaluation.add_published`); every other published value
+leave-one-person-out rows (:func:`ageest.analysis.comparisons.add_published`); every other published value
 reads "not available", never filled in. When the data are synthetic, the report says so at the
 top and in every table caption.
 """
@@ -21,9 +21,9 @@ from typing import Any
 
 import pandas as pd
 
-from ageest.artifacts import atomic_write_text, read_json
-from ageest.catalogue import SECTIONS, SYNTHETIC_NOTE, caption  # noqa: F401  (re-exported)
+from ageest.files import atomic_write_text, read_json
 from ageest.official import OFFICIAL_LABEL
+from ageest.pipeline.catalogue import SECTIONS, SYNTHETIC_NOTE, caption  # noqa: F401  (re-exported)
 
 NOT_AVAILABLE = "not available"
 

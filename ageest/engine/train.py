@@ -4,7 +4,7 @@
 returns the per-epoch history, the test predictions (full probability vectors) and the selected
 epoch. It writes only checkpoints (``best.pt``, ``last.pt``, atomically) into ``ckpt_dir``; the
 run directory files (``predictions.parquet``, ``history.csv``, ``metrics.json`` ...) are written
-by :func:`ageest.run.train_run` through :mod:`ageest.store`.
+by :func:`ageest.engine.run.train_run` through :mod:`ageest.engine.store`.
 
 Model selection
 ---------------
@@ -20,8 +20,8 @@ In the clean modes the test split is read exactly once, after training, with the
 
 Distributed
 -----------
-The same code runs under ``torchrun --nproc_per_node N -m ageest.run --params params.yaml
---out DIR``: :mod:`ageest.distributed` initialises the process group, wraps the model in DDP
+The same code runs under ``torchrun --nproc_per_node N -m ageest.engine.run --params params.yaml
+--out DIR``: :mod:`ageest.engine.distributed` initialises the process group, wraps the model in DDP
 (with synchronised batch norm), a ``DistributedSampler`` splits each epoch and ``batch_size`` stays
 the *global* batch. Every rank evaluates the full validation/test sets (so all ranks take the same
 selection decision without communication); only rank 0 writes files.
@@ -47,9 +47,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ageest import distributed as dist
-from ageest.artifacts import atomic_write_bytes
 from ageest.data.dataset import TRANSFORMS
+from ageest.engine import distributed as dist
+from ageest.files import atomic_write_bytes
 from ageest.losses import WEIGHT_SETTINGS, loss_weights, weight_default
 from ageest.official import OFFICIAL_SELECTION, SELECTIONS
 from ageest.parameters import check_value, settings_of
@@ -133,7 +133,7 @@ class TrainConfig:
     are what ``ageest run --help`` prints. See the module docstring for ``selection``.
     """
 
-    model: str = _option("small_cnn", "backbone: a name of ageest.models.list_models() "
+    model: str = _option("small_cnn", "backbone: a name of ageest.engine.models.list_models() "
                          "(small_cnn, resnet18, resnet50, vgg16)")
     pretrained: bool = _option(False, "ImageNet weights from the local torch hub cache")
     loss: str = _option("amr", "a name of ageest.losses.list_losses()", grid=False)
@@ -173,7 +173,7 @@ class TrainConfig:
     seed: int = _option(0, "seeds the run (seed_everything) and its DataLoader generator",
                         grid=False)
     selection: str = _option("val_best", "val_best, last or test_best_epoch_official (see "
-                             "ageest.train)", choices=SELECTIONS, grid=False)
+                             "ageest.engine.train)", choices=SELECTIONS, grid=False)
     select_metric: str = _option(
         "auto", "score that picks the epoch (auto: epsilon when every image has a raters' std, "
         "else mae; official selection: the official code's rounded MAE / epsilon)",
@@ -548,7 +548,7 @@ def _make_data(cfg: TrainConfig, df: pd.DataFrame, fold, start_age: int, device:
 def _make_model(cfg: TrainConfig, num_classes: int, device: str,
                 dtype: torch.dtype) -> torch.nn.Module:
     """The backbone on ``device`` in ``dtype`` (NHWC when asked), DDP-wrapped under torchrun."""
-    from ageest.models import get_model
+    from ageest.engine.models import get_model
 
     model = get_model(cfg.model, num_classes, pretrained=cfg.pretrained).to(device, dtype)
     if cfg.channels_last:

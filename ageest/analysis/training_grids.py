@@ -1,5 +1,5 @@
 """The training grids of the pipeline's notebooks, built from their flat parameters and run
-through :func:`ageest.runner.run_grid` (the same grids ``ageest run`` takes).
+through :func:`ageest.engine.grids.run_grid` (the same grids ``ageest run`` takes).
 
 - notebook 02: the FG-NET-format comparison (every loss, clean protocol), the CLAP2016-format
   comparison, and for each the official-protocol runs (:mod:`ageest.official`: the official
@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from ageest.dataprep import dataset_choice
+from ageest.analysis.data_summary import dataset_choice
 from ageest.parameters import as_list, int_list
 
 
@@ -40,7 +40,7 @@ def training_settings(params: Mapping[str, Any]) -> dict[str, Any]:
     passes ``globals()``). A missing parameter is an error naming it; the loss weights
     (``lambda_mean`` ...) are passed when the notebook declares them (each loss's runs take the
     ones it uses; an undeclared one keeps its one default). Values are not converted here: the
-    grid schema checks each one (:func:`ageest.runner.normalize_grid`)."""
+    grid schema checks each one (:func:`ageest.engine.grids.normalize_grid`)."""
     from ageest.losses import WEIGHT_SETTINGS
 
     missing = [name for name in TRAINING_PARAMETERS if name not in params]
@@ -74,7 +74,7 @@ def comparison_grids(settings: Mapping[str, Any], *, fgnet_dir: str, clap_dir: s
     only (the official CLAP2016 script uses SGD, gradient clipping and its own augmentation,
     see :func:`clap_overrides`). With ``utkface_dir``: one grid ``utkface`` instead, every loss on
     UTKFace's train/valid/test split (``utkface_split``, the CSV of
-    :func:`ageest.dataprep.utkface_split_csv`; the official code has no UTKFace protocol, so no
+    :func:`ageest.analysis.data_summary.utkface_split_csv`; the official code has no UTKFace protocol, so no
     official twins and no CLAP2016 runs)."""
     from ageest.official import official_grid
 
@@ -99,7 +99,7 @@ def comparison_grids(settings: Mapping[str, Any], *, fgnet_dir: str, clap_dir: s
     if as_list(clap_losses):
         clap_name, clap_path = dataset_choice("clap", clap_dir)
         grids["clap"] = {**settings, "dataset": [clap_name], "data_dir": clap_path,
-                         "protocol": ["official"], "losses": as_list(clap_losses),
+                         "protocol": ["holdout"], "losses": as_list(clap_losses),
                          "selection": ["val_best"], **(clap_settings or {})}
         if official:
             grids["clap_official"] = official_grid(grids["clap"], "clap",
@@ -125,9 +125,9 @@ def _utkface_grid(settings: Mapping[str, Any], utkface_dir: str,
     name, path = dataset_choice("utkface", utkface_dir)
     if not utkface_split:
         raise ValueError("utkface_split is empty: the UTKFace runs need their split CSV "
-                         "(ageest.dataprep.utkface_split_csv)")
+                         "(ageest.analysis.data_summary.utkface_split_csv)")
     return {**settings, "dataset": [name], "data_dir": path, "split_csv": str(utkface_split),
-            "protocol": ["official"], "selection": ["val_best"]}
+            "protocol": ["holdout"], "selection": ["val_best"]}
 
 
 def k_ablation_grid(settings: Mapping[str, Any], *, fgnet_dir: str, protocol: str,
@@ -154,7 +154,7 @@ def run_grids(grids: Mapping[str, Mapping[str, Any]], results_dir: str | os.Path
     """Run every grid (finished runs are skipped) and return one summary row per run with a
     ``grid`` column. Raises :class:`RunsFailed` listing the failed runs and their errors (each
     run's full traceback is in its ``error.txt``); the other runs are finished first."""
-    from ageest.runner import run_grid
+    from ageest.engine.grids import run_grid
 
     frames = []
     for name, grid in grids.items():
@@ -172,7 +172,7 @@ def run_grids(grids: Mapping[str, Mapping[str, Any]], results_dir: str | os.Path
 def runs_table(summary: pd.DataFrame) -> pd.DataFrame:
     """One row per run of ``summary``: what it trained, its status this time (done or skipped:
     already finished), its selected epoch, test MAE and wall time, from the run folders."""
-    from ageest import store
+    from ageest.engine import store
 
     rows = []
     for item in summary.itertuples():
@@ -191,15 +191,15 @@ def runs_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 def predictions(summary: pd.DataFrame) -> pd.DataFrame:
     """The stored test predictions of every run in ``summary`` (the predictions frame of
-    :mod:`ageest.evaluation`)."""
-    from ageest import store
+    :mod:`ageest.analysis.comparisons`)."""
+    from ageest.engine import store
 
     return pd.concat([store.load_predictions(d) for d in summary["run_dir"]], ignore_index=True)
 
 
 def histories(summary: pd.DataFrame) -> pd.DataFrame:
     """``history.csv`` of every run in ``summary`` (one row per run and epoch), with the run's
-    parameters as columns (see :func:`ageest.store.load_histories`)."""
-    from ageest import store
+    parameters as columns (see :func:`ageest.engine.store.load_histories`)."""
+    from ageest.engine import store
 
     return pd.concat([store.load_histories(d) for d in summary["run_dir"]], ignore_index=True)
