@@ -237,3 +237,42 @@ def test_notebook_annotations_agree_with_the_one_declaration():
                     value = None  # the notebooks' "none" spelling
                 check_value(setting, value, f"{profile}/{nb.stem}")
     assert checked >= 20
+
+
+def test_a_training_setting_without_a_notebook_parameter_reaches_the_runs(tmp_path):
+    """train_options carries any grid setting by name (here weight_decay, which no notebook
+    declares) from a profile or `-p` to notebooks 02 and 04's grids, checked before the first
+    notebook; a name that is a notebook parameter of its own, or no setting, is refused."""
+    from ageest.analysis import training_grids
+    from ageest.engine.grids import normalize_grid
+    from ageest.pipeline.reproduce import ReproduceError, check_values, convert_parameter
+
+    by_stem = {nb.stem: nb for nb in NOTEBOOKS}
+    for stem in ("02_training", "04_ablation_k"):
+        assert declared_parameters(by_stem[stem])["train_options"]["inferred_type_name"] == "dict"
+    value = convert_parameter("train_options", "{weight_decay: 0.05}", "dict", "02_training")
+    assert value == {"weight_decay": 0.05}
+    params = {name: ast.literal_eval(spec["default"])
+              for name, spec in declared_parameters(by_stem["02_training"]).items()}
+    settings = training_grids.training_settings({**params, "train_options": value})
+    assert normalize_grid(settings)["weight_decay"] == 0.05
+    with pytest.raises(ValueError, match="train_options: epochs is a notebook parameter"):
+        training_grids.training_settings({**params, "train_options": {"epochs": 3}})
+    plan = [(by_stem["02_training"], {**params, "train_options": {"weight_decai": 0.05}})]
+    with pytest.raises(ReproduceError, match="'weight_decai' is not a training setting"):
+        check_values(plan)
+    plan = [(by_stem["02_training"], {**params, "train_options": {"weight_decay": -1}})]
+    with pytest.raises(ReproduceError, match="weight_decay: -1 is below the minimum"):
+        check_values(plan)
+
+
+def test_notebooks_02_and_04_declare_their_shared_parameters_alike():
+    """Notebook 04 trains with notebook 02's settings (its AMR runs are 02's): every parameter
+    both declare has the same type, default and comment, so the two cannot drift apart."""
+    a = declared_parameters(paths.NOTEBOOKS / "02_training.ipynb")
+    b = declared_parameters(paths.NOTEBOOKS / "04_ablation_k.ipynb")
+    common = sorted(set(a) & set(b))
+    assert len(common) >= 30
+    for name in common:
+        for field in ("inferred_type_name", "default", "help"):
+            assert a[name].get(field) == b[name].get(field), (name, field)

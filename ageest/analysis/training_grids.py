@@ -37,7 +37,8 @@ TRAINING_PARAMETERS = (
 
 def training_settings(params: Mapping[str, Any]) -> dict[str, Any]:
     """Runner grid keys shared by every grid of a notebook, from its parameters (a notebook
-    passes ``globals()``). A missing parameter is an error naming it; the loss weights
+    passes ``globals()``). A missing parameter is an error naming it; ``train_options`` (a dict)
+    adds any other grid setting by its name (``{weight_decay: 0.05}``); the loss weights
     (``lambda_mean`` ...) are passed when the notebook declares them (each loss's runs take the
     ones it uses; an undeclared one keeps its one default). Values are not converted here: the
     grid schema checks each one (:func:`ageest.engine.grids.normalize_grid`)."""
@@ -49,6 +50,14 @@ def training_settings(params: Mapping[str, Any]) -> dict[str, Any]:
                          "notebook's parameters cell (see notebooks/02_training.ipynb)")
     p = {name: params[name] for name in TRAINING_PARAMETERS}
     p.update({w: params[w] for w in WEIGHT_SETTINGS if w in params})
+    # train_options: any other grid setting by its name, so a new TrainConfig field is set from a
+    # profile without a notebook parameter of its own (the grid schema checks the names)
+    options = dict(params.get("train_options") or {})
+    both = sorted(set(options) & (set(p) | {"losses", "k", "folds", "dataset", "protocol"}))
+    if both:
+        raise ValueError(f"train_options: {both[0]} is a notebook parameter of its own; set "
+                         f"{both[0]} instead")
+    p.update(options)
     # the notebooks' "none" spellings: grad_clip 0, an empty address or policy
     for name in ("grad_clip", "address", "identical_images"):
         p[name] = p[name] or None

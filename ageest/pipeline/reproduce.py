@@ -158,6 +158,7 @@ _TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
     "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
     "bool": lambda v: isinstance(v, bool),
     "list": lambda v: isinstance(v, list),
+    "dict": lambda v: isinstance(v, dict),
 }
 
 
@@ -237,6 +238,11 @@ def convert_parameter(name: str, text: str, type_name: str | None, notebook: str
                 return int(text)
             if base == "float":
                 return float(text)
+            if base == "dict":  # -p train_options '{weight_decay: 0.05}' (YAML flow mapping)
+                value = yaml.safe_load(text) if text.strip() else {}
+                if not isinstance(value, dict):
+                    raise ValueError("expected a mapping such as {weight_decay: 0.05}")
+                return value
             if base in ("list", "tuple"):
                 item = alt[len(base) + 1:-1] if "[" in alt else "str"  # list[int] -> int
                 return [convert_parameter(name, t.strip(), item, notebook)
@@ -377,6 +383,15 @@ def check_values(plan: list[tuple[Path, dict[str, Any]]]) -> None:
     from ageest.engine.grids import SCHEMA, check_device, check_setting
 
     for nb, params in plan:
+        options = params.get("train_options") or {}
+        for name, value in options.items() if isinstance(options, dict) else ():
+            if name not in SCHEMA:
+                raise ReproduceError(f"parameter train_options of {nb.name}: {name!r} is not a "
+                                     "training setting; see `ageest run --help` for the names")
+            try:
+                check_setting(name, value)
+            except ValueError as exc:
+                raise ReproduceError(f"parameter train_options of {nb.name}: {exc}") from None
         for name, value in params.items():
             key = _AS_GRID_KEY.get(name, name)
             if key not in SCHEMA or name in PIPELINE_PARAMETERS or value in ("", None):
