@@ -17,6 +17,7 @@ References
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,6 +32,7 @@ __all__ = [
     "epsilon_error",
     "epsilon_per_image",
     "epsilon_summary",
+    "score_summary",
     "per_subject_mae",
     "aggregate_lopo",
     "bootstrap_mae_ci",
@@ -298,6 +300,36 @@ def epsilon_summary(pred, mean, std, *, official_rounding: bool = False) -> dict
             "n": int(known.sum()),
             "n_sigma_zero": 0 if official_rounding else int((sd[known] == 0).sum()),
             "n_sigma_missing": int((~known).sum())}
+
+
+def score_summary(expected, truth, std=None, *, thetas=None) -> dict[str, Any]:
+    """A split's scores from expected ages: ``mae``, ``mae_rounded`` (of the expectation
+    rounded half to even, the official readout) and, when any image has a raters' σ,
+    ``epsilon`` (σ = 0 at the formula's limit), ``n_sigma_zero``, ``n_sigma_missing`` and
+    ``epsilon_official`` (the official code's rounding and σ + 1e-4); with ``thetas``, ``cs``
+    (CS(θ) by θ as text). The one computation behind epoch selection and a run's test metrics.
+
+    >>> score_summary([20.4, 30.0], [20.0, 31.0], [1.0, float("nan")])["mae_rounded"]
+    0.5
+    """
+    expected = _to_numpy(expected, "expected").astype(np.float64).reshape(-1)
+    truth = _to_numpy(truth, "truth").astype(np.float64).reshape(-1)
+    if len(expected) == 0:
+        out: dict[str, Any] = {"mae": float("nan"), "mae_rounded": float("nan")}
+    else:
+        out = {"mae": mae(expected, truth), "mae_rounded": mae(np.round(expected), truth)}
+    if thetas is not None:
+        out["cs"] = {str(t): float(v) for t, v in
+                     cumulative_score(expected, truth, thetas=thetas).items()}
+    sd = None if std is None else _to_numpy(std, "std").astype(np.float64).reshape(-1)
+    if sd is not None and len(sd) and np.isfinite(sd).any():
+        summary = epsilon_summary(expected, truth, sd)
+        out["epsilon"] = summary["epsilon"]
+        out["n_sigma_zero"], out["n_sigma_missing"] = (summary["n_sigma_zero"],
+                                                       summary["n_sigma_missing"])
+        out["epsilon_official"] = epsilon_summary(expected, truth, sd,
+                                                  official_rounding=True)["epsilon"]
+    return out
 
 
 def epsilon_error(pred, mean, std, *, official_rounding: bool = False) -> float:

@@ -377,3 +377,33 @@ def test_mae_by_age_group_edges_and_width():
 def test_metric_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_score_summary_is_the_one_score_of_selection_and_test():
+    """Known values, and the trainer's selection score and a run's test metrics agree with it
+    (they both call it)."""
+    import pandas as pd
+
+    from ageest.engine.run import test_metrics
+    from ageest.engine.train import _score
+
+    expected, truth, std = [20.4, 30.5, 41.0], [20.0, 31.0, 41.0], [1.0, 0.0, float("nan")]
+    from ageest import metrics as M
+
+    s = M.score_summary(expected, truth, std, thetas=[0, 1])
+    assert s["mae"] == pytest.approx((0.4 + 0.5 + 0.0) / 3)
+    assert s["mae_rounded"] == pytest.approx((0 + 1 + 0) / 3)  # 30.5 rounds to 30 (half even)
+    assert s["cs"] == {"0": pytest.approx(1 / 3), "1": 1.0}
+    assert (s["n_sigma_zero"], s["n_sigma_missing"]) == (1, 1)
+    assert s["epsilon"] == pytest.approx((1 - np.exp(-0.16 / 2) + 1.0) / 2)
+    probs = np.zeros((3, 50))
+    for i, e in enumerate(expected):  # two neighbouring ages give the expectation exactly
+        lo = int(np.floor(e))
+        probs[i, lo], probs[i, lo + 1] = 1 - (e - lo), e - lo
+    table = pd.DataFrame({"age_mean": truth, "std": std})
+    picked = _score(probs, table, 0)
+    assert {k: picked[k] for k in picked} == pytest.approx(
+        {k: s[k] for k in ("mae", "mae_rounded", "epsilon", "epsilon_official")})
+    preds = pd.DataFrame({"expected_age": expected, "age_mean": truth, "std": std})
+    m = test_metrics(preds)
+    assert m["mae"] == s["mae"] and m["cs"]["1"] == 1.0 and m["epsilon"] == s["epsilon"]

@@ -179,7 +179,7 @@ def train_run(params: dict[str, Any], run_dir: str | os.PathLike) -> dict[str, A
            "epochs": config.epochs, "resumed_from_epoch": result.resumed_from_epoch,
            "numerics": result.numerics,
            "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(fold.test),
-           **test_metrics(result.predictions, int(info.start_age)), "wall_time_s": None}
+           **test_metrics(result.predictions), "wall_time_s": None}
     if result.test_selected:
         out["note"] = ("official protocol: the epoch was selected on the TEST set "
                        "(test_best_epoch_official); optimistic, not a clean estimate")
@@ -213,32 +213,16 @@ def _checked_fold(df: pd.DataFrame, params: dict[str, Any], run_dir: Path):
     return fold
 
 
-def test_metrics(pred: pd.DataFrame, start_age: int) -> dict[str, Any]:
+def test_metrics(pred: pd.DataFrame) -> dict[str, Any]:
     """A run's test numbers for ``metrics.json``: MAE of the expected age and of its rounding
     (the official readout), CS(0..10) and, when any image has a raters' σ, the ε-error (σ = 0 at
     the formula's limit, with the counts of σ = 0 and missing σ) and the official ε."""
-    from ageest import metrics as M
+    from ageest import metrics
 
-    expected = pred["expected_age"].to_numpy()
-    truth = pred["age_mean"].to_numpy(dtype=np.float64)
-    probs = np.stack(pred["probs"].to_list()) if len(pred) else np.zeros((0, 1))
-    out: dict[str, Any] = {
-        "mae": M.mae(expected, truth),
-        "mae_rounded": M.mae(M.predict_age(probs, "rounded", start_age=start_age), truth),
-        "cs": {str(t): float(v) for t, v in
-               M.cumulative_score(expected, truth, thetas=range(11)).items()},
-        "epsilon": None,
-    }
-    std = pred["std"].to_numpy(dtype=np.float64)
-    if len(std) and np.isfinite(std).any():
-        summary = M.epsilon_summary(expected, truth, std)
-        out["epsilon"] = summary["epsilon"]
-        out["n_sigma_zero"], out["n_sigma_missing"] = (summary["n_sigma_zero"],
-                                                       summary["n_sigma_missing"])
-        # the official code's number: rounded expected age, rounded mean, σ + 1e-4
-        out["epsilon_official"] = M.epsilon_summary(expected, truth, std,
-                                                    official_rounding=True)["epsilon"]
-    return out
+    out = {"epsilon": None, **metrics.score_summary(
+        pred["expected_age"].to_numpy(), pred["age_mean"].to_numpy(dtype=np.float64),
+        pred["std"].to_numpy(dtype=np.float64), thetas=range(11))}
+    return {"mae": out.pop("mae"), "mae_rounded": out.pop("mae_rounded"), **out}
 
 
 def _write_run(run_dir: Path, params: dict[str, Any], result, skipped: list | None,

@@ -338,15 +338,11 @@ def _score(probs: np.ndarray, table: pd.DataFrame, start_age: int) -> dict[str, 
 
     if len(table) == 0:
         return {"mae": float("nan"), "mae_rounded": float("nan")}
-    pred = metrics.expected_age(probs, start_age=start_age)
-    truth = table["age_mean"].to_numpy(dtype=np.float64)
-    out = {"mae": metrics.mae(pred, truth), "mae_rounded": metrics.mae(np.round(pred), truth)}
     std = pd.to_numeric(table["std"], errors="coerce").to_numpy(dtype=np.float64)
-    if np.isfinite(std).any():
-        out["epsilon"] = metrics.epsilon_summary(pred, truth, std)["epsilon"]
-        out["epsilon_official"] = metrics.epsilon_summary(pred, truth, std,
-                                                          official_rounding=True)["epsilon"]
-    return out
+    scores = metrics.score_summary(metrics.expected_age(probs, start_age=start_age),
+                                   table["age_mean"].to_numpy(dtype=np.float64), std)
+    return {k: scores[k] for k in ("mae", "mae_rounded", "epsilon", "epsilon_official")
+            if k in scores}
 
 
 def resolve_select_metric(select_metric: str, table: pd.DataFrame | None, *,
