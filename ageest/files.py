@@ -57,24 +57,31 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _jsonable(value: Any) -> Any:
-    """Convert numpy/torch scalars and paths to JSON types; non-finite floats become ``None``."""
+def plain(value: Any, *, nonfinite_as_none: bool = False) -> Any:
+    """Plain Python data for YAML and JSON: mappings with text keys, lists for tuples, text for
+    paths, Python numbers for numpy and torch scalars and arrays; with ``nonfinite_as_none``
+    (JSON) NaN and infinities become ``None`` (YAML keeps them).
+
+    >>> import numpy as np
+    >>> plain({1: (np.float32(0.5), Path("a"))}), plain([float("nan")], nonfinite_as_none=True)
+    ({'1': [0.5, 'a']}, [None])
+    """
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): plain(v, nonfinite_as_none=nonfinite_as_none) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [plain(v, nonfinite_as_none=nonfinite_as_none) for v in value]
     if isinstance(value, Path):
         return str(value)
     if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
-        return _jsonable(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
+        return plain(value.tolist(), nonfinite_as_none=nonfinite_as_none)
+    if nonfinite_as_none and isinstance(value, float) and not math.isfinite(value):
         return None
     return value
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Atomically write ``obj`` as indented JSON (NaN/inf written as ``null``)."""
-    return atomic_write_text(path, json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
+    return atomic_write_text(path, json.dumps(plain(obj, nonfinite_as_none=True), indent=2, sort_keys=False) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:

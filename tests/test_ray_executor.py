@@ -30,6 +30,7 @@ import pytest
 from ageest.data.synthetic import write_fgnet_like
 from ageest.engine import grids, store
 from ageest.engine.executors import LocalExecutor
+from ageest.engine.run import execute_run
 
 RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 for _key, _value in RAY_ENV.items():  # read by Ray at import time
@@ -231,7 +232,7 @@ def test_ray_grid_survives_a_killed_worker_and_matches_local(ray_head, data_dir,
     bad = grids.expand_grid(_grid(data_dir, tmp_path / "bad", losses=["ce"], folds=[0]))
     # a model name is refused before any run starts; this one breaks only inside the worker
     bad[0]["params"]["model"] = "no_such_model"
-    results = RayExecutor(address=ray_head).run(tasks + bad, grids.execute_run)
+    results = RayExecutor(address=ray_head).run(tasks + bad, execute_run)
     assert [r["status"] for r in results] == ["skipped"] * 4 + ["failed"]
     assert "Traceback" in results[-1]["error"] and "no_such_model" in results[-1]["error"]
 
@@ -270,7 +271,7 @@ def test_cli_runs_through_ray_and_storage_errors_are_clear(ray_head, data_dir, t
         # a run no node can hold (this head has no GPU) is an error, not an endless wait
         with pytest.raises(RuntimeError, match=r"needing 4 CPU and 1 GPU.*\(2\.0, 0\)"):
             RayExecutor(wait_for_nodes_s=0).run([{"run_dir": str(tmp_path / "g"),
-                                                  "device": "cuda"}], grids.execute_run)
+                                                  "device": "cuda"}], execute_run)
         assert RayExecutor(num_cpus_per_task=2).resources({"device": "cpu"}) == (2.0, 0.0)
     finally:
         ray.shutdown()

@@ -20,6 +20,7 @@ from ageest.cli import main as cli_main
 from ageest.data.synthetic import write_fgnet_like
 from ageest.engine import grids, store
 from ageest.engine.executors import EXECUTORS, Executor, LocalExecutor, get_executor
+from ageest.engine.run import StaleRunError, execute_run, fold_digest
 
 pytestmark = pytest.mark.filterwarnings("ignore:FG-NET .* differs from the release manifest")
 
@@ -221,7 +222,7 @@ def test_unfinished_run_with_other_parameters_restarts(data_dir, tmp_path):
     (run_dir / "checkpoints").mkdir()
     (run_dir / "checkpoints" / "last.pt").write_bytes(b"partial garbage of the old config")
     assert store.run_status(run_dir) == "partial"
-    result = grids.execute_run(task)
+    result = execute_run(task)
     assert result["status"] == "done", result["error"]
     assert store.read_params(run_dir)["params_hash"] == task["params"]["params_hash"]
     assert store.read_metrics(run_dir)["resumed_from_epoch"] is None
@@ -273,7 +274,7 @@ def test_changed_dataset_never_reuses_finished_runs(tmp_path):
     extra = write_fgnet_like(tmp_path / "fg13", seed=1, size=32, n_subjects=13, n_images=78)
     for image in extra.glob("013A*"):
         shutil.copy(image, more / image.name)
-    with pytest.raises(grids.StaleRunError, match="the data changed"):
+    with pytest.raises(StaleRunError, match="the data changed"):
         grids.run_grid(_grid(more, res))
     # a moved but identical copy keeps the same identity: nothing is retrained
     moved = tmp_path / "fg_moved"
@@ -288,8 +289,8 @@ def test_fold_digest_names_the_split():
 
     f1 = Fold("0", train=np.array([0, 1]), val=np.array([2]), test=np.array([3]))
     f2 = Fold("0", train=np.array([0, 2]), val=np.array([1]), test=np.array([3]))
-    assert grids.fold_digest(df, f1) != grids.fold_digest(df, f2)
-    assert grids.fold_digest(df, f1) == grids.fold_digest(df.iloc[::-1].reset_index(drop=True),
+    assert fold_digest(df, f1) != fold_digest(df, f2)
+    assert fold_digest(df, f1) == fold_digest(df.iloc[::-1].reset_index(drop=True),
                                                             Fold("0", np.array([3, 2]),
                                                                  np.array([1]), np.array([0])))
 
@@ -440,7 +441,7 @@ def test_live_lock_blocks_a_second_runner(data_dir, tmp_path):
     run_dir = Path(task["run_dir"])
     run_dir.mkdir(parents=True)
     (run_dir / "run.lock").write_text(f"{socket.gethostname()} {os.getpid()}")  # alive: us
-    result = grids.execute_run(task)
+    result = execute_run(task)
     assert result["status"] == "failed" and "being trained by another process" in result["error"]
     assert (run_dir / "run.lock").exists() and not store.is_finished(run_dir)
     # the refused runner leaves nothing in the live run's folder (no error.txt to outlive it)

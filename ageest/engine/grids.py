@@ -63,23 +63,20 @@ from ageest.data.integrity import (
 from ageest.data.loaders import LABEL_ROUNDINGS, check_class_count
 from ageest.data.splits import PROTOCOLS
 from ageest.engine import store
-from ageest.engine.run import (  # noqa: F401  (re-exported: a run's identity, used with grids)
+from ageest.engine.run import (
     KEEP_CHECKPOINTS,
-    UNHASHED,
     StaleRunError,
     build_folds,
-    describe_change,
     execute_run,
     fold_digest,
     load_data,
     loader_keys,
     params_hash,
     run_dir_for,
-    run_name,
     stale_reason,
-    train_run,
 )
 from ageest.engine.train import TrainConfig, precision_label, resolve_amp
+from ageest.files import plain
 from ageest.losses import WEIGHT_SETTINGS, loss_weights
 from ageest.official import OFFICIAL_SELECTION, SELECTIONS
 from ageest.parameters import Setting, check_value, settings_of
@@ -394,7 +391,7 @@ def expand_grid(grid: dict[str, Any], results_dir: str | os.PathLike | None = No
                                 "threads": g["threads"],
                                 "ageest_version": __version__,
                             }
-                            params = store._plain(params)
+                            params = plain(params)
                             params["params_hash"] = params_hash(params)
                             tasks.append({"run_dir": str(run_dir_for(results_dir, params)),
                                           "params": params, "device": params["device"]})

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ageest.files import atomic_write_bytes, atomic_write_text, read_json, write_json
+from ageest.files import atomic_write_bytes, atomic_write_text, plain, read_json, write_json
 from ageest.metrics import epsilon_per_image
 
 PARAMS = "params.yaml"
@@ -55,7 +55,7 @@ def write_params(run_dir: str | os.PathLike, params: dict[str, Any]) -> Path:
     """Write ``params.yaml`` (atomically, keys in the given order)."""
     import yaml
 
-    text = yaml.safe_dump(_plain(params), sort_keys=False, default_flow_style=None)
+    text = yaml.safe_dump(plain(params), sort_keys=False, default_flow_style=None)
     return atomic_write_text(Path(run_dir) / PARAMS, text)
 
 
@@ -74,19 +74,6 @@ def read_params(run_dir: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(params, dict):
         raise ValueError(f"{path}: expected a mapping, got {type(params).__name__}")
     return params
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars, tuples and paths -> YAML-safe Python types."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 # ---------------------------------------------------------------------------------------------
