@@ -18,17 +18,18 @@ from ageest.analysis import loss_explorer, loss_illustration
 from ageest.pipeline import artefacts
 
 TRUE_AGE = 30
+#: the settings the tests share (the notebook's noise; the paper's weights by default)
+NOISY = loss_illustration.Illustration(noise=0.3, seed=0, fixed_k=4)
 
 
 @pytest.fixture(scope="module")
 def examples():
-    return loss_illustration.example_distributions(TRUE_AGE, noise=0.3, seed=0)
+    return loss_illustration.example_distributions(TRUE_AGE, NOISY)
 
 
 @pytest.fixture(scope="module")
 def response(examples):
-    return loss_illustration.loss_response_table(examples, TRUE_AGE, lambda_mean=0.2, lambda_residue=0.05,
-                                          fixed_k=4)
+    return loss_illustration.loss_response_table(examples, TRUE_AGE, NOISY)
 
 
 # --- example distributions --------------------------------------------------------------------
@@ -44,7 +45,7 @@ def test_example_logits_modes(shape, expected_mode):
 
 
 def test_shifted_mode_stays_inside_the_age_range():
-    z = loss_illustration.example_logits(65, "shifted", 2.0, num_classes=70)
+    z = loss_illustration.example_logits(65, "shifted", 2.0, loss_illustration.Illustration(num_classes=70))
     assert int(z.argmax()) == 65 - 8
 
 
@@ -62,9 +63,10 @@ def test_sharpness_narrows_the_distribution():
 
 def test_noise_is_seeded_and_leaves_the_global_rng_alone():
     state = torch.get_rng_state()
-    z1 = loss_illustration.example_logits(TRUE_AGE, noise=0.5, seed=3)
-    z2 = loss_illustration.example_logits(TRUE_AGE, noise=0.5, seed=3)
-    z3 = loss_illustration.example_logits(TRUE_AGE, noise=0.5, seed=4)
+    setup = loss_illustration.Illustration(noise=0.5, seed=3)
+    z1 = loss_illustration.example_logits(TRUE_AGE, setup=setup)
+    z2 = loss_illustration.example_logits(TRUE_AGE, setup=setup)
+    z3 = loss_illustration.example_logits(TRUE_AGE, setup=setup.replace(seed=4))
     assert torch.equal(torch.get_rng_state(), state)
     assert torch.equal(z1, z2) and not torch.equal(z1, z3)
 
@@ -75,12 +77,18 @@ def test_noise_is_seeded_and_leaves_the_global_rng_alone():
         ({"true_age": 70}, "outside the age range 0..69"),
         ({"true_age": 30, "shape": "trimodal"}, "shape must be one of"),
         ({"true_age": 30, "sharpness": 0.0}, "sharpness must be finite and > 0"),
-        ({"true_age": 30, "noise": -1.0}, "noise must be finite and >= 0"),
     ],
 )
 def test_example_logits_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         loss_illustration.example_logits(**kwargs)
+
+
+def test_illustration_settings_are_checked_once():
+    with pytest.raises(ValueError, match="noise must be finite and >= 0"):
+        loss_illustration.Illustration(noise=-1.0)
+    with pytest.raises(ValueError, match="base_sigma must be finite and > 0"):
+        loss_illustration.Illustration(base_sigma=0.0)
 
 
 # --- the numbers --------------------------------------------------------------------------------
@@ -101,7 +109,7 @@ def test_topk_mask_matches_the_losses_definition(examples):
 
 
 def test_terms_table_against_hand_computation(examples):
-    t = loss_illustration.terms_table(examples, TRUE_AGE, eps=1e-3)
+    t = loss_illustration.terms_table(examples, TRUE_AGE, NOISY.replace(eps=1e-3))
     assert list(t.example) == list(examples)
     assert np.isfinite(t.drop(columns="example").to_numpy(dtype=float)).all()
     a = np.arange(70)
@@ -140,7 +148,8 @@ def test_loss_response_totals_decompose(response, examples):
 def test_amr_equals_fixed_k_when_the_adaptive_k_matches(examples):
     terms = loss_illustration.terms_table(examples, TRUE_AGE)
     name, k = next((r.example, int(r.k)) for r in terms.itertuples())
-    table = loss_illustration.loss_response_table({name: examples[name]}, TRUE_AGE, fixed_k=k)
+    table = loss_illustration.loss_response_table({name: examples[name]}, TRUE_AGE,
+                                                  NOISY.replace(fixed_k=k))
     totals = dict(zip(table.loss, table.total, strict=True))
     assert totals["AMR"] == pytest.approx(totals[f"mean-residue K={k}"])
 
@@ -148,7 +157,7 @@ def test_amr_equals_fixed_k_when_the_adaptive_k_matches(examples):
 def test_gradients_match_closed_forms(examples):
     a = np.arange(70, dtype=float)
     for z in examples.values():
-        g = loss_illustration.term_gradients(z, TRUE_AGE, lambda_mean=0.2, lambda_residue=0.05)
+        g = loss_illustration.term_gradients(z, TRUE_AGE, NOISY)
         p = torch.softmax(z, 0).numpy()
         m = p @ a
         onehot = np.eye(70)[TRUE_AGE]
@@ -174,11 +183,12 @@ def test_gradient_table(examples):
 
 def test_k_sweep_shows_k_falling_as_a_noisy_prediction_sharpens():
     grid = loss_illustration.sharpness_grid(7)
-    clean = loss_illustration.k_sweep(TRUE_AGE, grid, shapes=["unimodal", "shifted"], noise=0.0)
+    clean = loss_illustration.k_sweep(TRUE_AGE, grid, NOISY.replace(noise=0.0),
+                                      shapes=["unimodal", "shifted"])
     # a clean Gaussian: K counts the ages at least as close to the mode as the true age
     assert (clean.loc[clean["shape"] == "unimodal", "k"] == 3).all()
     assert (clean.loc[clean["shape"] == "shifted", "k"] == 17).all()
-    noisy = loss_illustration.k_sweep(TRUE_AGE, grid, shapes=["unimodal"], noise=0.3)
+    noisy = loss_illustration.k_sweep(TRUE_AGE, grid, NOISY, shapes=["unimodal"])
     assert noisy.k.iloc[0] > noisy.k.iloc[-1] == 3
     assert np.isfinite(noisy.drop(columns="shape").to_numpy(dtype=float)).all()
     with pytest.raises(ValueError, match="points must be an integer >= 2"):
@@ -189,7 +199,7 @@ def test_k_sweep_shows_k_falling_as_a_noisy_prediction_sharpens():
 
 
 def test_figures_build_and_save(tmp_path, examples, response):
-    sweep = loss_illustration.k_sweep(TRUE_AGE, loss_illustration.sharpness_grid(5), noise=0.3)
+    sweep = loss_illustration.k_sweep(TRUE_AGE, loss_illustration.sharpness_grid(5), NOISY)
     figures = {
         "distributions": plots.distributions_figure(examples, TRUE_AGE),
         "distributions_fixed": plots.distributions_figure(examples, TRUE_AGE, k=4),
@@ -211,7 +221,7 @@ def test_figures_build_and_save(tmp_path, examples, response):
 def test_summary_metrics_are_finite_json(examples, response):
     terms = loss_illustration.terms_table(examples, TRUE_AGE)
     grads = loss_illustration.gradient_table(examples, TRUE_AGE)
-    sweep = loss_illustration.k_sweep(TRUE_AGE, loss_illustration.sharpness_grid(4), noise=0.3)
+    sweep = loss_illustration.k_sweep(TRUE_AGE, loss_illustration.sharpness_grid(4), NOISY)
     metrics = loss_illustration.summary_metrics(terms, response, grads, sweep)
     text = json.dumps(metrics, allow_nan=False)  # raises on NaN / inf
     assert set(metrics["examples"]) == set(examples)
@@ -223,7 +233,7 @@ def test_summary_metrics_are_finite_json(examples, response):
 
 
 def test_explorer_updates_when_a_control_moves():
-    ex = loss_explorer.loss_explorer(true_age=30, shape="bimodal", noise=0.3)
+    ex = loss_explorer.loss_explorer(true_age=30, shape="bimodal", setup=NOISY)
     first = dict(ex.values)
     html_before, png_before = ex.summary.value, ex.image.value
     assert png_before[:8] == b"\x89PNG\r\n\x1a\n"

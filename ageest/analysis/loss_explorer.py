@@ -10,7 +10,13 @@ from collections.abc import Mapping
 
 import ipywidgets as widgets
 
-from ageest.analysis.loss_illustration import SHAPES, _check_age, explorer_state
+from ageest.analysis.loss_illustration import (
+    DEFAULT,
+    SHAPES,
+    Illustration,
+    _check_age,
+    explorer_state,
+)
 from ageest.plots.loss import explorer_figure
 
 
@@ -72,29 +78,17 @@ class LossExplorer(widgets.VBox):
         sharpness: float = 1.0,
         shape: str = "bimodal",
         k: int | None = None,
-        lambda_mean: float = 0.2,
-        lambda_residue: float = 0.05,
-        lambda_variance: float = 0.05,
-        num_classes: int = 70,
-        start_age: int = 0,
-        base_sigma: float = 4.0,
-        noise: float = 0.0,
-        seed: int = 0,
-        eps: float = 1e-3,
-        sigma: float = 2.0,
-        fixed_k: int = 4,
+        setup: Illustration = DEFAULT,
         dpi: int = 80,
     ) -> None:
-        _check_age(true_age, num_classes, start_age)
+        _check_age(true_age, setup.num_classes, setup.start_age)
         if shape not in SHAPES:
             raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
-        self._fixed = {"num_classes": num_classes, "start_age": start_age,
-                       "base_sigma": base_sigma, "seed": seed, "eps": eps, "sigma": sigma,
-                       "fixed_k": fixed_k, "lambda_variance": lambda_variance}
+        self._setup = setup  # the sliders replace its noise and weights
         self._dpi = dpi
         style = {"description_width": "100px"}
         layout = widgets.Layout(width="360px")
-        end_age = start_age + num_classes - 1
+        start_age, end_age, num_classes = setup.start_age, setup.end_age, setup.num_classes
         self.controls: dict[str, widgets.Widget] = {
             "true_age": widgets.IntSlider(
                 value=true_age, min=start_age, max=end_age, description="true age",
@@ -104,21 +98,21 @@ class LossExplorer(widgets.VBox):
                 readout_format=".2f", continuous_update=False, style=style, layout=layout),
             "shape": widgets.Dropdown(options=list(SHAPES), value=shape, description="shape",
                                       style=style, layout=layout),
-            "noise": widgets.FloatSlider(value=noise, min=0.0, max=1.5, step=0.05,
+            "noise": widgets.FloatSlider(value=setup.noise, min=0.0, max=1.5, step=0.05,
                                          description="logit noise", continuous_update=False,
                                          style=style, layout=layout),
             "k_mode": widgets.ToggleButtons(options=["adaptive", "fixed"],
                                             value="adaptive" if k is None else "fixed",
                                             description="top-K", layout=layout,
                                             style={**style, "button_width": "110px"}),
-            "k": widgets.IntSlider(value=fixed_k if k is None else k, min=1,
+            "k": widgets.IntSlider(value=setup.fixed_k if k is None else k, min=1,
                                    max=min(num_classes, 30), description="fixed K",
                                    continuous_update=False, style=style, layout=layout,
                                    disabled=k is None),
-            "lambda_mean": widgets.FloatSlider(value=lambda_mean, min=0.0, max=1.0, step=0.01,
+            "lambda_mean": widgets.FloatSlider(value=setup.lambda_mean, min=0.0, max=1.0, step=0.01,
                                            description="λ1 (mean)", continuous_update=False,
                                            style=style, layout=layout),
-            "lambda_residue": widgets.FloatSlider(value=lambda_residue, min=0.0, max=1.0, step=0.01,
+            "lambda_residue": widgets.FloatSlider(value=setup.lambda_residue, min=0.0, max=1.0, step=0.01,
                                            description="λ2 (residue)", continuous_update=False,
                                            style=style, layout=layout),
         }
@@ -150,11 +144,11 @@ class LossExplorer(widgets.VBox):
         c = self.controls
         adaptive = c["k_mode"].value == "adaptive"
         c["k"].disabled = adaptive
-        state = explorer_state(
-            int(c["true_age"].value), float(c["sharpness"].value), c["shape"].value,
-            k=None if adaptive else int(c["k"].value), lambda_mean=float(c["lambda_mean"].value),
-            lambda_residue=float(c["lambda_residue"].value), noise=float(c["noise"].value), **self._fixed,
-        )
+        setup = self._setup.replace(noise=float(c["noise"].value),
+                                    lambda_mean=float(c["lambda_mean"].value),
+                                    lambda_residue=float(c["lambda_residue"].value))
+        state = explorer_state(int(c["true_age"].value), float(c["sharpness"].value),
+                               c["shape"].value, setup, k=None if adaptive else int(c["k"].value))
         self.values = state
         self.summary.value = explorer_html(state)
         fig = explorer_figure(state)
@@ -167,9 +161,9 @@ def loss_explorer(**kwargs) -> LossExplorer:
     """Build the interactive loss explorer of notebook 01 (display it as a cell's last value).
 
     Keyword arguments are those of :class:`LossExplorer`: the initial ``true_age``,
-    ``sharpness``, ``shape``, ``k`` (None = adaptive), ``lambda_mean``, ``lambda_residue``, ``noise`` and the
-    fixed ``num_classes``, ``start_age``, ``base_sigma``, ``seed``, ``eps``, ``sigma``,
-    ``fixed_k``.
+    ``sharpness``, ``shape``, ``k`` (None = adaptive) and the ``setup``
+    (:class:`~ageest.analysis.loss_illustration.Illustration`: the age classes, the noise and
+    weights the sliders start from, and what stays fixed).
 
     Examples
     --------

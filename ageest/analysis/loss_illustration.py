@@ -28,8 +28,10 @@ Zhao, Qian, Hou, Zeng. Adaptive Mean-Residue Loss for Robust Facial Age Estimati
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -52,6 +54,53 @@ TOPK_COLOR = "tab:blue"
 RESIDUE_COLOR = "tab:orange"
 
 
+@dataclass(frozen=True)
+class Illustration:
+    """What every number of notebook 01 shares, written once: the age classes, the example
+    distributions' width, noise and noise seed, the residue's ``eps``, DLDL's label ``sigma``, the
+    fixed K of mean-residue and the loss weights (their one default: :mod:`ageest.losses`').
+
+    >>> Illustration(num_classes=101).end_age
+    100
+    """
+
+    num_classes: int = 70
+    start_age: int = 0
+    base_sigma: float = 4.0
+    noise: float = 0.0
+    seed: int = 0
+    eps: float = 1e-3
+    sigma: float = 2.0
+    fixed_k: int = 4
+    lambda_mean: float = losses.weight_default("lambda_mean")
+    lambda_residue: float = losses.weight_default("lambda_residue")
+    lambda_variance: float = losses.weight_default("lambda_variance")
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.base_sigma) and self.base_sigma > 0):
+            raise ValueError(f"base_sigma must be finite and > 0, got {self.base_sigma!r}")
+        if not (math.isfinite(self.noise) and self.noise >= 0):
+            raise ValueError(f"noise must be finite and >= 0, got {self.noise!r}")
+        if isinstance(self.num_classes, bool) or self.num_classes < 2:
+            raise ValueError(f"num_classes must be an integer >= 2, got {self.num_classes!r}")
+
+    @property
+    def end_age(self) -> int:
+        return self.start_age + self.num_classes - 1
+
+    def weights(self) -> dict[str, float]:
+        """The loss weights by name (``lambda_mean`` ...)."""
+        return {w: getattr(self, w) for w in losses.WEIGHT_SETTINGS}
+
+    def replace(self, **changes) -> Illustration:
+        """A copy with ``changes`` (the explorer's sliders)."""
+        return dataclasses.replace(self, **changes)
+
+
+#: the defaults of every function here
+DEFAULT = Illustration()
+
+
 # ---------------------------------------------------------------------------------------------
 # example distributions
 
@@ -71,15 +120,11 @@ def example_logits(
     true_age: int,
     shape: str = "unimodal",
     sharpness: float = 1.0,
+    setup: Illustration = DEFAULT,
     *,
-    num_classes: int = 70,
-    start_age: int = 0,
-    base_sigma: float = 4.0,
     offset: float = 1.0,
     shift: float = 8.0,
     separation: float = 12.0,
-    noise: float = 0.0,
-    seed: int = 0,
 ) -> torch.Tensor:
     r"""Logits of one example predicted age distribution, shape ``(num_classes,)``.
 
@@ -97,14 +142,11 @@ def example_logits(
         ``true_age - separation/2`` (weight 0.6) and ``true_age + separation/2`` (weight 0.4).
     sharpness : float
         ``> 0``; larger is more confident.
-    num_classes, start_age : int
-        Age classes ``start_age .. start_age + num_classes - 1``.
-    base_sigma, offset, shift, separation : float
+    setup : Illustration
+        The age classes (``num_classes``, ``start_age``), ``base_sigma``, ``noise`` (standard
+        deviation of the fixed logit noise; 0 = smooth) and ``seed`` (of the noise pattern).
+    offset, shift, separation : float
         Geometry of the shapes, in years.
-    noise : float
-        Standard deviation of the fixed logit noise (0 = smooth).
-    seed : int
-        Seed of the noise pattern.
 
     Returns
     -------
@@ -122,18 +164,15 @@ def example_logits(
     >>> int(example_logits(30, "shifted").argmax())
     38
     """
+    num_classes, start_age, end_age = setup.num_classes, setup.start_age, setup.end_age
     _check_age(true_age, num_classes, start_age)
     if shape not in SHAPES:
         raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
     if not (math.isfinite(sharpness) and sharpness > 0):
         raise ValueError(f"sharpness must be finite and > 0, got {sharpness!r}")
-    if not (math.isfinite(base_sigma) and base_sigma > 0):
-        raise ValueError(f"base_sigma must be finite and > 0, got {base_sigma!r}")
-    if not (math.isfinite(noise) and noise >= 0):
-        raise ValueError(f"noise must be finite and >= 0, got {noise!r}")
-    end_age = start_age + num_classes - 1
+    noise, seed = setup.noise, setup.seed
     a = torch.arange(num_classes, dtype=torch.float64) + start_age  # (C,)
-    sigma = base_sigma / sharpness
+    sigma = setup.base_sigma / sharpness
     if shape == "unimodal":
         centres, weights = [true_age + offset], [1.0]
     elif shape == "shifted":
@@ -153,15 +192,8 @@ def example_logits(
     return logits
 
 
-def example_distributions(
-    true_age: int = 30,
-    *,
-    num_classes: int = 70,
-    start_age: int = 0,
-    base_sigma: float = 4.0,
-    noise: float = 0.0,
-    seed: int = 0,
-) -> dict[str, torch.Tensor]:
+def example_distributions(true_age: int = 30,
+                          setup: Illustration = DEFAULT) -> dict[str, torch.Tensor]:
     """The four example predictions of notebook 01, name -> logits ``(num_classes,)``.
 
     ``unimodal, broad`` (sharpness 0.5), ``unimodal, sharp`` (2), ``shifted`` (1) and
@@ -179,10 +211,7 @@ def example_distributions(
         "bimodal": ("bimodal", 1.5),
     }
     return {
-        name: example_logits(
-            true_age, shape, sharpness, num_classes=num_classes, start_age=start_age,
-            base_sigma=base_sigma, noise=noise, seed=seed,
-        )
+        name: example_logits(true_age, shape, sharpness, setup)
         for name, (shape, sharpness) in specs.items()
     }
 
@@ -227,11 +256,9 @@ def topk_mask(logits: torch.Tensor, true_age: int, *, start_age: int = 0,
 def terms_table(
     examples: Mapping[str, torch.Tensor],
     true_age: int,
+    setup: Illustration = DEFAULT,
     *,
-    start_age: int = 0,
     k: int | None = None,
-    eps: float = 1e-3,
-    sigma: float = 2.0,
 ) -> pd.DataFrame:
     """One row per example: the quantities the AMR loss is built from.
 
@@ -239,7 +266,8 @@ def terms_table(
     (size of top-K: the adaptive K, or ``k`` when fixed), ``topk_mass`` and ``residue_mass``
     (probability inside / outside top-K), ``residue_entropy`` (the exact entropy
     ``sum_{j not in top-K} -p_j log p_j``, ε = 0), and the unweighted loss terms ``ce``, ``mean``,
-    ``variance``, ``residue`` (with the loss's ``eps``) and ``kl`` (DLDL, label σ = ``sigma``).
+    ``variance``, ``residue`` (with ``setup.eps``) and ``kl`` (DLDL, label σ = ``setup.sigma``).
+    The number of classes is the logits'; ``setup.start_age`` is the age of class 0.
 
     Examples
     --------
@@ -249,6 +277,7 @@ def terms_table(
     """
     names, logits = _stack(examples)
     n, c = logits.shape
+    start_age, eps, sigma = setup.start_age, setup.eps, setup.sigma
     _check_age(true_age, c, start_age)
     ages = torch.full((n,), true_age)
     with torch.no_grad():
@@ -277,32 +306,21 @@ def terms_table(
     return table
 
 
-def compared_losses(
-    *,
-    num_classes: int = 70,
-    start_age: int = 0,
-    lambda_mean: float = 0.2,
-    lambda_residue: float = 0.05,
-    lambda_variance: float = 0.05,
-    fixed_k: int = 4,
-    eps: float = 1e-3,
-    sigma: float = 2.0,
-) -> dict[str, torch.nn.Module]:
+def compared_losses(setup: Illustration = DEFAULT) -> dict[str, torch.nn.Module]:
     """The five losses notebook 01 compares, display label (the registry's) -> composite loss.
 
     ``CE``, ``mean-variance`` (λ1, λ2 = ``lambda_variance``), ``AMR`` (adaptive K; λ1, λ2 =
     ``lambda_residue``), ``mean-residue K=<fixed_k>`` (λ1, λ2) and ``DLDL`` (label σ =
-    ``sigma``).
+    ``sigma``), all from ``setup``.
 
     Examples
     --------
-    >>> list(compared_losses(fixed_k=4))
+    >>> list(compared_losses(Illustration(fixed_k=4)))
     ['CE', 'mean-variance', 'AMR', 'mean-residue K=4', 'DLDL']
     """
-    rng = {"start_age": start_age, "end_age": start_age + num_classes - 1}
-    given = {"lambda_mean": lambda_mean, "lambda_residue": lambda_residue,
-             "lambda_variance": lambda_variance}
-    weights = {name: losses.loss_weights(name, given) for name in losses.LOSSES}
+    rng = {"start_age": setup.start_age, "end_age": setup.end_age}
+    eps, sigma, fixed_k = setup.eps, setup.sigma, setup.fixed_k
+    weights = {name: losses.loss_weights(name, setup.weights()) for name in losses.LOSSES}
     label = {name: spec.label for name, spec in losses.LOSSES.items()}
     return {
         label["ce"]: losses.get_loss("ce", **rng),
@@ -318,14 +336,7 @@ def compared_losses(
 def loss_response_table(
     examples: Mapping[str, torch.Tensor],
     true_age: int,
-    *,
-    start_age: int = 0,
-    lambda_mean: float = 0.2,
-    lambda_residue: float = 0.05,
-    lambda_variance: float = 0.05,
-    fixed_k: int = 4,
-    eps: float = 1e-3,
-    sigma: float = 2.0,
+    setup: Illustration = DEFAULT,
 ) -> pd.DataFrame:
     """How each loss of :func:`compared_losses` responds to the same distributions.
 
@@ -342,10 +353,8 @@ def loss_response_table(
     """
     names, logits = _stack(examples)
     n, c = logits.shape
-    _check_age(true_age, c, start_age)
-    table = compared_losses(num_classes=c, start_age=start_age, lambda_mean=lambda_mean,
-                            lambda_residue=lambda_residue, lambda_variance=lambda_variance,
-                            fixed_k=fixed_k, eps=eps, sigma=sigma)
+    _check_age(true_age, c, setup.start_age)
+    table = compared_losses(setup.replace(num_classes=c))
     rows = []
     with torch.no_grad():
         # one call per example (not per batch element inside a loss): each row is its own batch
@@ -371,13 +380,9 @@ def loss_response_table(
 def term_gradients(
     logits: torch.Tensor,
     true_age: int,
+    setup: Illustration = DEFAULT,
     *,
-    start_age: int = 0,
     k: int | None = None,
-    eps: float = 1e-3,
-    sigma: float = 2.0,
-    lambda_mean: float = 0.2,
-    lambda_residue: float = 0.05,
 ) -> dict[str, np.ndarray]:
     r"""Gradient of each loss term with respect to the logits of one distribution (autograd).
 
@@ -398,6 +403,8 @@ def term_gradients(
     z0 = torch.as_tensor(logits, dtype=torch.float64).detach()
     if z0.ndim != 1:
         raise ValueError(f"logits must have shape (C,), got {tuple(z0.shape)}")
+    start_age, eps, sigma = setup.start_age, setup.eps, setup.sigma
+    lambda_mean, lambda_residue = setup.lambda_mean, setup.lambda_residue
     _check_age(true_age, z0.shape[0], start_age)
     ages = torch.tensor([true_age])
     fns: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -420,13 +427,9 @@ def term_gradients(
 def gradient_table(
     examples: Mapping[str, torch.Tensor],
     true_age: int,
+    setup: Illustration = DEFAULT,
     *,
-    start_age: int = 0,
     k: int | None = None,
-    eps: float = 1e-3,
-    sigma: float = 2.0,
-    lambda_mean: float = 0.2,
-    lambda_residue: float = 0.05,
 ) -> pd.DataFrame:
     """Per example and term: the gradient's L2 norm, its largest magnitude and the age where that
     occurs, and the gradient at the true age (negative: the term pushes ``p_y`` up).
@@ -439,14 +442,13 @@ def gradient_table(
     """
     rows = []
     for name, z in examples.items():
-        grads = term_gradients(z, true_age, start_age=start_age, k=k, eps=eps, sigma=sigma,
-                               lambda_mean=lambda_mean, lambda_residue=lambda_residue)
+        grads = term_gradients(z, true_age, setup, k=k)
         for term, g in grads.items():
             j = int(np.abs(g).argmax())
             rows.append({
                 "example": name, "term": term, "l2_norm": float(np.linalg.norm(g)),
-                "max_abs": float(abs(g[j])), "age_of_max": start_age + j,
-                "grad_true_age": float(g[true_age - start_age]),
+                "max_abs": float(abs(g[j])), "age_of_max": setup.start_age + j,
+                "grad_true_age": float(g[true_age - setup.start_age]),
             })
     return pd.DataFrame(rows)
 
@@ -469,19 +471,14 @@ def sharpness_grid(points: int = 25, low: float = 0.3, high: float = 10.0) -> np
 def k_sweep(
     true_age: int = 30,
     sharpness: Sequence[float] | np.ndarray | None = None,
+    setup: Illustration = DEFAULT,
     *,
     shapes: Sequence[str] = SHAPES,
-    num_classes: int = 70,
-    start_age: int = 0,
-    base_sigma: float = 4.0,
-    noise: float = 0.0,
-    seed: int = 0,
-    eps: float = 1e-3,
 ) -> pd.DataFrame:
     """How the adaptive K and the residue move as each shape sharpens.
 
     One row per (shape, sharpness): ``shape``, ``sharpness``, ``sigma`` (years), ``k`` (adaptive),
-    ``p_true``, ``residue_mass``, ``residue`` (the loss, with ``eps``), ``mean`` and ``ce``.
+    ``p_true``, ``residue_mass``, ``residue`` (the loss, with ``setup.eps``), ``mean`` and ``ce``.
     ``sharpness`` defaults to :func:`sharpness_grid` (25 log-spaced values from 0.3 to 10).
 
     Examples
@@ -495,16 +492,11 @@ def k_sweep(
         raise ValueError(f"sharpness must be a non-empty 1-D sequence, got shape {grid.shape}")
     frames = []
     for shape in shapes:
-        examples = {
-            f"{shape}@{s:g}": example_logits(
-                true_age, shape, float(s), num_classes=num_classes, start_age=start_age,
-                base_sigma=base_sigma, noise=noise, seed=seed,
-            )
-            for s in grid
-        }
-        t = terms_table(examples, true_age, start_age=start_age, eps=eps)
+        examples = {f"{shape}@{s:g}": example_logits(true_age, shape, float(s), setup)
+                    for s in grid}
+        t = terms_table(examples, true_age, setup)
         frames.append(pd.DataFrame({
-            "shape": shape, "sharpness": grid.astype(float), "sigma": base_sigma / grid,
+            "shape": shape, "sharpness": grid.astype(float), "sigma": setup.base_sigma / grid,
             "k": t.k.to_numpy(), "p_true": t.p_true.to_numpy(),
             "residue_mass": t.residue_mass.to_numpy(), "residue": t.residue.to_numpy(),
             "mean": t["mean"].to_numpy(), "ce": t.ce.to_numpy(),
@@ -543,19 +535,9 @@ def explorer_state(
     true_age: int,
     sharpness: float,
     shape: str,
+    setup: Illustration = DEFAULT,
     *,
     k: int | None = None,
-    lambda_mean: float = 0.2,
-    lambda_residue: float = 0.05,
-    lambda_variance: float = 0.05,
-    num_classes: int = 70,
-    start_age: int = 0,
-    base_sigma: float = 4.0,
-    noise: float = 0.0,
-    seed: int = 0,
-    eps: float = 1e-3,
-    sigma: float = 2.0,
-    fixed_k: int = 4,
 ) -> dict[str, object]:
     """Everything the explorer shows for one setting of its controls.
 
@@ -565,16 +547,11 @@ def explorer_state(
     mean-residue loss with this K: AMR when adaptive), ``losses`` (each loss of
     :func:`compared_losses` on this distribution) and ``gradients`` (term -> ``(C,)``).
     """
-    logits = example_logits(true_age, shape, sharpness, num_classes=num_classes,
-                            start_age=start_age, base_sigma=base_sigma, noise=noise, seed=seed)
-    row = terms_table({"x": logits}, true_age, start_age=start_age, k=k, eps=eps,
-                      sigma=sigma).iloc[0]
-    grads = term_gradients(logits, true_age, start_age=start_age, k=k, eps=eps, sigma=sigma,
-                           lambda_mean=lambda_mean, lambda_residue=lambda_residue)
-    response = loss_response_table({"x": logits}, true_age, start_age=start_age,
-                                   lambda_mean=lambda_mean, lambda_residue=lambda_residue,
-                                   lambda_variance=lambda_variance, fixed_k=fixed_k, eps=eps,
-                                   sigma=sigma)
+    logits = example_logits(true_age, shape, sharpness, setup)
+    row = terms_table({"x": logits}, true_age, setup, k=k).iloc[0]
+    grads = term_gradients(logits, true_age, setup, k=k)
+    response = loss_response_table({"x": logits}, true_age, setup)
+    lambda_mean, lambda_residue = setup.lambda_mean, setup.lambda_residue
     terms = {t: float(row[t]) for t in TERMS}
     weighted = {"ce": terms["ce"], "mean": lambda_mean * terms["mean"],
                 "residue": lambda_residue * terms["residue"]}
@@ -582,9 +559,9 @@ def explorer_state(
         "true_age": true_age, "sharpness": sharpness, "shape": shape, "k_mode": (
             "adaptive" if k is None else "fixed"), "lambda_mean": lambda_mean,
         "lambda_residue": lambda_residue,
-        "ages": np.arange(num_classes) + start_age,
+        "ages": np.arange(setup.num_classes) + setup.start_age,
         "probs": torch.softmax(logits, dim=0).numpy().astype(np.float64),
-        "in_topk": topk_mask(logits, true_age, start_age=start_age, k=k).numpy(),
+        "in_topk": topk_mask(logits, true_age, start_age=setup.start_age, k=k).numpy(),
         "k": int(row.k), "p_true": float(row.p_true), "expected_age": float(row.expected_age),
         "residue_mass": float(row.residue_mass), "terms": terms, "weighted": weighted,
         "total": float(sum(weighted.values())),

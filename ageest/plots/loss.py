@@ -12,10 +12,12 @@ import torch
 from matplotlib.figure import Figure
 
 from ageest.analysis.loss_illustration import (
+    DEFAULT,
     RESIDUE_COLOR,
     TERM_LABELS,
     TERMS,
     TOPK_COLOR,
+    Illustration,
     _stack,
     term_gradients,
     terms_table,
@@ -50,15 +52,15 @@ def _draw_distribution(ax, p: np.ndarray, mask: np.ndarray, true_age: int, start
 def distributions_figure(
     examples: Mapping[str, torch.Tensor],
     true_age: int,
+    setup: Illustration = DEFAULT,
     *,
-    start_age: int = 0,
     k: int | None = None,
-    eps: float = 1e-3,
 ) -> Figure:
     """One panel per example: the predicted distribution with the top-K set shaded, the
     residue probabilities, the true and expected age, and K, p(y), L_m and L_r in the corner."""
     names, logits = _stack(examples)
-    t = terms_table(examples, true_age, start_age=start_age, k=k, eps=eps)
+    start_age = setup.start_age
+    t = terms_table(examples, true_age, setup, k=k)
     p = torch.softmax(logits, dim=1).numpy()
     ncols = 2 if len(names) > 1 else 1
     nrows = math.ceil(len(names) / ncols)
@@ -119,11 +121,9 @@ def loss_response_figure(table: pd.DataFrame) -> Figure:
 def gradients_figure(
     examples: Mapping[str, torch.Tensor],
     true_age: int,
+    setup: Illustration = DEFAULT,
     *,
-    start_age: int = 0,
     k: int | None = None,
-    eps: float = 1e-3,
-    sigma: float = 2.0,
     terms: Sequence[str] = ("ce", "mean", "variance", "residue"),
 ) -> Figure:
     """Rows: examples; columns: loss terms; each panel the gradient of the (unweighted) term with
@@ -133,13 +133,13 @@ def gradients_figure(
     if unknown:
         raise ValueError(f"unknown terms {unknown}; choose from {TERMS}")
     p = torch.softmax(logits, dim=1).numpy()
+    start_age = setup.start_age
     xlim = _age_window(p, true_age, start_age)
     a = np.arange(logits.shape[1]) + start_age
     fig = Figure(figsize=(3.1 * len(terms), 1.9 * len(names) + 0.6), layout="constrained")
     axes = fig.subplots(len(names), len(terms), sharex=True, squeeze=False)
     for i, name in enumerate(names):
-        grads = term_gradients(logits[i], true_age, start_age=start_age, k=k, eps=eps,
-                               sigma=sigma)
+        grads = term_gradients(logits[i], true_age, setup, k=k)
         mask = topk_mask(logits[i], true_age, start_age=start_age, k=k).numpy()
         for j, term in enumerate(terms):
             ax = axes[i, j]
