@@ -101,6 +101,9 @@ def table(out: Path, test: bool = False) -> pd.DataFrame:
                          "val_mae_last": round(float(hist["val_mae"].iloc[-1]), 3),
                          "val_mae_swing": round(float(hist["val_mae"].diff().abs().max()), 2),
                          "wall_s": round(float(metrics["wall_time_s"]), 1),
+                         # CPU seconds of the training passes: unlike wall time, not inflated
+                         # by whatever else shared the two cores
+                         "train_cpu_s": round(float(hist["train_cpu_s"].sum()), 1),
                          "amp": params.get("amp") or "fp32"})
             if test:  # the held-out part: only for the recipe already chosen
                 rows[-1]["test_mae"] = round(float(metrics["mae"]), 3)
@@ -178,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         shown = t[t["loss"].isin(compare) & (t["seed"] == 0)]
         per = shown.groupby("candidate", sort=False).agg(
             runs=("loss", "size"), val_mae_selected=("val_mae_selected", "mean"),
-            val_mae_last=("val_mae_last", "mean"), wall_s=("wall_s", "mean"))
+            val_mae_last=("val_mae_last", "mean"), wall_s=("wall_s", "mean"),
+            train_cpu_s=("train_cpu_s", "mean"))
         print(per.round(3).to_markdown())
     return 0
 
