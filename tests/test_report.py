@@ -13,8 +13,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
+from ageest.files import write_json  # noqa: E402
 from ageest.pipeline import report  # noqa: E402
-from ageest.pipeline.artefacts import save_figure, save_table, write_json  # noqa: E402
+from ageest.pipeline.artefacts import save_figure, save_table  # noqa: E402
 
 CITATION = ('as quoted by B. Kwon, "Data Augmentation Using a Convolutional Autoencoder for Age '
             'Estimation from Facial Images", Journal of Multimedia Information System 12(3):95 '
