@@ -80,7 +80,7 @@ def test_utkface_profile_end_to_end(utk_copies, tmp_path):
     assert "identical_groups" in (out / "tables" / "data_summary.md").read_text()
     mae = pd.read_csv(out / "tables" / "mae_comparison.csv")
     assert set(mae["loss"]) == {"amr", "mean_variance", "ce", "dldl_v2"}
-    assert (mae["n_images"] == 18).all()  # the split's test part (30 % of 59)
+    assert (mae["n_images"] == 2 * 18).all()  # the split's test part (30 % of 59), two seeds
     # the profile's two seeds: a seed spread beside the CIs; no subject ids, no subject count
     assert (mae["seeds"] == 2).all() and mae["mae_seed_sd"].notna().all()
     assert mae["n_subjects"].isna().all()
