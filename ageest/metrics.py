@@ -17,11 +17,12 @@ References
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-from scipy import stats
+
+if TYPE_CHECKING:  # pandas and scipy are imported where used: `import ageest.metrics` needs numpy only
+    import pandas as pd
 
 __all__ = [
     "expected_age",
@@ -87,6 +88,7 @@ def _pair(pred, true, names: tuple[str, str] = ("pred", "true")) -> tuple[np.nda
 
 def _labels(x, name: str, n: int) -> np.ndarray:
     """Subject (cluster) labels: any hashable values, no missing ones."""
+    import pandas as pd
     if hasattr(x, "detach") and hasattr(x, "cpu"):
         x = x.detach().cpu().numpy()
     s = pd.Series(np.asarray(x, dtype=object) if not isinstance(x, pd.Series) else x.to_numpy())
@@ -238,6 +240,7 @@ def cumulative_score(pred, true, thetas: Iterable[int] = range(11)) -> pd.Series
     >>> cumulative_score([1, 2, 5], [1, 3, 3], thetas=[0, 1, 2]).round(4).to_dict()
     {0: 0.3333, 1: 0.6667, 2: 1.0}
     """
+    import pandas as pd
     p, t = _pair(pred, true)
     th = np.asarray(list(thetas), dtype=np.float64)
     if th.ndim != 1 or th.size == 0:
@@ -378,6 +381,7 @@ def epsilon_error(pred, mean, std, *, official_rounding: bool = False) -> float:
 
 
 def _frame_or_arrays(data, pred, true, subject, pred_col, true_col, subject_col):
+    import pandas as pd
     if data is not None:
         if not isinstance(data, pd.DataFrame):
             raise ValueError(f"data must be a pandas DataFrame, got {type(data).__name__}")
@@ -424,6 +428,7 @@ def per_subject_mae(
     >>> per_subject_mae(pred=[1, 2, 10], true=[0, 2, 4], subject=["a", "a", "b"]).to_dict("index")
     {'a': {'n': 2, 'mae': 0.5}, 'b': {'n': 1, 'mae': 6.0}}
     """
+    import pandas as pd
     p, t, s = _frame_or_arrays(data, pred, true, subject, pred_col, true_col, subject_col)
     df = pd.DataFrame({"subject": s, "err": np.abs(p - t)})
     out = df.groupby("subject", sort=True)["err"].agg(n="size", mae="mean")
@@ -525,6 +530,7 @@ def bootstrap_mae_ci(
     >>> r["estimate"], r["n_clusters"], 0.5 <= r["low"] <= r["estimate"] <= r["high"] <= 2.5
     (1.5, 2, True)
     """
+    import pandas as pd
     p, t = _pair(pred, true)
     if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
         raise ValueError(f"n_boot must be a positive int, got {n_boot!r}")
@@ -611,6 +617,7 @@ def paired_test(
     >>> r["mean_diff"], round(r["p_value"], 4)
     (-1.0833333333333333, 0.0312)
     """
+    from scipy import stats
     a, b = _pair(errors_a, errors_b, ("errors_a", "errors_b"))
     if method not in ("permutation", "wilcoxon"):
         raise ValueError(f"method must be 'permutation' or 'wilcoxon', got {method!r}")
@@ -691,6 +698,7 @@ def mae_by_age_group(
     >>> t[["group", "n", "mae"]].to_dict("list")
     {'group': ['0-9', '10-19', '20-30'], 'n': [2, 0, 1], 'mae': [1.5, nan, 5.0]}
     """
+    import pandas as pd
     p, t = _pair(pred, true)
     if isinstance(bins, (int, np.integer)) and not isinstance(bins, bool):
         if bins <= 0:
