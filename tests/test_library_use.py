@@ -44,3 +44,21 @@ def test_losses_and_metrics_import_only_torch_and_numpy():
                 f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_one_version_number():
+    """pyproject reads ageest.__version__; the installed metadata, `ageest --version` and the
+    citation file agree with it."""
+    import importlib.metadata
+
+    import yaml
+
+    import ageest
+
+    assert importlib.metadata.version("ageest") == ageest.__version__
+    citation = yaml.safe_load((paths.ROOT / "CITATION.cff").read_text(encoding="utf-8"))
+    assert str(citation["version"]) == ageest.__version__
+    pyproject = (paths.ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert 'version = { attr = "ageest.__version__" }' in pyproject
+    done = _run("from ageest.cli import main; main(['--version'])")
+    assert done.stdout.strip() == f"ageest {ageest.__version__}"
