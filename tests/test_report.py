@@ -155,3 +155,30 @@ def test_unsourced_value_is_rejected(monkeypatch):
     monkeypatch.setattr(pd, "read_csv", lambda *a, **k: bad)
     with pytest.raises(ValueError, match="without a source"):
         report.paper_results()
+
+
+def test_report_opens_with_its_answer(tmp_path):
+    """REPORT.md's first section is the summary: each method's headline metric with its CI,
+    the seed spread, AMR's paired difference to each baseline, and the best clean method —
+    before the published numbers and the notebooks' long sections."""
+    _fake_results(tmp_path, synthetic=False)
+    table = pd.DataFrame({
+        "method": ["amr", "ce", "amr (test-selected)"], "loss": ["amr", "ce", "amr"],
+        "protocol": ["clean (val_best)", "clean (val_best)", "official (test-selected)"],
+        "seeds": [2, 2, 1], "mae_pooled": [4.5, 5.0, 4.1], "mae_pooled_low": [4.2, 4.6, 3.8],
+        "mae_pooled_high": [4.8, 5.4, 4.4], "mae_seed_sd": [0.1, 0.2, float("nan")]})
+    save_table(table, tmp_path, "mae_comparison", "FG-NET-format MAE (years).")
+    save_table(pd.DataFrame({"reference": ["amr"], "baseline": ["ce"], "unit": ["subject"],
+                             "mean_diff": [-0.5], "p_value": [0.01], "test": ["permutation"]}),
+               tmp_path, "paired_tests", "Paired tests.")
+    text = report.build_report(tmp_path, profile="default")
+    assert text.index("## Summary") < text.index("## Published numbers") < text.index("## Notebooks")
+    summary = text.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    assert "**FG-NET-format, MAE (years), lower is better**" in summary
+    assert "| amr | clean (val_best) | 4.50 [4.20, 4.80] | 2 | 0.10 | — |" in summary
+    assert "| ce | clean (val_best) | 5.00 [4.60, 5.40] | 2 | 0.20 | -0.50 (p = 0.01" in summary
+    # the test-selected row is shown but neither paired nor chosen as the best
+    assert "| amr (test-selected) | official (test-selected) | 4.10 [3.80, 4.40] | 1 | — | — |" \
+        in summary
+    assert "Best under the clean protocol: **amr**, MAE (years) 4.50 [4.20, 4.80]" in summary
+    assert report.summary_lines(tmp_path / "nothing") == []

@@ -173,6 +173,9 @@ def build_report(out: str | Path, *, profile: str | None = None) -> str:
     elif synthetic is None:
         lines += ["> The data-preparation notebook did not record which data were used.", ""]
     lines += _utkface_note(out)
+    answer = summary_lines(out)
+    if answer:
+        lines += ["## Summary", "", *answer]
     paper = paper_results()
     sourced = paper[paper.value.notna()]
     lines += [
@@ -222,6 +225,70 @@ def build_report(out: str | Path, *, profile: str | None = None) -> str:
             lines += [f"### {title}", "", _block(out, kind, files[name], title, bool(synthetic)),
                       ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _ci(value: float, low: float, high: float, digits: int) -> str:
+    if not math.isfinite(value):
+        return "n/a"
+    if math.isfinite(low) and math.isfinite(high):
+        return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+    return f"{value:.{digits}f}"
+
+
+def _paired(out: Path) -> dict[str, str]:
+    """baseline -> "AMR − baseline: d years, p = …" from the paired tests (clean protocol)."""
+    path = out / "tables" / "paired_tests.csv"
+    if not path.is_file():
+        return {}
+    table = pd.read_csv(path)
+    return {str(r.baseline): f"{r.mean_diff:+.2f} (p = {r.p_value:.3g}, {r.test}, per {r.unit})"
+            for r in table.itertuples()}
+
+
+def summary_lines(out: str | Path) -> list[str]:
+    """The report's answer, first: per dataset, each method's headline metric with its CI (MAE
+    pooled over test images, or the ε-error), the seed spread when there are seeds, and the
+    paired test of AMR against each baseline; then which clean-protocol method scored best.
+    Empty when notebook 03 has not written its tables. ``ageest reproduce`` prints the same."""
+    out = Path(out)
+    lines: list[str] = []
+    specs = (("mae_comparison", "MAE (years)", "mae_pooled", 2, "mae_seed_sd"),
+             ("clap_epsilon_comparison", "ε-error", "epsilon", 3, None))
+    for name, metric, col, digits, sd_col in specs:
+        path = out / "tables" / f"{name}.csv"
+        if not path.is_file():
+            continue
+        table = pd.read_csv(path)
+        # the data's name as the table's caption gives it ("UTKFace", "FG-NET-format" ...)
+        first = (out / "tables" / f"{name}.md").read_text(encoding="utf-8").split("\n", 1)[0]
+        first = first.removeprefix(f"{SYNTHETIC_NOTE}. ")
+        data = first.split(" MAE")[0] if name == "mae_comparison" else first.split(" ε")[0]
+        paired = _paired(out) if name == "mae_comparison" else {}
+        lines += [f"**{data}, {metric}, lower is better** ({len(table)} methods; "
+                  f"`tables/{name}.csv`):", "",
+                  f"| method | protocol | {metric} [95% CI] | seeds | seed sd | AMR − method (paired) |",
+                  "|---|---|---:|---:|---:|---|"]
+        for c in (f"{col}_low", f"{col}_high", sd_col or "seed_sd"):  # older tables lack some
+            if c not in table.columns:
+                table[c] = math.nan
+        table = table.assign(protocol=table.get("protocol", "clean"), seeds=table.get("seeds", 1))
+        for r in table.to_dict("records"):
+            value = _ci(float(r[col]), float(r[f"{col}_low"]), float(r[f"{col}_high"]), digits)
+            sd = float(r[sd_col]) if sd_col else math.nan
+            sd_text = f"{sd:.{digits}f}" if math.isfinite(sd) else "—"
+            clean_row = str(r["protocol"]).startswith("clean")
+            test = paired.get(str(r.get("loss")), "—") if clean_row else "—"
+            lines.append(f"| {r['method']} | {r['protocol']} | {value} | {r['seeds']} | "
+                         f"{sd_text} | {test} |")
+        clean = table[table["protocol"].astype(str).str.startswith("clean")]
+        if len(clean) and clean[col].notna().any():
+            best = clean.loc[clean[col].idxmin()]
+            lines += ["", f"Best under the clean protocol: **{best['method']}**, {metric} "
+                      f"{_ci(float(best[col]), float(best[f'{col}_low']), float(best[f'{col}_high']), digits)}"
+                      ". A paired p-value above 0.05 (or overlapping CIs) means the data here do "
+                      "not separate the two losses."]
+        lines.append("")
+    return lines
 
 
 def _utkface_note(out: Path) -> list[str]:

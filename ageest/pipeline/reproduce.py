@@ -556,9 +556,11 @@ def reproduce(profile: str, *, fgnet: str | None = None, clap: str | None = None
     result.wall_time_s = time.perf_counter() - start
     result.manifest = _write_pipeline_manifest(result, plan)
     if report:
-        from ageest.pipeline.report import write_report
+        from ageest.pipeline.report import summary_lines, write_report
 
         result.report = write_report(out, profile=profile)
+        for line in summary_lines(out):  # the report's answer, also on the terminal
+            log(line)
         log(f"report: {result.report}")
     log(f"done in {result.wall_time_s:.1f} s")
     return result
