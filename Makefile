@@ -13,13 +13,17 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip setuptools wheel
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -e .
+# the exact environment: every package at requirements/constraints.txt's version (the kit extra
+# holds the notebooks' and pipeline's dependencies; `pip install ageest` alone is the light core)
+CONSTRAINTS := requirements/constraints.txt
+
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(BIN)/python -m pip install -c $(CONSTRAINTS) -e '.[kit]'
 	$(BIN)/python -m ipykernel install --sys-prefix --name ageest --display-name "Python (ageest)"
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -e '.[dev]'
+$(VENV)/.installed-dev: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(BIN)/python -m pip install -c $(CONSTRAINTS) -e '.[dev]'
 	$(BIN)/python -m ipykernel install --sys-prefix --name ageest --display-name "Python (ageest)"
 	touch $(VENV)/.installed $@
 

@@ -52,7 +52,13 @@ def _command(argv: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(_command(argv))
+    try:
+        parser = build_parser(_command(argv))
+    except ModuleNotFoundError as exc:  # the core install has the losses, not the commands
+        print(f"ageest {_command(argv)}: error: needs {exc.name!r}, which the core install "
+              "(`pip install ageest`) leaves out; install the kit: pip install 'ageest[kit]'",
+              file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()

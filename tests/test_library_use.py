@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from ageest import paths
 
 HEAVY = ("pandas", "scipy", "matplotlib", "jupyter_client", "papermill", "pyarrow", "sklearn",
@@ -62,3 +64,58 @@ def test_one_version_number():
     assert 'version = { attr = "ageest.__version__" }' in pyproject
     done = _run("from ageest.cli import main; main(['--version'])")
     assert done.stdout.strip() == f"ageest {ageest.__version__}"
+
+
+def test_a_command_without_the_kit_says_to_install_it(monkeypatch, capsys):
+    """Under the core install a sub-command's dependencies are missing: one line naming the
+    missing module and the extra to install, exit 2 (simulated by hiding pandas)."""
+    import builtins
+
+    from ageest import cli
+
+    real_import = builtins.__import__
+
+    def no_pandas(name, *args, **kwargs):
+        if name == "pandas" or name.startswith("pandas."):
+            raise ModuleNotFoundError("No module named 'pandas'", name="pandas")
+        return real_import(name, *args, **kwargs)
+
+    for module in [m for m in sys.modules if m.startswith("ageest.engine") or
+                   m.startswith("ageest.data") or m == "pandas"]:
+        monkeypatch.delitem(sys.modules, module)
+    monkeypatch.setattr(builtins, "__import__", no_pandas)
+    assert cli.main(["run", "--help"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("ageest run: error: needs 'pandas', which the core install (`pip install "
+                   "ageest`) leaves out; install the kit: pip install 'ageest[kit]'")
+
+
+@pytest.mark.slow
+def test_the_built_wheel_without_extras_trains_with_the_oldest_torch(tmp_path):
+    """The standard front-end builds the wheel and the sdist, twine's metadata check passes, and
+    in a fresh virtual environment with only the core installed (torch 2.13.0, the CPU wheel on
+    this machine's disk: the low end of the supported range) the README example trains a step
+    without importing pandas, scipy, matplotlib or Jupyter. (The high end, 2.14.1, is the kit's
+    own environment: the tests above.) `make test-slow` runs it: about a minute."""
+    dist = tmp_path / "dist"
+    done = subprocess.run([sys.executable, "-m", "build", "--outdir", str(dist), str(paths.ROOT)],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    built = sorted(str(p) for p in dist.iterdir())
+    assert sorted(p.rsplit(".", 1)[-1] for p in built) == ["gz", "whl"]  # the sdist, the wheel
+    done = subprocess.run([sys.executable, "-m", "twine", "check", "--strict", *built],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    (wheel,) = dist.glob("ageest-*.whl")
+    venv = tmp_path / "core"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "torch==2.13.0", str(wheel)],
+                         capture_output=True, text=True, timeout=900)
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    check = (_readme_example() + "\nimport sys, torch\nprint('TORCH', torch.__version__)\n"
+             f"print('HEAVY', sorted(m for m in {HEAVY!r} if m in sys.modules))\n")
+    done = subprocess.run([str(venv / "bin" / "python"), "-c", check], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout.strip().splitlines()
+    assert out[-2].startswith("TORCH 2.13.0") and out[-1] == "HEAVY []", out[-3:]
