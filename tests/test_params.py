@@ -218,13 +218,14 @@ def test_notebook_annotations_agree_with_the_one_declaration():
     """A notebook parameter named like a setting (a grid key: epochs, lr, amp, lambda_mean ...)
     is annotated with that setting's kind, so `-p` converts it as the grid checks it; its value
     in every profile passes the setting's one check."""
+    from ageest.analysis.training_grids import NOTEBOOK_AXES
     from ageest.engine.grids import SCHEMA
     from ageest.parameters import annotation_kind, check_value
 
     checked = 0
     for nb in NOTEBOOKS:
         for name, spec in declared_parameters(nb).items():
-            if name not in SCHEMA or name in ("k", "losses", "folds", "protocol", "dataset"):
+            if name not in SCHEMA or name in NOTEBOOK_AXES:
                 continue  # a grid's axes, which a notebook names for one value of its own
             kind, item = annotation_kind(spec["inferred_type_name"])
             setting = SCHEMA[name]

@@ -35,6 +35,11 @@ TRAINING_PARAMETERS = (
     "identical_images")
 
 
+#: grid keys whose values notebooks 02/04 set from parameters of their own meaning (a notebook's
+#: `losses`, `k` ...), so `train_options` may not set them
+NOTEBOOK_AXES = ("dataset", "protocol", "losses", "k", "folds")
+
+
 def training_settings(params: Mapping[str, Any]) -> dict[str, Any]:
     """Runner grid keys shared by every grid of a notebook, from its parameters (a notebook
     passes ``globals()``). A missing parameter is an error naming it; ``train_options`` (a dict)
@@ -53,7 +58,7 @@ def training_settings(params: Mapping[str, Any]) -> dict[str, Any]:
     # train_options: any other grid setting by its name, so a new TrainConfig field is set from a
     # profile without a notebook parameter of its own (the grid schema checks the names)
     options = dict(params.get("train_options") or {})
-    both = sorted(set(options) & (set(p) | {"losses", "k", "folds", "dataset", "protocol"}))
+    both = sorted(set(options) & (set(p) | set(NOTEBOOK_AXES)))
     if both:
         raise ValueError(f"train_options: {both[0]} is a notebook parameter of its own; set "
                          f"{both[0]} instead")

@@ -85,11 +85,8 @@ from ageest.parameters import Setting, check_value, settings_of
 # the grid: one schema (keys, defaults, types, ranges, help), its validation and its CLI flags
 
 
-#: one grid key (and one ``ageest run`` flag, ``n_folds`` -> ``--n-folds``)
-GridKey = Setting
-
-
 def _k(name, default, kind, help, **kw) -> Setting:
+    """One grid key (and one ``ageest run`` flag, ``n_folds`` -> ``--n-folds``)."""
     return Setting(name, default, kind, help, **kw)
 
 
@@ -104,8 +101,8 @@ SCHEMA: dict[str, Setting] = {key.name: key for key in [
     # axes: lists, one run per combination
     _k("dataset", ["synthetic-fgnet"], "list", "dataset name(s): a registry name of "
        "ageest.data (fgnet, clap2016, utkface, csv, benchmark-json, synthetic-fgnet ...)"),
-    _k("protocol", [], "list", "lopo, group-kfold, holdout (the train/valid/test split column: CLAP2016's own, a split CSV's; empty: each dataset's default)",
-       choices=PROTOCOLS),
+    _k("protocol", [], "list", "lopo, group-kfold, holdout (the train/valid/test split column: "
+       "CLAP2016's own, a split CSV's; empty: each dataset's default)", choices=PROTOCOLS),
     _k("losses", ["amr"], "list", "loss names of ageest.losses"),
     _k("k", [], "list", "fixed top-K values of mean_residue; 'adaptive' adds amr"),
     _k("seeds", [0], "list", "training seeds", item="int"),
@@ -136,7 +133,7 @@ SCHEMA: dict[str, Setting] = {key.name: key for key in [
     _k("allow_outside_root", False, "bool", "csv/benchmark-json: accept image paths that "
        "resolve outside --image-root"),
     _k("split_csv", None, "str", "UTKFace: train/valid/test split CSV (image_id,split) for "
-       "the official protocol"),
+       "the holdout protocol"),
     _k("on_bad", "raise", "str", "bad image files: stop naming them, or skip them and record "
        "the list (printed, and skipped.json in each run folder)", choices=ON_BAD_CHOICES),
     _k("identical_images", None, "str", "identical images (same decoded pixels): refuse, or "
@@ -219,32 +216,32 @@ def check_setting(name: str, value: Any) -> Any:
     loss and model names against their registries), for
     callers that hold single settings (``ageest reproduce`` checks every notebook parameter
     that is a grid key before the first notebook starts). A ``ValueError`` names the key."""
+    value = check_value(SCHEMA[name], value)
+    if name in ("losses", "model"):
+        _check_registered(**{name: value}, prefix="")
+    return value
+
+
+def _check_registered(losses: Sequence[str] = (), model: str | None = None, *,
+                      prefix: str) -> None:
+    """Loss and model names against their registries (the message starts with ``prefix``)."""
     from ageest.engine.models import list_models
     from ageest.losses import list_losses
 
-    value = check_value(SCHEMA[name], value)
-    if name == "losses":
-        for loss in value:
-            if loss not in list_losses():
-                raise ValueError(f"{name}: unknown loss {loss!r}; choose from {list_losses()}")
-    if name == "model" and value not in list_models():
-        raise ValueError(f"model: unknown model {value!r}; choose from {list_models()}")
-    return value
+    for loss in losses:
+        if loss not in list_losses():
+            raise ValueError(f"{prefix}losses: unknown loss {loss!r}; choose from "
+                             f"{list_losses()}")
+    if model is not None and model not in list_models():
+        raise ValueError(f"{prefix}model: unknown model {model!r}; choose from {list_models()}")
 
 
 def _check_parts(g: dict[str, Any]) -> None:
     """The names a grid chooses parts by, checked against their registries before any data is
     loaded: losses, the model and each loss's extra arguments."""
-    from ageest.engine.models import list_models
     from ageest.losses import list_losses, loss_parameters
 
-    for loss in g["losses"]:
-        if loss not in list_losses():
-            raise ValueError(f"grid key losses: unknown loss {loss!r}; choose from "
-                             f"{list_losses()}")
-    if g["model"] not in list_models():
-        raise ValueError(f"grid key model: unknown model {g['model']!r}; choose from "
-                         f"{list_models()}")
+    _check_registered(g["losses"], g["model"], prefix="grid key ")
     for loss, kwargs in (g["loss_kwargs"] or {}).items():
         if loss not in list_losses():
             raise ValueError(f"grid key loss_kwargs: {loss!r} is not a loss; its keys are loss "
