@@ -180,8 +180,39 @@ def test_shared_training_yaml_reaches_every_notebook_that_declares_its_keys(tmp_
     values = notebook_parameters("default", by_stem["02_training"], out=tmp_path)
     assert values["seeds"] == [0] and values["milestones"] == [8]
     assert values["losses"][:2] == ["amr", "mean_variance"]
-    assert notebook_parameters("default", by_stem["01_loss_illustration"],
-                               out=tmp_path)["lambda_mean"] == 0.2
+    # the loss weights: the default profile leaves them to the losses' one default
+    assert "lambda_mean" not in notebook_parameters("default", by_stem["01_loss_illustration"],
+                                                    out=tmp_path)
+
+
+def test_the_loss_weights_default_is_written_once(tmp_path):
+    """λ1/λ2's default lives in the losses' constructors only: no notebook writes a number for
+    it (None: that default) and only the paper profile, which pins the official scripts'
+    values, sets one; the grids and the illustration resolve None to it."""
+    from ageest.analysis.loss_illustration import Illustration
+    from ageest.analysis.training_grids import training_settings
+    from ageest.engine.grids import normalize_grid
+    from ageest.losses import WEIGHT_SETTINGS, weight_default
+
+    for nb in NOTEBOOKS:
+        for name, spec in declared_parameters(nb).items():
+            if name in WEIGHT_SETTINGS:
+                assert spec["default"] == "None", (nb.name, name, spec["default"])
+    for path in sorted(paths.PARAMS.glob("*/*.yaml")):
+        values = read_params_file(path)
+        set_here = sorted(set(values) & set(WEIGHT_SETTINGS))
+        assert not set_here or path.parent.name == "paper", (path, set_here)
+    by_stem = {nb.stem: nb for nb in NOTEBOOKS}
+    for stem in ("02_training", "04_ablation_k"):
+        params = {name: ast.literal_eval(spec["default"])
+                  for name, spec in declared_parameters(by_stem[stem]).items()}
+        values = notebook_parameters("default", by_stem[stem], out=tmp_path)
+        grid = normalize_grid(training_settings({**params, **values}))
+        for w in WEIGHT_SETTINGS:
+            assert grid[w] == weight_default(w), (stem, w)
+    setup = Illustration()
+    assert setup.weights() == {w: weight_default(w) for w in WEIGHT_SETTINGS}
+    assert Illustration(lambda_residue=0.1).lambda_residue == 0.1
 
 
 def test_shared_file_rules(tmp_path):

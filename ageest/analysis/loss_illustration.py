@@ -72,11 +72,14 @@ class Illustration:
     eps: float = 1e-3
     sigma: float = 2.0
     fixed_k: int = 4
-    lambda_mean: float = losses.weight_default("lambda_mean")
-    lambda_residue: float = losses.weight_default("lambda_residue")
-    lambda_variance: float = losses.weight_default("lambda_variance")
+    lambda_mean: float | None = None  # None: the losses' one default (losses.weight_default)
+    lambda_residue: float | None = None
+    lambda_variance: float | None = None
 
     def __post_init__(self) -> None:
+        for name in losses.WEIGHT_SETTINGS:
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, losses.weight_default(name))
         if not (math.isfinite(self.base_sigma) and self.base_sigma > 0):
             raise ValueError(f"base_sigma must be finite and > 0, got {self.base_sigma!r}")
         if not (math.isfinite(self.noise) and self.noise >= 0):
