@@ -76,6 +76,7 @@ class Setting:
     maximum: float | None = None
     item: str = "str"
     above: bool = False
+    optional: bool = False  # the text "none" means None (the default, or "not set")
 
 
 def annotation_alternatives(text: str) -> list[str]:
@@ -105,6 +106,18 @@ def annotation_kind(text: str) -> tuple[str, str]:
     return kind, item or "str"
 
 
+def annotation_setting(name: str, annotation: str | None) -> Setting:
+    """The :class:`Setting` an annotation alone declares (a notebook parameter that is no
+    training setting: its parameters cell is its one declaration), for :func:`parse_text`.
+
+    >>> annotation_setting("split_fractions", "list[float]").item
+    'float'
+    """
+    kind, item = annotation_kind(annotation or "str")
+    return Setting(name, None, kind, "", item=item,
+                   optional="None" in annotation_alternatives(annotation or "str"))
+
+
 def settings_of(fields) -> list[Setting]:
     """The :class:`Setting` of each dataclass field whose metadata carries ``help`` (choices,
     ``min``, ``max``, ``above`` from the metadata, kind from the annotation)."""
@@ -120,8 +133,65 @@ def settings_of(fields) -> list[Setting]:
         out.append(Setting(f.name, default, kind, f.metadata["help"],
                            choices=f.metadata.get("choices"), minimum=f.metadata.get("min"),
                            maximum=f.metadata.get("max"), item=item,
-                           above=bool(f.metadata.get("above"))))
+                           above=bool(f.metadata.get("above")),
+                           optional="None" in annotation_alternatives(str(f.type))))
     return out
+
+
+_TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
+
+
+def parse_text(setting: Setting, text: str, where: str = "-p") -> Any:
+    """The text of a setting given on a command line (``-p NAME VALUE``, an ``ageest run``
+    flag) as the kind its declaration names; the one reader of such text. Ranges and choices
+    are :func:`check_value`'s (the boundary's one check), not this function's.
+
+    ``str`` keeps the text; ``bool`` takes true/false (yes/no, 1/0, on/off); ``int`` and
+    ``float`` parse; ``list`` splits on commas and parses each item as ``item``; ``dict`` is a
+    YAML flow mapping (JSON is one); ``none``/``null`` is ``None`` for an optional setting.
+
+    >>> parse_text(Setting("epochs", 10, "int", ""), "4"), parse_text(
+    ...     Setting("milestones", [], "list", "", item="int"), "15, 30")
+    (4, [15, 30])
+    >>> parse_text(Setting("pretrained", False, "bool", ""), "maybe")
+    Traceback (most recent call last):
+    ...
+    ValueError: -p pretrained: 'maybe' is not true or false (true/false, yes/no, 1/0, on/off)
+    """
+    name, kind, low = setting.name, setting.kind, text.strip().lower()
+    prefix = f"{where} " if where else ""
+    if setting.optional and low in ("none", "null"):
+        return None
+    if kind == "bool":
+        if low in _TRUE or low in _FALSE:
+            return low in _TRUE
+        raise ValueError(f"{prefix}{name}: {text!r} is not true or false "
+                         "(true/false, yes/no, 1/0, on/off)")
+    if kind == "int":
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"{prefix}{name}: {text!r} is not an integer") from None
+    if kind == "float":
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"{prefix}{name}: {text!r} is not a number") from None
+    if kind == "list":
+        one = Setting(name, None, setting.item, "")
+        return [parse_text(one, part.strip(), where) for part in text.split(",") if part.strip()]
+    if kind == "dict":
+        import yaml
+
+        try:
+            value = yaml.safe_load(text) if text.strip() else {}
+        except yaml.YAMLError:
+            value = None
+        if not isinstance(value, dict):
+            raise ValueError(f"{prefix}{name}: {text!r} is not a mapping such as "
+                             "{weight_decay: 0.05}")
+        return value
+    return text  # str, and kinds not modelled here
 
 
 def _integer(where: str, value: Any, setting: Setting) -> int:
@@ -181,6 +251,9 @@ def check_value(setting: Setting, value: Any, where: str = "grid key") -> Any:
         items = as_list(value)
         if setting.item == "int":
             items = [_integer(where, v, setting) for v in items]
+        elif setting.item == "float":
+            items = [check_value(Setting(name, None, "float", "", minimum=setting.minimum,
+                                         maximum=setting.maximum), v, where) for v in items]
         for item in items:
             if setting.choices and item not in setting.choices:
                 raise ValueError(f"{where} {name}: {item!r} is not one of "

@@ -109,16 +109,50 @@ def test_published_numbers_sit_beside_official_lopo_rows_only(paper_run):
 
 
 def test_parameter_conversion_and_errors(tmp_path):
-    assert convert_parameter("folds", "0", "str", "x.ipynb") == "0"  # str keeps the text
-    assert convert_parameter("losses", "amr,ce", "str", "x.ipynb") == "amr,ce"
-    assert convert_parameter("pretrained", "TRUE", "bool", "x.ipynb") is True
+    # a parameter no grid has: read by the notebook's annotation (its one declaration)
+    assert convert_parameter("title", "0", "str", "x.ipynb") == "0"  # str keeps the text
+    assert convert_parameter("names", "a,b", "str", "x.ipynb") == "a,b"
     assert convert_parameter("n_boot", "20", "int", "x.ipynb") == 20
-    assert convert_parameter("k", "none", "int | None", "x.ipynb") is None
-    with pytest.raises(ReproduceError, match=r"-p epochs 'four': notebook x.ipynb declares "
-                                             r"epochs as int"):
+    assert convert_parameter("fixed_k", "none", "int | None", "x.ipynb") is None
+    assert convert_parameter("split_fractions", "0.7, 0.1,0.2", "list[float]", "x.ipynb") == \
+        [0.7, 0.1, 0.2]
+    # a training setting: read by its declaration (TrainConfig / the grid schema), whatever the
+    # notebook's annotation says
+    assert convert_parameter("pretrained", "TRUE", "bool", "x.ipynb") is True
+    assert convert_parameter("epochs", "4", "str", "x.ipynb") == 4
+    assert convert_parameter("clap_epochs", "4", "str", "x.ipynb") == 4  # epochs' declaration
+    assert convert_parameter("folds", "0,3", "list[str]", "x.ipynb") == [0, 3]  # ints
+    assert convert_parameter("protocol", "lopo", "str", "x.ipynb") == "lopo"  # one axis value
+    assert convert_parameter("weight_decay", "none", "float", "x.ipynb") is None  # optional
+    with pytest.raises(ReproduceError, match=r"-p epochs: 'four' is not an integer; notebook "
+                                             r"x.ipynb declares epochs as int"):
         convert_parameter("epochs", "four", "int", "x.ipynb")
-    with pytest.raises(ReproduceError, match="expected true or false"):
+    with pytest.raises(ReproduceError, match="-p seeds: 'x' is not an integer"):
+        convert_parameter("seeds", "0,x", "list[int]", "x.ipynb")
+    with pytest.raises(ReproduceError, match="'maybe' is not true or false"):
         convert_parameter("pretrained", "maybe", "bool", "x.ipynb")
+
+
+def test_run_flags_read_their_text_by_the_declaration(capsys):
+    """`ageest run`'s flags and `-p` share one reader: a bad list item or number is refused
+    by argparse with the setting's name, a mapping flag takes YAML or JSON."""
+    import argparse
+
+    from ageest.engine.grids import add_arguments, grid_from_args
+
+    parser = argparse.ArgumentParser(prog="ageest run")
+    add_arguments(parser)
+    args = parser.parse_args(["--seeds", "0,1", "--milestones", "8", "--epochs", "3",
+                              "--loss-kwargs", "{amr: {eps: 0.01}}", "--grad-clip", "none"])
+    grid = grid_from_args(args)
+    assert grid["seeds"] == [0, 1] and grid["milestones"] == [8] and grid["epochs"] == 3
+    assert grid["loss_kwargs"] == {"amr": {"eps": 0.01}} and "grad_clip" not in grid
+    for argv, message in ((["--seeds", "0,x"], "seeds: 'x' is not an integer"),
+                          (["--lr", "fast"], "lr: 'fast' is not a number"),
+                          (["--loss-kwargs", "[1]"], "loss_kwargs: '[1]' is not a mapping")):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+        assert message in capsys.readouterr().err, argv
 
 
 def test_reproduce_rejects_undeclared_and_repeated_parameters(tmp_path):

@@ -503,12 +503,12 @@ def test_grid_schema_is_trainconfig_and_the_cli_is_the_schema():
     for name, key in grids.SCHEMA.items():
         assert name in flags, f"--{name.replace('_', '-')} is missing"
         assert key.help.replace("%", "%%") in flags[name].help
-    assert "(default 10)" in flags["epochs"].help and flags["epochs"].type is int
+    assert "(default 10)" in flags["epochs"].help and flags["epochs"].type("3") == 3
     assert flags["optimizer"].choices == ["adamw", "sgd"]
     args = parser.parse_args(["--epochs", "3", "--losses", "amr,ce", "--no-pretrained",
                               "--loss-kwargs", '{"amr": {"eps": 0.01}}', "--lambda-mean", "0.1"])
     grid = grids.grid_from_args(args)
-    assert grid == {"epochs": 3, "losses": "amr,ce", "pretrained": False,
+    assert grid == {"epochs": 3, "losses": ["amr", "ce"], "pretrained": False,
                     "loss_kwargs": {"amr": {"eps": 0.01}}, "lambda_mean": 0.1}
     g = grids.normalize_grid(grid)
     assert g["losses"] == ["amr", "ce"] and g["epochs"] == 3 and g["lambda_mean"] == 0.1

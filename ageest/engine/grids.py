@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -79,15 +78,16 @@ from ageest.engine.train import TrainConfig, precision_label, resolve_amp
 from ageest.files import plain
 from ageest.losses import WEIGHT_SETTINGS, loss_weights
 from ageest.official import OFFICIAL_SELECTION, SELECTIONS
-from ageest.parameters import Setting, check_value, settings_of
+from ageest.parameters import Setting, check_value, parse_text, settings_of
 
 # ---------------------------------------------------------------------------------------------
 # the grid: one schema (keys, defaults, types, ranges, help), its validation and its CLI flags
 
 
 def _k(name, default, kind, help, **kw) -> Setting:
-    """One grid key (and one ``ageest run`` flag, ``n_folds`` -> ``--n-folds``)."""
-    return Setting(name, default, kind, help, **kw)
+    """One grid key (and one ``ageest run`` flag, ``n_folds`` -> ``--n-folds``); one whose
+    default is None may be given as ``none``."""
+    return Setting(name, default, kind, help, optional=default is None, **kw)
 
 
 def _train_keys() -> list[Setting]:
@@ -598,11 +598,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         kw: dict[str, Any] = {"help": text.replace("%", "%%"), "default": None}
         if key.kind == "bool":
             kw["action"] = argparse.BooleanOptionalAction
-        elif key.kind == "list":
+        else:
+            kw["type"] = _flag_reader(key)
+        if key.kind == "list":
             kw["metavar"] = "A,B"
             kw["help"] = kw["help"] + "; comma-separated"
-        elif key.kind in ("int", "float"):
-            kw["type"] = int if key.kind == "int" else float
         if key.choices and key.kind != "list":
             kw["choices"] = list(key.choices)
         parser.add_argument(flag, **kw)
@@ -611,21 +611,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-aggregate", action="store_true", help="skip the aggregate table")
 
 
+def _flag_reader(setting: Setting):
+    """argparse's ``type`` for a flag: the setting's text read by its declaration
+    (:func:`ageest.parameters.parse_text`, the reader of ``-p`` too)."""
+    def read(text: str) -> Any:
+        try:
+            return parse_text(setting, text, where="")
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    read.__name__ = setting.kind
+    return read
+
+
 def grid_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The grid of ``ageest run``: the ``--config`` YAML, then the flags given on top (a dict
-    key such as ``--loss-kwargs`` is JSON)."""
+    key such as ``--loss-kwargs`` is a YAML flow mapping, JSON included)."""
     grid = load_grid_config(args.config) if args.config else {}
-    for name, key in SCHEMA.items():
+    for name in SCHEMA:
         value = getattr(args, name, None)
-        if value is None:
-            continue
-        if key.kind == "dict":
-            flag = "--" + name.replace("_", "-")
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{flag}: not valid JSON ({exc})") from exc
-        grid[name] = value
+        if value is not None:
+            grid[name] = value
     return grid
 
 

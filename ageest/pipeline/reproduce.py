@@ -15,6 +15,7 @@ Outputs under ``<results>/<profile>/`` (or ``--results-dir``): ``executed/NN_nam
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import re
 import sys
@@ -29,7 +30,15 @@ import yaml
 from ageest import paths
 from ageest.errors import UserError, format_user_error
 from ageest.files import atomic_write_text, read_json, write_manifest
-from ageest.parameters import SHARED_FILE, annotation_alternatives, as_list
+from ageest.parameters import (
+    SHARED_FILE,
+    Setting,
+    annotation_alternatives,
+    annotation_kind,
+    annotation_setting,
+    as_list,
+    parse_text,
+)
 
 PROFILES = ("smoke", "default", "paper", "utkface")
 KERNEL_NAME = "ageest"
@@ -202,15 +211,28 @@ def check_parameters(values: Mapping[str, Any], declared: Mapping[str, Mapping[s
             )
 
 
-_TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
+def notebook_setting(name: str, type_name: str | None) -> Setting:
+    """The declaration a notebook parameter's text is read by: a training setting's own (the
+    grid schema's, from :class:`~ageest.engine.train.TrainConfig` and
+    :data:`ageest.engine.grids.SCHEMA`; ``clap_epochs`` is ``epochs``'s, a notebook's scalar
+    ``protocol`` one item of the grid axis), else the notebook's annotation ``type_name`` (its
+    parameters cell is the one declaration of a parameter no grid has)."""
+    from ageest.engine.grids import SCHEMA
+
+    key = _AS_GRID_KEY.get(name, name)
+    if key not in SCHEMA or name in PIPELINE_PARAMETERS:
+        return annotation_setting(name, type_name)
+    setting = SCHEMA[key]
+    if setting.kind == "list" and annotation_kind(type_name or "str")[0] != "list":
+        setting = dataclasses.replace(setting, kind=setting.item)  # one value of an axis
+    return dataclasses.replace(setting, name=name)
 
 
 def convert_parameter(name: str, text: str, type_name: str | None, notebook: str) -> Any:
-    """The command-line text of ``-p NAME VALUE`` as the type ``notebook`` declares for it.
-
-    ``str`` takes the text as given (``-p folds 0`` is the string "0", a comma list stays a
-    comma string); ``bool`` takes true/false (yes/no, 1/0, on/off); ``int``/``float`` parse;
-    ``... | None`` also takes ``none``; a ``list`` type takes comma-separated items.
+    """The command-line text of ``-p NAME VALUE`` read by the parameter's declaration
+    (:func:`notebook_setting`, :func:`ageest.parameters.parse_text`): ``-p epochs 4`` is the
+    integer 4 because ``epochs`` is declared an integer; a list takes comma-separated items;
+    ``none`` is ``None`` where the declaration allows it.
 
     >>> convert_parameter("epochs", "4", "int", "02_training.ipynb")
     4
@@ -219,41 +241,11 @@ def convert_parameter(name: str, text: str, type_name: str | None, notebook: str
     >>> convert_parameter("losses", "amr,ce", "list[str]", "02_training.ipynb")
     ['amr', 'ce']
     """
-    alternatives = annotation_alternatives(type_name or "str")
-    if "None" in alternatives and text.strip().lower() in ("none", "null"):
-        return None
-    errors = []
-    for alt in alternatives:
-        base = alt.split("[", 1)[0]
-        try:
-            if base == "str":
-                return text
-            if base == "bool":
-                if text.strip().lower() in _TRUE:
-                    return True
-                if text.strip().lower() in _FALSE:
-                    return False
-                raise ValueError("expected true or false")
-            if base == "int":
-                return int(text)
-            if base == "float":
-                return float(text)
-            if base == "dict":  # -p train_options '{weight_decay: 0.05}' (YAML flow mapping)
-                value = yaml.safe_load(text) if text.strip() else {}
-                if not isinstance(value, dict):
-                    raise ValueError("expected a mapping such as {weight_decay: 0.05}")
-                return value
-            if base in ("list", "tuple"):
-                item = alt[len(base) + 1:-1] if "[" in alt else "str"  # list[int] -> int
-                return [convert_parameter(name, t.strip(), item, notebook)
-                        for t in text.split(",") if t.strip()]
-        except ValueError as exc:
-            errors.append(str(exc))
-            continue
-        if base not in ("None", "NoneType"):
-            return text  # an annotation we do not model: pass the text
-    raise ReproduceError(f"-p {name} {text!r}: notebook {notebook} declares {name} as "
-                         f"{type_name}, and {text!r} is not one ({'; '.join(errors)})")
+    try:
+        return parse_text(notebook_setting(name, type_name), text, where="-p")
+    except ValueError as exc:
+        raise ReproduceError(f"{exc}; notebook {notebook} declares {name} as "
+                             f"{type_name or 'str'}") from None
 
 
 def shared_file(profile: str, params_dir: str | Path | None = None) -> Path:
