@@ -29,7 +29,7 @@ def examples():
 
 @pytest.fixture(scope="module")
 def response(examples):
-    return loss_illustration.loss_response_table(examples, TRUE_AGE, NOISY)
+    return loss_illustration.loss_response_table(examples)
 
 
 # --- example distributions --------------------------------------------------------------------
@@ -95,7 +95,7 @@ def test_illustration_settings_are_checked_once():
 
 
 def test_topk_mask_matches_the_losses_definition(examples):
-    for z in examples.values():
+    for z in examples.logits.values():
         mask = loss_illustration.topk_mask(z, TRUE_AGE)
         p = torch.softmax(z, 0)
         assert mask[TRUE_AGE]
@@ -109,11 +109,11 @@ def test_topk_mask_matches_the_losses_definition(examples):
 
 
 def test_terms_table_against_hand_computation(examples):
-    t = loss_illustration.terms_table(examples, TRUE_AGE, NOISY.replace(eps=1e-3))
-    assert list(t.example) == list(examples)
+    t = loss_illustration.terms_table(examples.replace(setup=NOISY.replace(eps=1e-3)))
+    assert list(t.example) == examples.names
     assert np.isfinite(t.drop(columns="example").to_numpy(dtype=float)).all()
     a = np.arange(70)
-    for (_, row), z in zip(t.iterrows(), examples.values(), strict=True):
+    for (_, row), z in zip(t.iterrows(), examples.logits.values(), strict=True):
         p = torch.softmax(z, 0).numpy()
         out = p < p[TRUE_AGE]
         assert row.k == int((~out).sum())
@@ -129,7 +129,7 @@ def test_terms_table_against_hand_computation(examples):
 
 
 def test_loss_response_totals_decompose(response, examples):
-    assert len(response) == 5 * len(examples)
+    assert len(response) == 5 * len(examples.names)
     assert set(response.loss) == {"CE", "mean-variance", "AMR", "mean-residue K=4", "DLDL"}
     assert np.isfinite(response.total).all()
     for _, r in response.iterrows():
@@ -146,17 +146,17 @@ def test_loss_response_totals_decompose(response, examples):
 
 
 def test_amr_equals_fixed_k_when_the_adaptive_k_matches(examples):
-    terms = loss_illustration.terms_table(examples, TRUE_AGE)
+    terms = loss_illustration.terms_table(examples)
     name, k = next((r.example, int(r.k)) for r in terms.itertuples())
-    table = loss_illustration.loss_response_table({name: examples[name]}, TRUE_AGE,
-                                                  NOISY.replace(fixed_k=k))
+    table = loss_illustration.loss_response_table(loss_illustration.Examples(
+        {name: examples.logits[name]}, TRUE_AGE, NOISY.replace(fixed_k=k)))
     totals = dict(zip(table.loss, table.total, strict=True))
     assert totals["AMR"] == pytest.approx(totals[f"mean-residue K={k}"])
 
 
 def test_gradients_match_closed_forms(examples):
     a = np.arange(70, dtype=float)
-    for z in examples.values():
+    for z in examples.logits.values():
         g = loss_illustration.term_gradients(z, TRUE_AGE, NOISY)
         p = torch.softmax(z, 0).numpy()
         m = p @ a
@@ -175,8 +175,8 @@ def test_gradients_match_closed_forms(examples):
 
 
 def test_gradient_table(examples):
-    t = loss_illustration.gradient_table(examples, TRUE_AGE)
-    assert len(t) == len(examples) * 6
+    t = loss_illustration.gradient_table(examples)
+    assert len(t) == len(examples.names) * 6
     assert np.isfinite(t[["l2_norm", "max_abs", "grad_true_age"]].to_numpy()).all()
     assert (t.loc[t.term == "ce", "grad_true_age"] < 0).all()
 
@@ -201,10 +201,10 @@ def test_k_sweep_shows_k_falling_as_a_noisy_prediction_sharpens():
 def test_figures_build_and_save(tmp_path, examples, response):
     sweep = loss_illustration.k_sweep(TRUE_AGE, loss_illustration.sharpness_grid(5), NOISY)
     figures = {
-        "distributions": plots.distributions_figure(examples, TRUE_AGE),
-        "distributions_fixed": plots.distributions_figure(examples, TRUE_AGE, k=4),
+        "distributions": plots.distributions_figure(examples),
+        "distributions_fixed": plots.distributions_figure(examples, k=4),
         "response": plots.loss_response_figure(response),
-        "gradients": plots.gradients_figure(examples, TRUE_AGE),
+        "gradients": plots.gradients_figure(examples),
         "k_sweep": plots.k_sweep_figure(sweep),
     }
     n_axes = {"distributions": 4, "distributions_fixed": 4, "response": 2, "gradients": 16,
@@ -219,12 +219,12 @@ def test_figures_build_and_save(tmp_path, examples, response):
 
 
 def test_summary_metrics_are_finite_json(examples, response):
-    terms = loss_illustration.terms_table(examples, TRUE_AGE)
-    grads = loss_illustration.gradient_table(examples, TRUE_AGE)
+    terms = loss_illustration.terms_table(examples)
+    grads = loss_illustration.gradient_table(examples)
     sweep = loss_illustration.k_sweep(TRUE_AGE, loss_illustration.sharpness_grid(4), NOISY)
     metrics = loss_illustration.summary_metrics(terms, response, grads, sweep)
     text = json.dumps(metrics, allow_nan=False)  # raises on NaN / inf
-    assert set(metrics["examples"]) == set(examples)
+    assert set(metrics["examples"]) == set(examples.names)
     assert set(metrics["k_sweep"]) == set(loss_illustration.SHAPES)
     assert "AMR" in text
 
@@ -302,3 +302,20 @@ def test_params_files_declare_only_notebook_parameters():
         path = paths.PARAMS / profile / "01_loss_illustration.yaml"
         values = yaml.safe_load(path.read_text()) or {}
         assert set(values) <= set(declared), (path, set(values) - set(declared))
+
+
+def test_examples_carry_their_true_age_and_setup(examples):
+    """The tables and figures read each example against the true age and setup it was made
+    with: they take no second true age (there is none to get wrong), and a true age outside
+    the logits' classes is refused when the examples are built."""
+    assert examples.true_age == TRUE_AGE and examples.setup is NOISY
+    assert examples.stacked.shape == (4, 70) and examples.stacked.dtype == torch.float64
+    with pytest.raises(TypeError):
+        loss_illustration.terms_table(examples, TRUE_AGE)  # the old (examples, true_age) form
+    with pytest.raises(ValueError, match="true_age=7 is outside the age range 0..4"):
+        loss_illustration.Examples({"x": torch.zeros(5)}, 7)
+    with pytest.raises(ValueError, match="examples is empty"):
+        loss_illustration.Examples({}, 3)
+    older = examples.replace(true_age=40)
+    assert loss_illustration.terms_table(older).p_true.tolist() == pytest.approx(
+        torch.softmax(examples.stacked, 1)[:, 40].tolist())

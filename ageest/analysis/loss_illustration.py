@@ -195,16 +195,51 @@ def example_logits(
     return logits
 
 
-def example_distributions(true_age: int = 30,
-                          setup: Illustration = DEFAULT) -> dict[str, torch.Tensor]:
-    """The four example predictions of notebook 01, name -> logits ``(num_classes,)``.
+@dataclass(frozen=True, eq=False)
+class Examples:
+    """Example predicted distributions together with what they are examples of: ``logits``
+    (name -> ``(C,)``, kept as float64), the ``true_age`` they are judged against and the
+    ``setup`` every number about them uses (the class count is the logits'). The tables and
+    figures take one of these, so an example is never read against another true age or setup
+    than its own.
+
+    >>> Examples({"flat": torch.zeros(3)}, 1).names
+    ['flat']
+    """
+
+    logits: Mapping[str, torch.Tensor]
+    true_age: int
+    setup: Illustration = DEFAULT
+
+    def __post_init__(self) -> None:
+        names, stacked = _stack(self.logits)
+        _check_age(self.true_age, stacked.shape[1], self.setup.start_age)
+        object.__setattr__(self, "logits", dict(zip(names, stacked, strict=True)))
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.logits)
+
+    @property
+    def stacked(self) -> torch.Tensor:
+        """``(N, C)`` float64 logits in the order of :attr:`names`."""
+        return torch.stack(list(self.logits.values()))
+
+    def replace(self, **changes) -> Examples:
+        """A copy with ``changes`` (another ``setup`` for the same distributions, ...)."""
+        return dataclasses.replace(self, **changes)
+
+
+def example_distributions(true_age: int = 30, setup: Illustration = DEFAULT) -> Examples:
+    """The four example predictions of notebook 01 (:class:`Examples`, logits
+    ``(num_classes,)`` each).
 
     ``unimodal, broad`` (sharpness 0.5), ``unimodal, sharp`` (2), ``shifted`` (1) and
     ``bimodal`` (1.5); see :func:`example_logits`.
 
     Examples
     --------
-    >>> list(example_distributions())
+    >>> example_distributions().names
     ['unimodal, broad', 'unimodal, sharp', 'shifted', 'bimodal']
     """
     specs = {
@@ -213,15 +248,13 @@ def example_distributions(true_age: int = 30,
         "shifted": ("shifted", 1.0),
         "bimodal": ("bimodal", 1.5),
     }
-    return {
-        name: example_logits(true_age, shape, sharpness, setup)
-        for name, (shape, sharpness) in specs.items()
-    }
+    return Examples({name: example_logits(true_age, shape, sharpness, setup)
+                     for name, (shape, sharpness) in specs.items()}, true_age, setup)
 
 
 def _stack(examples: Mapping[str, torch.Tensor]) -> tuple[list[str], torch.Tensor]:
     if not examples:
-        raise ValueError("examples is empty; pass e.g. example_distributions(true_age)")
+        raise ValueError("examples is empty; give at least one name -> logits")
     names = list(examples)
     logits = torch.stack([torch.as_tensor(examples[n], dtype=torch.float64) for n in names])
     if logits.ndim != 2:
@@ -256,13 +289,7 @@ def topk_mask(logits: torch.Tensor, true_age: int, *, start_age: int = 0,
                             start_age=start_age, k=k)[0]
 
 
-def terms_table(
-    examples: Mapping[str, torch.Tensor],
-    true_age: int,
-    setup: Illustration = DEFAULT,
-    *,
-    k: int | None = None,
-) -> pd.DataFrame:
+def terms_table(examples: Examples, *, k: int | None = None) -> pd.DataFrame:
     """One row per example: the quantities the AMR loss is built from.
 
     Columns: ``example``, ``expected_age``, ``p_true`` (probability of the true age), ``k``
@@ -270,18 +297,18 @@ def terms_table(
     (probability inside / outside top-K), ``residue_entropy`` (the exact entropy
     ``sum_{j not in top-K} -p_j log p_j``, ε = 0), and the unweighted loss terms ``ce``, ``mean``,
     ``variance``, ``residue`` (with ``setup.eps``) and ``kl`` (DLDL, label σ = ``setup.sigma``).
-    The number of classes is the logits'; ``setup.start_age`` is the age of class 0.
+    The number of classes is the logits'; ``setup.start_age`` is the age of class 0 (the
+    examples' ``true_age`` and ``setup``).
 
     Examples
     --------
-    >>> t = terms_table(example_distributions(30), 30)
+    >>> t = terms_table(example_distributions(30))
     >>> t.loc[t.example == "unimodal, sharp", "k"].item()
     3
     """
-    names, logits = _stack(examples)
+    names, logits, true_age = examples.names, examples.stacked, examples.true_age
     n, c = logits.shape
-    start_age, eps, sigma = setup.start_age, setup.eps, setup.sigma
-    _check_age(true_age, c, start_age)
+    start_age, eps, sigma = examples.setup.start_age, examples.setup.eps, examples.setup.sigma
     ages = torch.full((n,), true_age)
     with torch.no_grad():
         p = torch.softmax(logits, dim=1)  # (N, C)
@@ -336,11 +363,7 @@ def compared_losses(setup: Illustration = DEFAULT) -> dict[str, torch.nn.Module]
     }
 
 
-def loss_response_table(
-    examples: Mapping[str, torch.Tensor],
-    true_age: int,
-    setup: Illustration = DEFAULT,
-) -> pd.DataFrame:
+def loss_response_table(examples: Examples) -> pd.DataFrame:
     """How each loss of :func:`compared_losses` responds to the same distributions.
 
     Long format, one row per (example, loss): ``example``, ``loss``, ``total`` and the loss's
@@ -350,14 +373,12 @@ def loss_response_table(
 
     Examples
     --------
-    >>> t = loss_response_table(example_distributions(30), 30)
+    >>> t = loss_response_table(example_distributions(30))
     >>> sorted(t.loss.unique())[:2]
     ['AMR', 'CE']
     """
-    names, logits = _stack(examples)
-    n, c = logits.shape
-    _check_age(true_age, c, setup.start_age)
-    table = compared_losses(setup.replace(num_classes=c))
+    names, logits, true_age = examples.names, examples.stacked, examples.true_age
+    table = compared_losses(examples.setup.replace(num_classes=logits.shape[1]))
     rows = []
     with torch.no_grad():
         # one call per example (not per batch element inside a loss): each row is its own batch
@@ -427,24 +448,19 @@ def term_gradients(
     return out
 
 
-def gradient_table(
-    examples: Mapping[str, torch.Tensor],
-    true_age: int,
-    setup: Illustration = DEFAULT,
-    *,
-    k: int | None = None,
-) -> pd.DataFrame:
+def gradient_table(examples: Examples, *, k: int | None = None) -> pd.DataFrame:
     """Per example and term: the gradient's L2 norm, its largest magnitude and the age where that
     occurs, and the gradient at the true age (negative: the term pushes ``p_y`` up).
 
     Examples
     --------
-    >>> t = gradient_table(example_distributions(30), 30)
+    >>> t = gradient_table(example_distributions(30))
     >>> bool((t.loc[t.term == "ce", "grad_true_age"] < 0).all())
     True
     """
+    true_age, setup = examples.true_age, examples.setup
     rows = []
-    for name, z in examples.items():
+    for name, z in examples.logits.items():
         grads = term_gradients(z, true_age, setup, k=k)
         for term, g in grads.items():
             j = int(np.abs(g).argmax())
@@ -495,9 +511,9 @@ def k_sweep(
         raise ValueError(f"sharpness must be a non-empty 1-D sequence, got shape {grid.shape}")
     frames = []
     for shape in shapes:
-        examples = {f"{shape}@{s:g}": example_logits(true_age, shape, float(s), setup)
-                    for s in grid}
-        t = terms_table(examples, true_age, setup)
+        t = terms_table(Examples({f"{shape}@{s:g}": example_logits(true_age, shape, float(s),
+                                                                   setup)
+                                  for s in grid}, true_age, setup))
         frames.append(pd.DataFrame({
             "shape": shape, "sharpness": grid.astype(float), "sigma": setup.base_sigma / grid,
             "k": t.k.to_numpy(), "p_true": t.p_true.to_numpy(),
@@ -551,9 +567,10 @@ def explorer_state(
     :func:`compared_losses` on this distribution) and ``gradients`` (term -> ``(C,)``).
     """
     logits = example_logits(true_age, shape, sharpness, setup)
-    row = terms_table({"x": logits}, true_age, setup, k=k).iloc[0]
+    one = Examples({"x": logits}, true_age, setup)
+    row = terms_table(one, k=k).iloc[0]
     grads = term_gradients(logits, true_age, setup, k=k)
-    response = loss_response_table({"x": logits}, true_age, setup)
+    response = loss_response_table(one)
     lambda_mean, lambda_residue = setup.lambda_mean, setup.lambda_residue
     terms = {t: float(row[t]) for t in TERMS}
     weighted = {"ce": terms["ce"], "mean": lambda_mean * terms["mean"],

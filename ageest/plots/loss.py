@@ -12,13 +12,11 @@ import torch
 from matplotlib.figure import Figure
 
 from ageest.analysis.loss_illustration import (
-    DEFAULT,
     RESIDUE_COLOR,
     TERM_LABELS,
     TERMS,
     TOPK_COLOR,
-    Illustration,
-    _stack,
+    Examples,
     term_gradients,
     terms_table,
     topk_mask,
@@ -49,18 +47,12 @@ def _draw_distribution(ax, p: np.ndarray, mask: np.ndarray, true_age: int, start
         ax.legend(fontsize=7, loc="upper right")
 
 
-def distributions_figure(
-    examples: Mapping[str, torch.Tensor],
-    true_age: int,
-    setup: Illustration = DEFAULT,
-    *,
-    k: int | None = None,
-) -> Figure:
+def distributions_figure(examples: Examples, *, k: int | None = None) -> Figure:
     """One panel per example: the predicted distribution with the top-K set shaded, the
     residue probabilities, the true and expected age, and K, p(y), L_m and L_r in the corner."""
-    names, logits = _stack(examples)
-    start_age = setup.start_age
-    t = terms_table(examples, true_age, setup, k=k)
+    names, logits, true_age = examples.names, examples.stacked, examples.true_age
+    start_age = examples.setup.start_age
+    t = terms_table(examples, k=k)
     p = torch.softmax(logits, dim=1).numpy()
     ncols = 2 if len(names) > 1 else 1
     nrows = math.ceil(len(names) / ncols)
@@ -118,17 +110,12 @@ def loss_response_figure(table: pd.DataFrame) -> Figure:
     return fig
 
 
-def gradients_figure(
-    examples: Mapping[str, torch.Tensor],
-    true_age: int,
-    setup: Illustration = DEFAULT,
-    *,
-    k: int | None = None,
-    terms: Sequence[str] = ("ce", "mean", "variance", "residue"),
-) -> Figure:
+def gradients_figure(examples: Examples, *, k: int | None = None,
+                     terms: Sequence[str] = ("ce", "mean", "variance", "residue")) -> Figure:
     """Rows: examples; columns: loss terms; each panel the gradient of the (unweighted) term with
     respect to every logit. Negative bars are logits gradient descent raises."""
-    names, logits = _stack(examples)
+    names, logits, true_age, setup = (examples.names, examples.stacked, examples.true_age,
+                                      examples.setup)
     unknown = [t for t in terms if t not in TERMS]
     if unknown:
         raise ValueError(f"unknown terms {unknown}; choose from {TERMS}")
