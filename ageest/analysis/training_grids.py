@@ -100,8 +100,8 @@ def comparison_grids(settings: Mapping[str, Any], *, fgnet_dir: str, clap_dir: s
 
     fgnet_name, fgnet_path = dataset_choice("fgnet", fgnet_dir)
     fgnet = {**settings, "dataset": [fgnet_name], "data_dir": fgnet_path,
-             "protocol": [protocol], "n_folds": int(n_folds),
-             "folds": int_list(folds, "folds") or None, "selection": ["val_best"]}
+             "protocol": [protocol], "n_folds": n_folds,
+             "folds": as_list(folds) or None, "selection": ["val_best"]}
     grids = {"fgnet": {**fgnet, "losses": as_list(losses)}}
     if not grids["fgnet"]["losses"]:
         raise ValueError("losses is empty: name at least one loss, e.g. 'amr,mean_variance,ce'")
@@ -125,12 +125,12 @@ def clap_overrides(*, optimizer: str, epochs: int, grad_clip: float, transforms:
                    normalize: bool, seeds: list[int] | str = (), label_rounding: str = "half_up"
                    ) -> dict[str, Any]:
     """Runner keys in which the CLAP2016-format runs differ from the FG-NET-format ones
-    (``grad_clip`` 0 = none; ``seeds`` empty = the FG-NET-format seeds)."""
-    out = {"optimizer": optimizer, "epochs": int(epochs),
-           "grad_clip": float(grad_clip) if grad_clip else None, "transforms": transforms,
-           "normalize": bool(normalize), "label_rounding": label_rounding}
+    (``grad_clip`` 0 = none; ``seeds`` empty = the FG-NET-format seeds). Values pass as given:
+    the grid schema checks each (:func:`ageest.engine.grids.normalize_grid`)."""
+    out = {"optimizer": optimizer, "epochs": epochs, "grad_clip": grad_clip or None,
+           "transforms": transforms, "normalize": normalize, "label_rounding": label_rounding}
     if as_list(seeds):
-        out["seeds"] = int_list(seeds, "clap_seeds")
+        out["seeds"] = seeds
     return out
 
 
@@ -158,8 +158,8 @@ def k_ablation_grid(settings: Mapping[str, Any], *, fgnet_dir: str, protocol: st
         return {"k_ablation": {**_utkface_grid(settings, utkface_dir, utkface_split), **runs}}
     fgnet_name, fgnet_path = dataset_choice("fgnet", fgnet_dir)
     return {"k_ablation": {**settings, "dataset": [fgnet_name], "data_dir": fgnet_path,
-                           "protocol": [protocol], "n_folds": int(n_folds),
-                           "folds": int_list(folds, "folds") or None,
+                           "protocol": [protocol], "n_folds": n_folds,
+                           "folds": as_list(folds) or None,
                            "selection": ["val_best"], **runs}}
 
 
