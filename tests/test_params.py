@@ -277,7 +277,7 @@ def test_a_training_setting_without_a_notebook_parameter_reaches_the_runs(tmp_pa
     notebook; a name that is a notebook parameter of its own, or no setting, is refused."""
     from ageest.analysis import training_grids
     from ageest.engine.grids import normalize_grid
-    from ageest.pipeline.reproduce import ReproduceError, check_values, convert_parameter
+    from ageest.pipeline.reproduce import ReproduceError, convert_parameter
 
     by_stem = {nb.stem: nb for nb in NOTEBOOKS}
     for stem in ("02_training", "04_ablation_k"):
@@ -290,12 +290,43 @@ def test_a_training_setting_without_a_notebook_parameter_reaches_the_runs(tmp_pa
     assert normalize_grid(settings)["weight_decay"] == 0.05
     with pytest.raises(ValueError, match="train_options: epochs is a notebook parameter"):
         training_grids.training_settings({**params, "train_options": {"epochs": 3}})
-    plan = [(by_stem["02_training"], {**params, "train_options": {"weight_decai": 0.05}})]
-    with pytest.raises(ReproduceError, match="'weight_decai' is not a training setting"):
-        check_values(plan)
-    plan = [(by_stem["02_training"], {**params, "train_options": {"weight_decay": -1}})]
+    # refused where they enter, naming the source, before any notebook runs
+    with pytest.raises(ReproduceError, match="train_options in the command line: 'weight_decai' "
+                                             "is not a training setting"):
+        notebook_parameters("smoke", by_stem["02_training"], out=tmp_path,
+                            text_overrides={"train_options": "{weight_decai: 0.05}"})
     with pytest.raises(ReproduceError, match="weight_decay: -1 is below the minimum"):
-        check_values(plan)
+        notebook_parameters("smoke", by_stem["02_training"], out=tmp_path,
+                            text_overrides={"train_options": "{weight_decay: -1}"})
+
+
+def test_a_setting_outside_its_declaration_is_refused_naming_its_file(tmp_path):
+    """A profile's training setting is checked against its declaration where it enters: the
+    error names the file (not only the notebook), for a shared key, a notebook's own file, a
+    CLAP2016-format twin (clap_epochs is epochs') and a registry name."""
+    import shutil
+
+    shutil.copytree(paths.PARAMS / "smoke", tmp_path / "mine")
+    mine = tmp_path / "mine"
+    by_stem = {nb.stem: nb for nb in NOTEBOOKS}
+    cases = [(SHARED_FILE, "batch_size: 32", "batch_size: 0",
+              r"'batch_size' in .*training.yaml: 0: grid key batch_size: 0 is below the minimum 1"),
+             ("02_training.yaml", "clap_epochs: 1", "clap_epochs: 0",
+              r"'clap_epochs' in .*02_training.yaml: 0: .*below the minimum 1"),
+             ("02_training.yaml", "clap_losses: [amr, ce]", "clap_losses: [amr, nope]",
+              r"'clap_losses' in .*02_training.yaml: .*unknown loss 'nope'")]
+    for name, good, bad, message in cases:
+        path = mine / name
+        before = path.read_text()
+        assert good in before, (name, good)
+        path.write_text(before.replace(good, bad))
+        with pytest.raises(ReproduceError, match=message):
+            notebook_parameters("mine", by_stem["02_training"], out=tmp_path,
+                                params_dir=tmp_path)
+        with pytest.raises(ReproduceError, match=message):
+            check_profile("mine", NOTEBOOKS, params_dir=tmp_path)
+        path.write_text(before)
+    check_profile("mine", NOTEBOOKS, params_dir=tmp_path)
 
 
 def test_notebooks_02_and_04_declare_their_shared_parameters_alike():

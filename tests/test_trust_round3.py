@@ -169,7 +169,7 @@ def test_reproduce_checks_values_before_the_first_notebook(tmp_path, capsys):
         t0 = time.perf_counter()
         code = cli_main(["reproduce", "--profile", "smoke", "--results-dir", str(tmp_path),
                          "-p", name, value])
-        _one_line_error(capsys, code, f"parameter {name}", needle)
+        _one_line_error(capsys, code, f"parameter '{name}' in the command line", needle)
         assert time.perf_counter() - t0 < 30  # before any notebook (each takes >= 6 s)
     assert not (tmp_path / "executed").exists()
 

@@ -190,7 +190,9 @@ def _type_ok(type_name: str | None, value: Any) -> bool:
 
 def check_parameters(values: Mapping[str, Any], declared: Mapping[str, Mapping[str, Any]], *,
                      notebook: str | Path, source: str | Path) -> None:
-    """Raise :class:`ReproduceError` for a key the notebook does not declare or a wrong type.
+    """Raise :class:`ReproduceError` for a key the notebook does not declare, a wrong type, or
+    a training setting's value outside its declaration (range, choices, registry names:
+    :func:`check_declared`), where the value enters: a profile file or the command line.
 
     The message names the key, the file it came from (``source``) and the notebook, and lists the
     parameters the notebook does declare.
@@ -209,6 +211,36 @@ def check_parameters(values: Mapping[str, Any], declared: Mapping[str, Mapping[s
                 f"parameter {key!r} in {source} is {value!r} ({type(value).__name__}), but "
                 f"notebook {notebook.name} declares it as {type_name}"
             )
+        check_declared(key, value, source=source, notebook=notebook.name)
+
+
+def check_declared(name: str, value: Any, *, source: str | Path, notebook: str) -> None:
+    """A notebook parameter that is a training setting (``epochs``, ``losses``, ``clap_epochs``
+    as ``epochs`` ...; each entry of ``train_options``) checked against its declaration in
+    :data:`ageest.engine.grids.SCHEMA`, so ``-p epochs -1`` or ``epochs: -1`` in a profile fails
+    before the first notebook, naming where it came from; ``""``/``None`` mean "the default"
+    and an empty ``*losses`` "no such runs" (the notebook decides whether that is allowed)."""
+    from ageest.engine.grids import SCHEMA, check_setting
+
+    if name == "train_options" and isinstance(value, dict):
+        for option, option_value in value.items():
+            if option not in SCHEMA:
+                raise ReproduceError(f"parameter train_options in {source}: {option!r} is not a "
+                                     "training setting; see `ageest run --help` for the names")
+            try:
+                check_setting(option, option_value)
+            except ValueError as exc:
+                raise ReproduceError(f"parameter train_options in {source}: {exc}") from None
+        return
+    key = _AS_GRID_KEY.get(name, name)
+    if key not in SCHEMA or name in PIPELINE_PARAMETERS or value is None or value == "" or (
+            name.endswith("losses") and value == []):
+        return
+    try:
+        check_setting(key, value)
+    except ValueError as exc:
+        raise ReproduceError(f"parameter {name!r} in {source}: {value!r}: {exc} (notebook "
+                             f"{notebook})") from None
 
 
 def notebook_setting(name: str, type_name: str | None) -> Setting:
@@ -367,35 +399,20 @@ _AS_GRID_KEY = {"clap_losses": "losses", "official_losses": "losses", "clap_opti
                 "clap_seeds": "seeds", "clap_label_rounding": "label_rounding"}
 
 
-def check_values(plan: list[tuple[Path, dict[str, Any]]]) -> None:
-    """Every notebook parameter that is a training-grid setting (``epochs``, ``losses``,
-    ``model``, ``on_bad``, ``device`` ...) checked against its declaration in
-    :data:`ageest.engine.grids.SCHEMA` before the first notebook starts, so ``-p epochs -1`` fails in
-    a second, not inside notebook 02; empty texts mean "default" and are left to the notebook."""
-    from ageest.engine.grids import SCHEMA, check_device, check_setting
+def check_devices(plan: list[tuple[Path, dict[str, Any]]]) -> None:
+    """Each notebook's ``device`` exists on this machine (for the local executor), before the
+    first notebook starts; the other values were checked where they entered
+    (:func:`check_parameters`)."""
+    from ageest.engine.grids import check_device
 
     for nb, params in plan:
-        options = params.get("train_options") or {}
-        for name, value in options.items() if isinstance(options, dict) else ():
-            if name not in SCHEMA:
-                raise ReproduceError(f"parameter train_options of {nb.name}: {name!r} is not a "
-                                     "training setting; see `ageest run --help` for the names")
+        device = params.get("device")
+        if device and params.get("executor", "local") == "local":
             try:
-                check_setting(name, value)
+                check_device(str(device))
             except ValueError as exc:
-                raise ReproduceError(f"parameter train_options of {nb.name}: {exc}") from None
-        for name, value in params.items():
-            key = _AS_GRID_KEY.get(name, name)
-            if key not in SCHEMA or name in PIPELINE_PARAMETERS or value in ("", None):
-                continue
-            if name.endswith("losses") and value == []:
-                continue  # no runs of that kind (the notebook says whether that is allowed)
-            try:
-                check_setting(key, value)
-                if name == "device" and params.get("executor", "local") == "local":
-                    check_device(str(value))
-            except ValueError as exc:
-                raise ReproduceError(f"parameter {name} of {nb.name}: {value!r}: {exc}") from None
+                raise ReproduceError(f"parameter device of {nb.name}: {device!r}: {exc}") \
+                    from None
 
 
 def execute_notebook(notebook: Path, executed: Path, parameters: Mapping[str, Any], *,
@@ -527,7 +544,7 @@ def reproduce(profile: str, *, fgnet: str | None = None, clap: str | None = None
     plan = [(nb, notebook_parameters(profile, nb, out=out, overrides=overrides,
                                      params_dir=params_dir, text_overrides=parameters))
             for nb in notebooks]
-    check_values(plan)
+    check_devices(plan)
 
     result = PipelineResult(profile, out)
     start = time.perf_counter()
