@@ -6,8 +6,7 @@ profile file and a list literal in a notebook's parameters cell; the command lin
 one place that does.
 
 ``params/<profile>/training.yaml`` (:data:`SHARED_FILE`) holds the keys that several notebooks
-declare (the training recipe of notebooks 02 and 04, the split that notebook 00 checks, the loss
-weights notebook 01 illustrates): ``ageest reproduce`` passes each to every notebook that
+declare (the training recipe of notebooks 02 and 04, the split that notebook 00 checks): ``ageest reproduce`` passes each to every notebook that
 declares it, so a profile states each value once.
 """
 
