@@ -124,6 +124,9 @@ def test_parameter_conversion_and_errors(tmp_path):
     assert convert_parameter("folds", "0,3", "list[str]", "x.ipynb") == [0, 3]  # ints
     assert convert_parameter("protocol", "lopo", "str", "x.ipynb") == "lopo"  # one axis value
     assert convert_parameter("weight_decay", "none", "float", "x.ipynb") is None  # optional
+    # a weight is a float setting; the notebooks' Optional[float] lets `none` mean its default
+    assert convert_parameter("lambda_residue", "0.1", "Optional[float]", "x.ipynb") == 0.1
+    assert convert_parameter("lambda_residue", "none", "Optional[float]", "x.ipynb") is None
     with pytest.raises(ReproduceError, match=r"-p epochs: 'four' is not an integer; notebook "
                                              r"x.ipynb declares epochs as int"):
         convert_parameter("epochs", "four", "int", "x.ipynb")

@@ -257,7 +257,8 @@ def notebook_setting(name: str, type_name: str | None) -> Setting:
     setting = SCHEMA[key]
     if setting.kind == "list" and annotation_kind(type_name or "str")[0] != "list":
         setting = dataclasses.replace(setting, kind=setting.item)  # one value of an axis
-    return dataclasses.replace(setting, name=name)
+    optional = setting.optional or "None" in annotation_alternatives(type_name or "str")
+    return dataclasses.replace(setting, name=name, optional=optional)  # None: the default
 
 
 def convert_parameter(name: str, text: str, type_name: str | None, notebook: str) -> Any:
