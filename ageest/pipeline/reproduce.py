@@ -326,17 +326,18 @@ def notebook_parameters(profile: str, notebook: str | Path, *, out: Path,
                      source=shared_file(profile, params_dir))
     check_parameters(own, declared, notebook=notebook, source=source)
     values.update(own)
-    for key, value in (overrides or {}).items():
-        if value is not None and key in declared:
-            values[key] = value
+    # the command line's values, checked once here (the files' were checked above)
+    given = {key: value for key, value in (overrides or {}).items()
+             if value is not None and key in declared}
     for key, text in (text_overrides or {}).items():
         if key in PIPELINE_PARAMETERS:
             raise ReproduceError(f"-p {key}: set by `ageest reproduce` itself "
                                  f"(use --{key.replace('_', '-')})")
         if key in declared:
-            values[key] = convert_parameter(key, text, declared[key].get("inferred_type_name"),
-                                            notebook.name)
-    check_parameters(values, declared, notebook=notebook, source="the command line")
+            given[key] = convert_parameter(key, text, declared[key].get("inferred_type_name"),
+                                           notebook.name)
+    check_parameters(given, declared, notebook=notebook, source="the command line")
+    values.update(given)
     values["profile"] = profile
     values["results_dir"] = str(out)
     return values
