@@ -452,13 +452,9 @@ def preflight(g: dict[str, Any], results_dir: Path) -> None:
     if g["executor"] == "local":  # a Ray driver may plan CUDA runs for GPU workers
         check_device(str(g["device"]))
     if g.get("pretrained"):
-        from ageest.engine.models import pretrained_path
+        from ageest.engine.models import check_pretrained
 
-        path = pretrained_path(g["model"])
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"--pretrained: {path} is missing; place torchvision's ImageNet weights for "
-                f"{g['model']} there (nothing is downloaded), or use --no-pretrained")
+        check_pretrained(g["model"])
 
 
 def make_executor(g: dict[str, Any]):

@@ -34,7 +34,8 @@ import pandas as pd
 
 from ageest.engine import distributed as dist
 from ageest.engine import store
-from ageest.engine.train import TrainConfig, train
+from ageest.engine.models import weights_record
+from ageest.engine.train import TrainConfig, identity_defaults, train
 from ageest.errors import UserError
 
 #: run parameters left out of the hash (they do not change the numbers)
@@ -74,12 +75,16 @@ def describe_change(old: dict[str, Any], new: dict[str, Any]) -> str:
 
 
 def params_hash(params: dict[str, Any]) -> str:
-    """12 hex digits of the SHA-256 of the run parameters that change its numbers.
+    """12 hex digits of the SHA-256 of the run parameters that change its numbers. A setting
+    added after identities were pinned counts only where it differs from its default
+    (:func:`ageest.engine.train.identity_defaults`): a new setting leaves finished runs valid.
 
     >>> params_hash({"lr": 0.001, "quiet": True}) == params_hash({"lr": 0.001, "quiet": False})
     True
     """
-    kept = {k: v for k, v in params.items() if k not in UNHASHED}
+    unset = identity_defaults()  # settings newer than the pinned identities, at their default
+    kept = {k: v for k, v in params.items()
+            if k not in UNHASHED and not (k in unset and v == unset[k])}
     blob = json.dumps(kept, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
 
@@ -178,6 +183,8 @@ def train_run(params: dict[str, Any], run_dir: str | os.PathLike) -> dict[str, A
            "test_selected": bool(result.test_selected), "best_epoch": result.best_epoch,
            "epochs": config.epochs, "resumed_from_epoch": result.resumed_from_epoch,
            "numerics": result.numerics,
+           # the weights it started from (file, SHA-256) and the input scaling its model applies
+           "weights": weights_record(config.model, config.pretrained),
            "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(fold.test),
            **test_metrics(result.predictions), "wall_time_s": None}
     if result.test_selected:

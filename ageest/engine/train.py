@@ -49,6 +49,7 @@ import torch
 
 from ageest.data.dataset import TRANSFORMS
 from ageest.engine import distributed as dist
+from ageest.engine.models import OWN_NORMALIZATION
 from ageest.files import atomic_write_bytes
 from ageest.losses import WEIGHT_SETTINGS, loss_weights, weight_default
 from ageest.official import OFFICIAL_SELECTION, SELECTIONS
@@ -100,7 +101,9 @@ def resolve_amp(amp: str | None, device: str = "cpu", channels_last: bool = Fals
 #: epoch longer, the last one shorter: 16/15/15/15/15/15/9 epochs for milestones 15..90 of 100)
 #: ``cosine``: the learning rate of epoch e (1-based) of E is lr * (1 + cos(pi (e-1) / E)) / 2,
 #: annealed once per epoch towards 0 (milestones and gamma unused)
-LR_SCHEDULES = ("multistep", "official", "cosine")
+#: ``onecycle``: per batch, torch's ``OneCycleLR`` (cosine warm-up from lr/25 to lr over the first
+#: ``warmup_fraction`` of the steps, cosine annealing to lr/25e4 over the rest; no momentum cycle)
+LR_SCHEDULES = ("multistep", "official", "cosine", "onecycle")
 #: what ``select_metric`` may be; ``auto``: the ε-error when every image of the selection split
 #: has a raters' std (official selection: the official ε, the number ``main_CLAP.py`` logs), else
 #: the MAE (official selection: the rounded MAE that ``main_FGNET.py`` logs)
@@ -134,8 +137,10 @@ class TrainConfig:
     """
 
     model: str = _option("small_cnn", "backbone: a name of ageest.engine.models.list_models() "
-                         "(small_cnn, resnet18, resnet50, vgg16)")
-    pretrained: bool = _option(False, "ImageNet weights from the local torch hub cache")
+                         "(small_cnn, efficientnet_lite0, resnet18, resnet50, vgg16)")
+    pretrained: bool = _option(False, "ImageNet weights: torchvision's from the local torch hub "
+                               "cache, efficientnet_lite0's from its installed package (never "
+                               "downloaded)")
     loss: str = _option("amr", "a name of ageest.losses.list_losses()", grid=False)
     loss_kwargs: dict[str, Any] = _option(
         help='extra loss arguments beside the weights; in a grid, per loss: {"amr": {"eps": '
@@ -180,8 +185,16 @@ class TrainConfig:
         choices=SELECT_METRICS)
     lr_schedule: str = _option("multistep", "multistep: torch's stages; official: "
                                "scheduler.step(epoch) as the official scripts; cosine: annealed "
-                               "per epoch from lr towards 0",
+                               "per epoch from lr towards 0; onecycle: per batch, warm-up then "
+                               "cosine annealing (torch's OneCycleLR)",
                                choices=LR_SCHEDULES)
+    warmup_fraction: float = _option(0.3, "onecycle: share of the training steps spent warming "
+                                     "up (torch's pct_start)", minimum=0.0, maximum=1.0,
+                                     above=True)
+    backbone_lr_scale: float = _option(1.0, "learning rate of everything but the age head, as a "
+                                       "fraction of lr (a pretrained backbone: e.g. 0.1; 0 "
+                                       "freezes it); the head trains at lr", minimum=0.0,
+                                       maximum=1.0)
     dtype: str = _option("float32", "parameter and activation dtype (float64: equivalence "
                          "tests that must agree to ~1e-12 on any CPU)", choices=DTYPES)
     transforms: str = _option("light", "augmentation family of ageest.data.build_transforms",
@@ -189,7 +202,11 @@ class TrainConfig:
     augment: bool = _option(True, "random training augmentation; False trains on the "
                             "evaluation transform", grid=False)
     image_size: int = _option(64, "network input side (px)", minimum=8)
-    normalize: bool = _option(False, "ImageNet mean/std normalisation of the inputs")
+    normalize: bool = _option(False, "ImageNet mean/std normalisation of the inputs (a model "
+                              "that normalises its inputs itself, efficientnet_lite0, refuses it)")
+    tta_flip: bool = _option(False, "test-time flip averaging: every evaluation (validation, "
+                             "test, ageest predict) averages the softmax of the image and of its "
+                             "mirror image; the stored predictions are the averaged ones")
     eval_batch_size: int | None = _option(None, "batch size of evaluation passes (default: "
                                           "2 x batch_size)", minimum=1)
     threads: int | None = _option(None, "torch threads per run (default: cores / workers); "
@@ -206,6 +223,10 @@ class TrainConfig:
             raise ValueError("dtype='float64' cannot be combined with amp; set amp to fp32")
         if self.dtype == "float64":
             self.amp = None  # float64 equivalence runs never autocast
+        if self.normalize and self.model in OWN_NORMALIZATION:
+            raise ValueError(f"normalize=True with model {self.model}: the model normalises its "
+                             "inputs itself (its weights' preprocessing), so they would be "
+                             "normalised twice; set normalize: false")
         self.amp, self.channels_last = resolve_amp(self.amp, self.device, self.channels_last)
         self.milestones = sorted(self.milestones)
         self.loss_kwargs = dict(self.loss_kwargs or {})
@@ -221,6 +242,26 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+#: the fields every run identity has hashed since identities were first written (ageest 0.x):
+#: they stay in the hash whatever their value, so those identities keep their values. A field
+#: added since is part of a run's identity only where it differs from its default
+#: (:func:`identity_defaults`, :func:`ageest.engine.run.params_hash`), so adding a setting leaves
+#: every finished run valid.
+PINNED_IDENTITY_FIELDS = frozenset({
+    "model", "pretrained", "loss", "loss_kwargs", "lambda_mean", "lambda_residue",
+    "lambda_variance", "optimizer", "lr", "momentum", "weight_decay", "milestones", "gamma",
+    "epochs", "batch_size", "grad_clip", "device", "amp", "channels_last", "num_workers", "seed",
+    "selection", "select_metric", "lr_schedule", "dtype", "transforms", "augment", "image_size",
+    "normalize", "eval_batch_size", "threads", "quiet"})
+
+
+def identity_defaults() -> dict[str, Any]:
+    """The settings left out of a run's identity while they hold their default: every
+    :class:`TrainConfig` field added after :data:`PINNED_IDENTITY_FIELDS`, with its default."""
+    return {f.name: f.default for f in dataclasses.fields(TrainConfig)
+            if f.name not in PINNED_IDENTITY_FIELDS}
 
 
 @functools.cache
@@ -306,9 +347,10 @@ def _autocast(device: str, amp: str | None):
 
 @torch.no_grad()
 def predict_probs(model: torch.nn.Module, loader, device: str, *, amp: str | None = None,
-                  channels_last: bool = False, dtype: torch.dtype = torch.float32
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax probabilities of every item of ``loader`` in eval mode.
+                  channels_last: bool = False, dtype: torch.dtype = torch.float32,
+                  flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities of every item of ``loader`` in eval mode; ``flip``: the mean of
+    the image's and its mirror image's softmax (test-time flip averaging, ``tta_flip``).
 
     Returns ``(probs, index)``: (N, C) in ``dtype`` (float32 under autocast) and the items' row
     positions (N,).
@@ -322,7 +364,11 @@ def predict_probs(model: torch.nn.Module, loader, device: str, *, amp: str | Non
             x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(device, amp):
             logits = model(x)  # (B, C)
-        probs.append(torch.softmax(logits.to(dtype), dim=1).cpu())
+            mirrored = model(torch.flip(x, dims=[3])) if flip else None  # width is dim 3
+        p = torch.softmax(logits.to(dtype), dim=1)
+        if mirrored is not None:
+            p = (p + torch.softmax(mirrored.to(dtype), dim=1)) / 2
+        probs.append(p.cpu())
         index.append(torch.as_tensor(idx))
     model.train(was_training)
     if not probs:
@@ -361,8 +407,10 @@ def resolve_select_metric(select_metric: str, table: pd.DataFrame | None, *,
     return select_metric
 
 
-def epoch_lr(config: TrainConfig, epoch: int) -> float:
-    """The learning rate epoch ``epoch`` (1-based) trains with under ``config.lr_schedule``.
+def epoch_lr(config: TrainConfig, epoch: int, step: int = 0, steps: int = 1) -> float:
+    """The learning rate of batch ``step`` of ``steps`` in epoch ``epoch`` (1-based) under
+    ``config.lr_schedule``; every schedule but ``onecycle`` keeps one rate for a whole epoch.
+    (The age head's rate; the rest of the model trains at ``backbone_lr_scale`` times it.)
 
     >>> cfg = TrainConfig(milestones=[15, 30, 45, 60, 75, 90], epochs=100)
     >>> [sum(epoch_lr(cfg, e) == lr for e in range(1, 101)) for lr in (1e-3, 1e-4)]
@@ -374,9 +422,15 @@ def epoch_lr(config: TrainConfig, epoch: int) -> float:
     >>> cfg = TrainConfig(lr_schedule="cosine", lr=1e-3, epochs=4)
     >>> [round(epoch_lr(cfg, e), 6) for e in range(1, 5)]
     [0.001, 0.000854, 0.0005, 0.000146]
+    >>> cfg = TrainConfig(lr_schedule="onecycle", lr=1e-3, epochs=2, warmup_fraction=0.5)
+    >>> [round(epoch_lr(cfg, e, i, 3), 7) for e in (1, 2) for i in range(3)]
+    [4e-05, 0.00052, 0.001, 0.0007502, 0.0002502, 4e-09]
     """
     import bisect
 
+    if config.lr_schedule == "onecycle":
+        return onecycle_lr(float(config.lr), float(config.warmup_fraction),
+                           (epoch - 1) * steps + step, config.epochs * steps)
     if config.lr_schedule == "cosine":
         return float(config.lr) * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / config.epochs))
     if config.lr_schedule == "multistep":  # torch: sched.step() after each epoch
@@ -384,6 +438,26 @@ def epoch_lr(config: TrainConfig, epoch: int) -> float:
     else:  # scheduler.step(e) after 0-based epoch e: epoch e+1 trains at stage(e)
         stage = bisect.bisect_right(config.milestones, epoch - 2) if epoch >= 2 else 0
     return float(config.lr) * float(config.gamma) ** stage
+
+
+def onecycle_lr(max_lr: float, warmup_fraction: float, step: int, total: int) -> float:
+    """torch's ``OneCycleLR`` (two phases, cosine annealing, ``div_factor`` 25,
+    ``final_div_factor`` 1e4) at 0-based ``step`` of ``total``, as a function of the step, so a
+    resumed run continues on the same curve (a test compares it with torch's scheduler)."""
+    initial, peak = max_lr / 25.0, max_lr
+    final = initial / 1e4
+    warm_end = float(warmup_fraction * total) - 1
+    if step <= warm_end:
+        start, end, pct = initial, peak, step / warm_end if warm_end > 0 else 1.0
+    else:
+        start, end, pct = peak, final, (step - warm_end) / (total - 1 - warm_end)
+    return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1.0)
+
+
+def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """The head's rate ``lr``; each parameter group scales it by its ``lr_scale``."""
+    for group in opt.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def _state_is_finite(state: dict[str, torch.Tensor]) -> bool:
@@ -488,7 +562,7 @@ def numerics(cfg: TrainConfig, device: str) -> dict[str, Any]:
     """How a run computed, for its ``metrics.json``: precision, memory format and, on CUDA,
     the cuDNN and TF32 settings (:func:`cuda_numerics`)."""
     out: dict[str, Any] = {"amp": cfg.amp or "fp32", "channels_last": bool(cfg.channels_last),
-                           "dtype": cfg.dtype}
+                           "dtype": cfg.dtype, "tta_flip": bool(cfg.tta_flip)}
     if torch.device(device).type == "cuda":
         out.update(cuda_numerics(official=False))  # reads what _setup_process set
     return out
@@ -553,13 +627,27 @@ def _make_model(cfg: TrainConfig, num_classes: int, device: str,
 
 
 def _make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """AdamW (weight decay 0.01 unless set) or SGD with momentum (1e-4 unless set)."""
+    """AdamW (weight decay 0.01 unless set) or SGD with momentum (1e-4 unless set). With
+    ``backbone_lr_scale`` below 1, two parameter groups: the age head at lr, the rest at
+    lr x scale (their ``lr_scale``, applied by :func:`_set_lr`; 0 leaves the backbone out)."""
+    from ageest.engine.models import head
+
     wd = cfg.weight_decay if cfg.weight_decay is not None else (
         0.01 if cfg.optimizer == "adamw" else 1e-4)
+    params: Any = model.parameters()
+    if cfg.backbone_lr_scale != 1.0:
+        head_ids = {id(p) for p in head(model).parameters()}
+        rest = [p for p in model.parameters() if id(p) not in head_ids]
+        params = [{"params": [p for p in model.parameters() if id(p) in head_ids],
+                   "lr_scale": 1.0}]
+        if cfg.backbone_lr_scale > 0:
+            params.append({"params": rest, "lr_scale": float(cfg.backbone_lr_scale)})
+        else:  # frozen: no gradients, no updates (batch-norm statistics still adapt)
+            for p in rest:
+                p.requires_grad_(False)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=wd)
-    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                           weight_decay=wd)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=wd)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=wd)
 
 
 def _make_selection(cfg: TrainConfig, data: _Data) -> _Selection:
@@ -641,7 +729,10 @@ def _train_epoch(cfg: TrainConfig, epoch: int, model, loss_fn, opt, scaler, data
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, file=sys.stderr)
+    per_batch = cfg.lr_schedule == "onecycle"
     for it, (x, ages, idx) in enumerate(batches):
+        if per_batch:
+            _set_lr(opt, epoch_lr(cfg, epoch, it, len(data.train_dl)))
         x = x.to(device, dtype=dtype, non_blocking=True)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -697,7 +788,8 @@ def _evaluate(cfg: TrainConfig, model, data: _Data, sel: _Selection, row: dict[s
     """Score the epoch on validation (and on test under the official selection) into ``row``;
     return the selection score (lower is better; ``-epoch`` when the last epoch is taken).
     Evaluation runs on the unwrapped model: no DDP collectives, the same result on every rank."""
-    kw = {"amp": eval_amp(cfg.amp, device), "channels_last": cfg.channels_last, "dtype": dtype}
+    kw = {"amp": eval_amp(cfg.amp, device), "channels_last": cfg.channels_last, "dtype": dtype,
+          "flip": cfg.tta_flip}
     if data.val_dl is not None:
         probs, _ = predict_probs(model, data.val_dl, device, **kw)
         table = data.table.iloc[data.rows["val"]]
@@ -746,7 +838,8 @@ def _predict_test(cfg: TrainConfig, model, data: _Data, sel: _Selection, device:
 
     loader = sel.loader if sel.split == "test" else data.make_loader("test")
     probs, index = predict_probs(model, loader, device, amp=eval_amp(cfg.amp, device),
-                                 channels_last=cfg.channels_last, dtype=dtype)
+                                 channels_last=cfg.channels_last, dtype=dtype,
+                                 flip=cfg.tta_flip)
     rows = data.table.iloc[data.rows["test"]].iloc[index]
     predictions = pd.DataFrame({
         "image_id": rows["image_id"].astype(str).to_numpy(),
@@ -815,9 +908,8 @@ def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_ag
     for epoch in range(state.start_epoch, cfg.epochs + 1):
         t0, c0 = time.perf_counter(), time.process_time()
         data.sampler.set_epoch(epoch)
-        lr = epoch_lr(cfg, epoch)
-        for group in opt.param_groups:
-            group["lr"] = lr
+        lr = epoch_lr(cfg, epoch, 0, len(data.train_dl))
+        _set_lr(opt, lr)
         sums = _train_epoch(cfg, epoch, model, loss_fn, opt, scaler, data, device, dtype,
                             ages_axis, last_path)
         train_time, train_cpu = time.perf_counter() - t0, time.process_time() - c0

@@ -152,11 +152,14 @@ def read_params_file(path: str | Path) -> dict[str, Any]:
         raise ReproduceError(f"{path}: expected a mapping of parameter: value, got "
                              f"{type(data).__name__}")
     for key, value in data.items():
-        if isinstance(value, dict) or (isinstance(value, list) and any(
-                isinstance(v, (dict, list)) for v in value)):
+        # a literal, a flat list, or a mapping of those (a notebook's dict parameter, such as
+        # train_options: {tta_flip: true}); nothing deeper
+        items = list(value.values()) if isinstance(value, dict) else [value]
+        if any(isinstance(v, dict) or (isinstance(v, list) and any(
+                isinstance(i, (dict, list)) for i in v)) for v in items):
             raise ReproduceError(
                 f"{path}: parameter {key!r} is nested ({value!r}); notebook parameters are "
-                "literals or flat lists, e.g. losses: [amr, ce]"
+                "literals, flat lists or mappings of those, e.g. losses: [amr, ce]"
             )
     return data
 
