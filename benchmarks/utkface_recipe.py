@@ -32,6 +32,9 @@ import pandas as pd
 BASE = {"model": "small_cnn", "pretrained": False, "optimizer": "adamw", "lr": 1e-3,
         "batch_size": 64, "image_size": 64, "transforms": "light", "normalize": False,
         "amp": "auto", "workers": 2, "keep_checkpoints": "none", "quiet": True}
+#: what the EfficientNet-Lite0 candidates share (on top of BASE)
+LITE = {"model": "efficientnet_lite0", "pretrained": True, "batch_size": 32, "epochs": 5,
+        "lr_schedule": "onecycle", "tta_flip": True, "workers": 1}
 #: the candidates, by name: grid keys that differ from BASE
 CANDIDATES: dict[str, dict] = {
     "small64-8ep": {"epochs": 8, "milestones": [6]},  # the recipe before this measurement
@@ -48,6 +51,20 @@ CANDIDATES: dict[str, dict] = {
     "small64-20ep-cos-clip5": {"epochs": 20, "lr_schedule": "cosine", "grad_clip": 5.0},
     # bf16 parity: the same recipe in fp32 (amp auto resolves to bf16 on a CPU with native bf16)
     "small64-20ep-cos-fp32": {"epochs": 20, "lr_schedule": "cosine", "amp": "fp32"},
+    # the pretrained CPU backbone: EfficientNet-Lite0 from its packaged ImageNet weights, batch
+    # 32, one-cycle per batch (30 % warm-up), test-time flip averaging
+    **{name: {**LITE, **keys} for name, keys in {
+        "lite64-5ep-1cyc": {},
+        "lite64-4ep-1cyc": {"epochs": 4},
+        "lite64-5ep-1cyc-bb0.3": {"backbone_lr_scale": 0.3},
+        "lite96-5ep-1cyc": {"image_size": 96},
+        "lite64-5ep-cos": {"lr_schedule": "cosine"},
+        "lite64-8ep-1cyc": {"epochs": 8},
+        "lite112-4ep-1cyc": {"image_size": 112, "epochs": 4},
+        "lite64-5ep-1cyc-noflip": {"tta_flip": False},
+        # bf16 parity of the pretrained model: the same recipe in fp32 (NCHW, as amp fp32 runs)
+        "lite64-5ep-1cyc-fp32": {"amp": "fp32"},
+    }.items()},
 }
 SPLIT = "dev_split.csv"
 

@@ -313,7 +313,36 @@ def age_group_mae(preds: pd.DataFrame, *, bins: Sequence[float] | int = 10,
 
 PAIRED_UNITS = ("subject", "image")
 PAIRED_COLUMNS = ("reference", "baseline", "unit", "n", "n_images", "mae_reference",
-                  "mae_baseline", "mean_diff", "statistic", "p_value", "test")
+                  "mae_baseline", "mean_diff", "statistic", "p_value", "test", "n_seeds",
+                  "diff_per_seed", "seed_spread", "beyond_seed_spread")
+
+
+def seed_spread(both: pd.DataFrame) -> dict[str, object]:
+    """Whether a paired difference is larger than what retraining with another seed moves:
+    ``both`` holds matched rows (``seed``, ``err_ref``, ``err_base``).
+
+    ``diff_per_seed``: reference − baseline MAE on the matched images of each seed;
+    ``seed_spread``: the larger of the two methods' sample std over seeds of their MAE;
+    ``beyond_seed_spread``: every seed's difference has one sign and their mean exceeds the
+    spread in size (None with fewer than two seeds: no spread to compare with).
+
+    >>> rows = pd.DataFrame({"seed": [0, 0, 1, 1], "err_ref": [1.0, 1.0, 1.2, 1.2],
+    ...                      "err_base": [2.0, 2.0, 2.1, 2.1]})
+    >>> out = seed_spread(rows)
+    >>> out["diff_per_seed"], round(out["seed_spread"], 3), out["beyond_seed_spread"]
+    ('-1.000, -0.900', 0.141, True)
+    """
+    per_seed = both.groupby("seed", sort=True)[["err_ref", "err_base"]].mean()
+    diffs = per_seed["err_ref"] - per_seed["err_base"]
+    out: dict[str, object] = {"n_seeds": len(per_seed),
+                              "diff_per_seed": ", ".join(f"{d:.3f}" for d in diffs),
+                              "seed_spread": float("nan"), "beyond_seed_spread": None}
+    if len(per_seed) > 1:
+        spread = float(per_seed.std(ddof=1).max())
+        one_sign = bool((diffs > 0).all() or (diffs < 0).all())
+        out.update(seed_spread=spread,
+                   beyond_seed_spread=one_sign and abs(float(diffs.mean())) > spread)
+    return out
 
 
 def paired_tests(preds: pd.DataFrame, *, reference: str = "amr", readout: str = "expectation",
@@ -332,8 +361,10 @@ def paired_tests(preds: pd.DataFrame, *, reference: str = "amr", readout: str = 
     Columns: ``reference``, ``baseline``, ``unit``, ``n`` (matched units), ``n_images``
     (matched images × seeds), ``mae_reference``, ``mae_baseline`` (over images), ``mean_diff``
     (reference − baseline over units; negative favours the reference), ``statistic``,
-    ``p_value``, ``test``. Empty (with these columns) when the reference has no clean runs or
-    there is no other method: a pipeline with one loss has nothing to pair.
+    ``p_value``, ``test``; and against the seeds (:func:`seed_spread`): ``n_seeds``,
+    ``diff_per_seed``, ``seed_spread``, ``beyond_seed_spread``. Empty (with these columns) when
+    the reference has no clean runs or there is no other method: a pipeline with one loss has
+    nothing to pair.
     """
     if unit not in PAIRED_UNITS:
         raise ValueError(f"unit={unit!r}: expected one of {PAIRED_UNITS}")
@@ -363,7 +394,8 @@ def paired_tests(preds: pd.DataFrame, *, reference: str = "amr", readout: str = 
                      "mae_reference": float(both["err_ref"].mean()),
                      "mae_baseline": float(both["err_base"].mean()),
                      "mean_diff": test["mean_diff"], "statistic": test["statistic"],
-                     "p_value": test["p_value"], "test": test["method"]})
+                     "p_value": test["p_value"], "test": test["method"],
+                     **seed_spread(both)})
     return pd.DataFrame(rows, columns=list(PAIRED_COLUMNS))
 
 

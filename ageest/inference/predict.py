@@ -176,6 +176,7 @@ def load_run(run_dir: str | os.PathLike, *, checkpoint: str = "best",
 def preprocessing(run: LoadedRun) -> dict[str, Any]:
     """What the network expects as input (also written beside an ONNX export)."""
     from ageest.data.dataset import IMAGENET_MEAN, IMAGENET_STD, cache_spec
+    from ageest.engine.models import weights_record
 
     cfg = run.config
     side, fit = cache_spec(cfg.transforms, size=cfg.image_size, train=False)
@@ -187,6 +188,11 @@ def preprocessing(run: LoadedRun) -> dict[str, Any]:
         "normalize": bool(cfg.normalize),
         "mean": list(IMAGENET_MEAN) if cfg.normalize else None,
         "std": list(IMAGENET_STD) if cfg.normalize else None,
+        # a backbone that normalises its inputs itself (inside the network and its export)
+        "model_normalization": weights_record(cfg.model, False).get("input_normalization"),
+        # test-time flip averaging: the run's predictions average the image and its mirror
+        # image; the exported network sees one image, so a caller averages the two itself
+        "tta_flip": bool(cfg.tta_flip),
         "ages": [run.start_age, run.end_age],
         "outputs": {"probs": "(N, C) softmax over the ages", "expected_age": "(N,) sum_j a_j p_j"},
     }
@@ -294,7 +300,8 @@ def _probs(run: LoadedRun, paths: list[Path], batch_size: int) -> np.ndarray:
     ds = evaluation_dataset(run, paths)
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
     probs, index = predict_probs(run.model, DataLoader(ds, batch_size=batch_size), run.device,
-                                 amp=eval_amp(cfg.amp, run.device), channels_last=cfg.channels_last, dtype=dtype)
+                                 amp=eval_amp(cfg.amp, run.device), channels_last=cfg.channels_last, dtype=dtype,
+                                 flip=cfg.tta_flip)
     return probs[np.argsort(index)]
 
 

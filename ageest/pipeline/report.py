@@ -241,8 +241,18 @@ def _paired(out: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     table = pd.read_csv(path)
-    return {str(r.baseline): f"{r.mean_diff:+.2f} (p = {r.p_value:.3g}, {r.test}, per {r.unit})"
-            for r in table.itertuples()}
+    return {str(r.baseline): f"{r.mean_diff:+.2f} (p = {r.p_value:.3g}, {r.test}, per {r.unit}"
+            f"{_seed_verdict(r)})" for r in table.itertuples()}
+
+
+def _seed_verdict(row) -> str:
+    """"; beyond / within the seed spread s" for a paired-test row with two or more seeds
+    (tables written before the seed columns existed have none: nothing is said)."""
+    beyond = getattr(row, "beyond_seed_spread", None)
+    if beyond is None or pd.isna(beyond) or int(getattr(row, "n_seeds", 0) or 0) < 2:
+        return ""
+    side = "beyond" if str(beyond) == "True" else "within"
+    return f"; {side} the seed spread {float(row.seed_spread):.2f} of {int(row.n_seeds)} seeds"
 
 
 def summary_lines(out: str | Path) -> list[str]:
