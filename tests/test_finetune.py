@@ -13,10 +13,10 @@ import torch
 
 from ageest.data import get_dataset, make_folds
 from ageest.data.synthetic import write_fgnet_like
-from ageest.engine import models, train as train_module
+from ageest.engine import models
+from ageest.engine import train as train_module
 from ageest.engine.run import params_hash
 from ageest.engine.train import TrainConfig, epoch_lr, onecycle_lr, predict_probs, train
-
 
 
 @pytest.fixture(scope="module")
