@@ -11,6 +11,11 @@ Usage::
 
     python benchmarks/bench_precision.py                       # small CNN, 64 px, batch 64
     python benchmarks/bench_precision.py --threads 1 --model resnet18 --rounds 3
+    # the pretrained CPU backbone beside the small CNN, in one run (utkface profile's batch 32)
+    python benchmarks/bench_precision.py --model small_cnn,efficientnet_lite0 --batch 32
+
+With several models, the arms of every model alternate within each round, and a last table gives
+each model's img/s under ``auto`` and its ratio to the first model's.
 """
 
 from __future__ import annotations
@@ -75,7 +80,8 @@ def step_speed(model_name: str, amp: str | None, channels_last: bool, *, size: i
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="small_cnn")
+    parser.add_argument("--model", default="small_cnn",
+                        help="registry name(s), comma-separated: timed in one run")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
@@ -83,22 +89,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    names = [m.strip() for m in args.model.split(",") if m.strip()]
     auto = resolve_amp("auto", "cpu")
-    arms = {**ARMS, f"auto (= {auto[0] or 'fp32'}{' + channels_last' if auto[1] else ''})": auto}
+    auto_arm = f"auto (= {auto[0] or 'fp32'}{' + channels_last' if auto[1] else ''})"
+    arms = {**ARMS, auto_arm: auto}
     print(f"{cpu_name()}; native bf16: {native_bf16()}; torch {torch.__version__} "
-          f"({torch.backends.cpu.get_cpu_capability()}); {args.model}, {args.size} px, batch "
-          f"{args.batch}, {args.threads} threads, {args.rounds} rounds x {args.steps} steps")
-    speeds: dict[str, list[float]] = {name: [] for name in arms}
+          f"({torch.backends.cpu.get_cpu_capability()}); {', '.join(names)}, {args.size} px, "
+          f"batch {args.batch}, {args.threads} threads, {args.rounds} rounds x {args.steps} steps")
+    speeds = {(m, arm): [] for m in names for arm in arms}
     for _ in range(args.rounds):
-        for name, (amp, cl) in arms.items():
-            speeds[name].append(step_speed(args.model, amp, cl, size=args.size,
-                                           batch=args.batch, steps=args.steps))
-    base = statistics.median(speeds["fp32"])
-    print("| arm | img/s (median) | × fp32 | per round |\n|---|---:|---:|---|")
-    for name, values in speeds.items():
-        med = statistics.median(values)
-        print(f"| {name} | {med:,.0f} | {med / base:.2f} | "
-              + ", ".join(f"{v:.0f}" for v in values) + " |")
+        for m in names:
+            for arm, (amp, cl) in arms.items():
+                speeds[m, arm].append(step_speed(m, amp, cl, size=args.size,
+                                                 batch=args.batch, steps=args.steps))
+    med = {key: statistics.median(values) for key, values in speeds.items()}
+    for m in names:
+        print(f"\n{m}\n\n| arm | img/s (median) | × fp32 | per round |\n|---|---:|---:|---|")
+        for arm in arms:
+            print(f"| {arm} | {med[m, arm]:,.0f} | {med[m, arm] / med[m, 'fp32']:.2f} | "
+                  + ", ".join(f"{v:.0f}" for v in speeds[m, arm]) + " |")
+    if len(names) > 1:
+        print(f"\nunder {auto_arm}\n\n| model | img/s (median) | × {names[0]} |\n|---|---:|---:|")
+        for m in names:
+            print(f"| {m} | {med[m, auto_arm]:,.0f} | "
+                  f"{med[m, auto_arm] / med[names[0], auto_arm]:.3f} |")
     return 0
 
 
