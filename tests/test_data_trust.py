@@ -143,3 +143,84 @@ def test_profile_is_a_name_not_a_path(tmp_path):
         reproduce("../params/smoke", results_dir=tmp_path, log=lambda s: None)
     with pytest.raises(ReproduceError, match="unknown profile 'mine'"):
         reproduce("mine", results_dir=tmp_path, params_dir=tmp_path, log=lambda s: None)
+
+
+# --- hostile files and tables (round four) ---------------------------------------------------
+
+
+def _utkface(tmp_path, n=4):
+    root = tmp_path / "utk"
+    for i in range(n):
+        _img(root / f"{20 + i}_0_0_2017010{i}000000000.jpg.chip.jpg", i)
+    return root
+
+
+def _bomb(path, side=15000):
+    """A PNG that declares 15000 x 15000 pixels (a one-bit image: 28 MB to write, 225 M pixels,
+    675 MB as RGB once decoded)."""
+    Image.new("1", (side, side)).save(path, format="PNG")
+    return path
+
+
+def test_a_decompression_bomb_is_a_bad_record_naming_its_size(tmp_path, monkeypatch):
+    from ageest.data.integrity import check_image_file
+
+    root = _utkface(tmp_path)
+    bomb = _bomb(root / "30_1_0_20170109000000000.jpg.chip.jpg")
+    with pytest.raises(DataError, match=r"20170109000000000.*image is 225,000,000 pixels, above "
+                                        r"the limit of 67,108,864 \(AGEEST_MAX_IMAGE_PIXELS\)"):
+        get_dataset("utkface", data_dir=root)
+    with pytest.warns(UserWarning, match="skipped 1 bad record"):
+        df, _ = get_dataset("utkface", data_dir=root, on_bad="skip")
+    assert len(df) == 4 and bomb.name not in set(df["image_id"])
+    with pytest.raises(DataError, match=r"20170109000000000.*225,000,000 pixels"):
+        decode_image(str(bomb), size=64)
+    # the limit is a setting: below a face, the face is refused with its sides
+    face = sorted(root.glob("2*"))[0]
+    assert check_image_file(face) is None
+    monkeypatch.setenv("AGEEST_MAX_IMAGE_PIXELS", "100")
+    assert check_image_file(face) == ("image is 12 x 12 = 144 pixels, above the limit of 100 "
+                                      "(AGEEST_MAX_IMAGE_PIXELS)")
+    with pytest.raises(DataError, match=r"12 x 12 = 144 pixels"):
+        decode_image(str(face), size=8)
+    monkeypatch.setenv("AGEEST_MAX_IMAGE_PIXELS", "lots")
+    with pytest.raises(ValueError, match="AGEEST_MAX_IMAGE_PIXELS='lots'"):
+        check_image_file(face)
+
+
+def test_a_file_name_that_is_not_utf8_is_a_bad_record_shown_escaped(tmp_path):
+    import os
+
+    root = _utkface(tmp_path)
+    odd = os.fsencode(str(root)) + b"/41_0_0_2017\xff\xfe.jpg.chip.jpg"
+    os.rename(_img(tmp_path / "x.jpg", 9), odd)
+    with pytest.raises(DataError, match=r"2017\\xff\\xfe\.jpg\.chip\.jpg: file name is not valid "
+                                        r"UTF-8"):
+        get_dataset("utkface", data_dir=root)
+    with pytest.warns(UserWarning):
+        df, _ = get_dataset("utkface", data_dir=root, on_bad="skip")
+    assert len(df) == 4
+    assert df.attrs["skipped"][0]["path"].endswith("2017\\xff\\xfe.jpg.chip.jpg")
+
+
+def test_an_fgnet_image_linked_from_outside_the_folder_is_refused(tmp_path):
+    folder = tmp_path / "fg" / "images"
+    for i, name in enumerate(["001A02.JPG", "001A05.JPG", "002A10.JPG", "002A12.JPG"]):
+        _img(folder / name, i)
+    outside = _img(tmp_path / "elsewhere" / "x.JPG", 7)
+    (folder / "003A20.JPG").symlink_to(outside)
+    with pytest.raises(DataError, match=r"003A20.JPG: symbolic link to .*outside the folder"):
+        get_dataset("fgnet", data_dir=folder)
+
+
+def test_a_label_csv_with_a_column_twice_or_not_utf8_says_so(tmp_path):
+    root = tmp_path / "imgs"
+    _img(root / "a.png", 1)
+    twice = tmp_path / "twice.csv"
+    twice.write_text("path,age,age,subject\na.png,30,40,s1\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"twice.csv: column 'age' appears 2 times"):
+        load_csv(twice, root)
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("path,age\nJosé.png,30\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin.csv: not UTF-8 text .*save the file as UTF-8"):
+        load_csv(latin, root)

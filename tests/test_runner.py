@@ -4,6 +4,7 @@ SIGKILL), changed-configuration handling, failures, parallel workers, aggregatio
 
 from __future__ import annotations
 
+import re
 import json
 import os
 import signal
@@ -512,3 +513,18 @@ def test_grid_schema_is_trainconfig_and_the_cli_is_the_schema():
                     "loss_kwargs": {"amr": {"eps": 0.01}}, "lambda_mean": 0.1}
     g = grids.normalize_grid(grid)
     assert g["losses"] == ["amr", "ce"] and g["epochs"] == 3 and g["lambda_mean"] == 0.1
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--seeds", "", r"grid key seeds: no values .* --seeds 0"),
+    ("--losses", "", r"grid key losses: no values and no k .* --losses amr"),
+    ("--dataset", "", r"grid key dataset: no values"),
+])
+def test_an_empty_axis_is_refused_before_anything_runs(tmp_path, capsys, flag, value, message):
+    """`--seeds ""` used to print "0 runs in the grid" and then crash (KeyError: 'status')."""
+    from ageest.cli import main
+
+    assert main(["run", flag, value, "--results-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "r" / "runs").exists()

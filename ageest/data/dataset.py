@@ -49,7 +49,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from ageest.data.integrity import DataError
+from ageest.data.integrity import DataError, bomb_problem, printable_path, size_problem
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -271,6 +271,10 @@ def decode_image(path: str, size: int | None = None, fit: str = "square") -> tor
         raise ValueError(f"fit={fit!r}: expected one of {FITS}")
     try:
         with Image.open(path) as im:
+            problem = size_problem(im.size)  # before any pixel is decoded
+            if problem is not None:
+                raise DataError(f"{printable_path(path)}: {problem}; replace the file with a "
+                                "smaller image, or raise AGEEST_MAX_IMAGE_PIXELS")
             target = None
             if size is not None:
                 w, h = im.size
@@ -285,9 +289,14 @@ def decode_image(path: str, size: int | None = None, fit: str = "square") -> tor
             if target is not None and im.size != target:
                 im = im.resize(target, Image.BILINEAR, reducing_gap=2.0)
             arr = np.asarray(im, dtype=np.uint8)  # (H, W, 3)
+    except DataError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{printable_path(path)}: {bomb_problem(exc)}; replace the file with a "
+                        "smaller image") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(
-            f"{path}: cannot decode image ({exc}); replace the file, or load the dataset "
+            f"{printable_path(path)}: cannot decode image ({exc}); replace the file, or load the dataset "
             "with on_bad='skip' to skip such files (every image is decoded once at load)"
         ) from exc
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()  # (3, H, W)

@@ -86,7 +86,7 @@ class BadRecords:
 
     def add(self, path: str | os.PathLike, reason: str, fix: str) -> None:
         """Record one bad file (or annotation row): what is wrong and what the user should do."""
-        self.records.append({"path": str(path), "reason": reason, "fix": fix})
+        self.records.append({"path": printable_path(path), "reason": reason, "fix": fix})
 
     def __bool__(self) -> bool:
         return bool(self.records)
@@ -121,6 +121,82 @@ class BadRecords:
         return list(self.records)
 
 
+#: the largest image ageest opens, in pixels (width x height): 8,192 x 8,192 by default, far
+#: above any face photo; set AGEEST_MAX_IMAGE_PIXELS to change it. A larger file is a bad record
+#: naming its size (PIL's own decompression-bomb guard would stop at 179 M pixels with a
+#: traceback, or decode hundreds of megabytes below that).
+MAX_IMAGE_PIXELS_DEFAULT = 8192 * 8192
+
+
+def max_image_pixels() -> int:
+    """The pixel limit in force (:data:`MAX_IMAGE_PIXELS_DEFAULT`, or AGEEST_MAX_IMAGE_PIXELS)."""
+    text = os.environ.get("AGEEST_MAX_IMAGE_PIXELS", "").strip()
+    if not text:
+        return MAX_IMAGE_PIXELS_DEFAULT
+    if not text.isdigit() or int(text) <= 0:
+        raise ValueError(f"AGEEST_MAX_IMAGE_PIXELS={text!r}: expected a positive whole number of "
+                         "pixels, e.g. 67108864 (8192 x 8192); unset it for that default")
+    return int(text)
+
+
+def size_problem(size: tuple[int, int]) -> str | None:
+    """Why an image of ``size`` (width, height) is refused, or None.
+
+    >>> size_problem((15000, 15000))
+    'image is 15000 x 15000 = 225,000,000 pixels, above the limit of 67,108,864 (AGEEST_MAX_IMAGE_PIXELS)'
+    """
+    w, h = size
+    if w <= 0 or h <= 0:
+        return f"image has size {size}"
+    limit = max_image_pixels()
+    if w * h > limit:
+        return (f"image is {w} x {h} = {w * h:,} pixels, above the limit of {limit:,} "
+                "(AGEEST_MAX_IMAGE_PIXELS)")
+    return None
+
+
+def bomb_problem(exc: Exception) -> str:
+    """The refusal of an image so large that PIL stopped at its header (its
+    ``DecompressionBombError`` gives the pixel count, not the sides), in :func:`size_problem`'s
+    words."""
+    import re
+
+    from PIL import Image
+
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    pixels = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+    limit = min(max_image_pixels(), 2 * (Image.MAX_IMAGE_PIXELS or 0) or max_image_pixels())
+    return f"image is {pixels}, above the limit of {limit:,} (AGEEST_MAX_IMAGE_PIXELS)"
+
+
+def printable_path(path: str | os.PathLike) -> str:
+    """A path as text that any terminal and JSON file can take: bytes of a name that is not
+    valid UTF-8 (kept by Python as surrogates) are shown as ``\\xff``.
+
+    >>> printable_path("41_0_0_2017\udcff\udcfe.jpg")
+    '41_0_0_2017\\xff\\xfe.jpg'
+    """
+    return os.fsencode(os.fspath(path)).decode("utf-8", "backslashreplace")
+
+
+def folder_file_problem(path: Path, inside: Path, mode: str = "header"
+                        ) -> tuple[str, str] | None:
+    """What is wrong with one file of a dataset folder, and the fix, or None: a name that is
+    not valid UTF-8, a symbolic link out of the folder ``inside``, or not a usable image
+    (:func:`check_image_file`). The one check of every folder loader (FG-NET, UTKFace)."""
+    if printable_path(path.name) != path.name:
+        return ("file name is not valid UTF-8 text",
+                "rename the file (ageest writes names into UTF-8 tables and manifests)")
+    if path.is_symlink() and not path.resolve().is_relative_to(inside):
+        # as the CSV loader's paths: a dataset folder holds its own images
+        return (f"symbolic link to {path.resolve()}, outside the folder {inside}",
+                "copy the image into the folder, or remove the link")
+    problem = check_image_file(path, mode)
+    if problem is not None:
+        return problem, "remove the file or replace it with the original image"
+    return None
+
+
 def check_image_file(path: str | os.PathLike, mode: str = "header") -> str | None:
     """Return why ``path`` is not a usable image, or ``None`` when it is.
 
@@ -151,12 +227,16 @@ def check_image_file(path: str | os.PathLike, mode: str = "header") -> str | Non
         return f"not an image file (extension {path.suffix!r})"
     if mode == "none":
         return None
+    max_image_pixels()  # a bad AGEEST_MAX_IMAGE_PIXELS is the user's error, not the file's
     try:
         with Image.open(path) as im:
+            problem = size_problem(im.size)  # before any pixel is decoded
+            if problem is not None:
+                return problem
             if mode == "decode":
                 im.load()
-            elif im.size[0] <= 0 or im.size[1] <= 0:
-                return f"image has size {im.size}"
+    except Image.DecompressionBombError as exc:  # PIL's own guard stops it before we can
+        return bomb_problem(exc)
     except UnidentifiedImageError:
         return _unreadable(path)
     except (OSError, SyntaxError, ValueError) as exc:  # PIL raises these for damaged data

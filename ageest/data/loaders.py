@@ -45,6 +45,7 @@ from ageest.data.integrity import (
     MissingDataError,
     check_image_file,
     check_on_bad,
+    folder_file_problem,
 )
 
 COLUMNS = ("path", "age", "age_mean", "subject", "std", "split", "image_id")
@@ -315,9 +316,9 @@ def load_fgnet(
     rows: list[dict[str, Any]] = []
     seen: dict[str, Path] = {}
     for p in files:
-        problem = check_image_file(p, check_images)
+        problem = folder_file_problem(p, root, check_images)
         if problem is not None:
-            bad.add(p, problem, "remove the file or replace it with the original image")
+            bad.add(p, *problem)
             continue
         parsed = parse_fgnet_name(p.name)
         if parsed is None:
@@ -362,12 +363,26 @@ _CLAP_COLUMNS = ("file_name", "apparent_age_avg", "apparent_age_std")
 
 
 def _read_csv_checked(path: Path, required: Iterable[str], fix: str) -> pd.DataFrame:
+    """A label CSV read as UTF-8 text, refused (naming the file and the fix) when it is another
+    encoding, does not parse, lacks a required column or names a column twice (pandas would
+    rename the second ``age`` to ``age.1`` and the first would be used silently)."""
+    import csv
+
     try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            header = [str(c).strip() for c in next(csv.reader(fh), [])]
         # Identifiers stay text: subject 007 must not become 7.0 because another row is empty.
         table = pd.read_csv(path, dtype={"path": str, "file_name": str, "subject": str,
                                          "split": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} "
+                        f"at position {exc.start}); save the file as UTF-8") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, csv.Error) as exc:
         raise DataError(f"{path}: cannot be read as CSV ({exc}); {fix}") from exc
+    twice = sorted({c for c in header if header.count(c) > 1})
+    if twice:
+        raise DataError(f"{path}: column {twice[0]!r} appears {header.count(twice[0])} times in "
+                        f"the header ({header}); keep one column of each name")
     table.columns = [str(c).strip() for c in table.columns]
     missing = [c for c in required if c not in table.columns]
     if missing:
@@ -631,16 +646,10 @@ def load_utkface(
         raise MissingDataError(f"UTKFace folder {root} holds no files; unpack the images there")
     bad = BadRecords(on_bad, f"UTKFace folder {root}")
     rows, malformed = [], []
-    inside = root.resolve()
     for p in files:
-        if p.is_symlink() and not p.resolve().is_relative_to(inside):
-            # as the CSV loader's paths: a dataset folder holds its own images
-            bad.add(p, f"symbolic link to {p.resolve()}, outside the folder {inside}",
-                    "copy the image into the folder, or remove the link")
-            continue
-        problem = check_image_file(p, check_images)
+        problem = folder_file_problem(p, root, check_images)
         if problem is not None:
-            bad.add(p, problem, "remove the file or replace it with the original image")
+            bad.add(p, *problem)
             continue
         m = _UTK_RE.match(p.name)
         gender = race = pd.NA

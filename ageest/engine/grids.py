@@ -190,6 +190,15 @@ def normalize_grid(grid: dict[str, Any]) -> dict[str, Any]:
     for name, key in SCHEMA.items():
         if g[name] is not None:
             g[name] = check_value(key, g[name])
+    # an axis without values expands to no runs: say which, before anything is loaded
+    for name in ("dataset", "seeds", "selection"):
+        if not g[name]:
+            raise ValueError(f"grid key {name}: no values (an empty list gives no runs); give "
+                             f"at least one, e.g. --{name.replace('_', '-')} "
+                             f"{GRID_DEFAULTS[name][0]}")
+    if not g["losses"] and not g["k"]:
+        raise ValueError("grid key losses: no values and no k (an empty list gives no runs); "
+                         "give at least one loss, e.g. --losses amr")
     ar = g["age_range"]
     if ar is not None and (len(ar) != 2 or ar[0] >= ar[1]):
         raise ValueError(f"grid key age_range: {ar!r} is not [lo, hi] with lo < hi")
@@ -526,7 +535,8 @@ def run_grid(grid: dict[str, Any] | None = None, *, results_dir: str | os.PathLi
         rows.append({"run_dir": t["run_dir"], "status": r["status"],
                      "wall_time_s": r.get("wall_time_s"), "mae": mae,
                      "error": err.strip().splitlines()[-1] if err else None})
-    summary = pd.DataFrame(rows)
+    # the columns even when no row: an empty grid (a run's filter matching nothing) reads alike
+    summary = pd.DataFrame(rows, columns=["run_dir", "status", "wall_time_s", "mae", "error"])
     if aggregate_results and (summary["status"].isin(["done", "skipped"])).any():
         table = aggregate(results_dir, runs=[r["run_dir"] for r in rows
                                              if r["status"] in ("done", "skipped")])
