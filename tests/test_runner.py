@@ -4,9 +4,9 @@ SIGKILL), changed-configuration handling, failures, parallel workers, aggregatio
 
 from __future__ import annotations
 
-import re
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
