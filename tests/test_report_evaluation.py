@@ -315,3 +315,17 @@ def test_mae_comparison_without_subject_ids_counts_no_subjects():
     assert with_ids["n_subjects"].notna().all()
     np.testing.assert_allclose(table["mae_pooled"], with_ids["mae_pooled"])
     assert (table["mae_pooled_low"] <= table["mae_pooled"]).all()
+
+
+def test_k_ablation_figure_takes_an_interval_collapsed_by_rounding():
+    """One test subject: the bootstrap bound equals the MAE but for one ulp (seen: 11.584255535445644
+    against …646); the bar must be drawn, not refused as negative. A bound off by more is an
+    error."""
+    value = 11.584255535445646
+    t = pd.DataFrame({"k": ["2", "adaptive"], "k_value": [2.0, np.nan],
+                      "mae_pooled": [value, 10.0], "mae_pooled_low": [np.nextafter(value, 99), 9.0],
+                      "mae_pooled_high": [np.nextafter(value, 0), 11.0]})
+    fig = plots.k_ablation(t, synthetic=True)
+    plt.close(fig)
+    with pytest.raises(ValueError, match="does not contain its value"):
+        plots.k_ablation(t.assign(mae_pooled_low=[value + 0.5, 9.0]))

@@ -238,14 +238,31 @@ def ambiguity_calibration(table: pd.DataFrame, *, synthetic: bool = False) -> pl
                    legend=7)
 
 
+def error_bars(value, low, high) -> np.ndarray:
+    """``errorbar``'s (2, n) distances from each value down to ``low`` and up to ``high``. A
+    bound that passes its value by rounding only (an interval collapsed onto it: one test
+    subject, or a bootstrap of identical errors) is drawn as 0; one that passes it by more is an
+    error, not a bar pointing the wrong way.
+
+    >>> error_bars([11.584255535445646], [11.584255535445644], [11.584255535445644]).tolist()
+    [[1.7763568394002505e-15], [0.0]]
+    """
+    value, low, high = (np.asarray(a, dtype=np.float64) for a in (value, low, high))
+    bars = np.vstack([value - low, high - value])
+    rounding = 1e-9 * np.maximum(1.0, np.abs(value))  # far above float64's spacing here
+    if (bars < -rounding).any():
+        raise ValueError(f"an interval does not contain its value (value {value.tolist()}, low "
+                         f"{low.tolist()}, high {high.tolist()})")
+    return np.clip(bars, 0.0, None)
+
+
 def k_ablation(table: pd.DataFrame, *, synthetic: bool = False) -> plt.Figure:
     """MAE against fixed K with its CI, and the adaptive K as a horizontal band."""
     fixed = table[table["k"] != "adaptive"].sort_values("k_value")
     adaptive = table[table["k"] == "adaptive"]
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     if len(fixed):
-        yerr = np.vstack([fixed["mae_pooled"] - fixed["mae_pooled_low"],
-                          fixed["mae_pooled_high"] - fixed["mae_pooled"]])
+        yerr = error_bars(fixed["mae_pooled"], fixed["mae_pooled_low"], fixed["mae_pooled_high"])
         ax.errorbar(fixed["k_value"], fixed["mae_pooled"], yerr=yerr, marker="o", capsize=3,
                     label="fixed K (mean_residue)")
     if len(adaptive):
