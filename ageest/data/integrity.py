@@ -170,10 +170,10 @@ def bomb_problem(exc: Exception) -> str:
 
 
 def printable_path(path: str | os.PathLike) -> str:
-    """A path as text that any terminal and JSON file can take: bytes of a name that is not
-    valid UTF-8 (kept by Python as surrogates) are shown as ``\\xff``.
+    r"""A path as text that any terminal and JSON file can take: bytes of a name that is not
+    valid UTF-8 (kept by Python as surrogates) are shown as ``\xff``.
 
-    >>> printable_path("41_0_0_2017\udcff\udcfe.jpg")
+    >>> printable_path(os.fsdecode(b"41_0_0_2017\xff\xfe.jpg"))
     '41_0_0_2017\\xff\\xfe.jpg'
     """
     return os.fsencode(os.fspath(path)).decode("utf-8", "backslashreplace")

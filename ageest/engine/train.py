@@ -424,7 +424,7 @@ def epoch_lr(config: TrainConfig, epoch: int, step: int = 0, steps: int = 1) -> 
     [0.001, 0.000854, 0.0005, 0.000146]
     >>> cfg = TrainConfig(lr_schedule="onecycle", lr=1e-3, epochs=2, warmup_fraction=0.5)
     >>> [round(epoch_lr(cfg, e, i, 3), 7) for e in (1, 2) for i in range(3)]
-    [4e-05, 0.00052, 0.001, 0.0007502, 0.0002502, 4e-09]
+    [4e-05, 0.00052, 0.001, 0.00075, 0.00025, 0.0]
     """
     import bisect
 
