@@ -175,3 +175,53 @@ def test_export_without_the_onnx_extra_says_how_to_install(run_dir, tmp_path, mo
 
     with pytest.raises(RunError, match=r"pip install 'ageest\[onnx\]'"):
         export_onnx(run_dir, tmp_path / "m.onnx")
+
+
+class _RunsCode:
+    """A pickle that would create a file when loaded without weights_only."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_checkpoint_carrying_code_is_refused_by_predict_and_by_resume(run_dir, tmp_path):
+    """Nothing runs; the file is named; torch's advice to retry with weights_only=False (which
+    would run the code) is passed on nowhere, neither to the message nor to error.txt."""
+    import torch
+
+    from ageest.engine.run import execute_run
+
+    marker = tmp_path / "code-ran"
+    copy = _copy_run(run_dir, tmp_path)
+    ckpt = copy / store.CHECKPOINTS / "best.pt"
+    torch.save({"model": _RunsCode(marker)}, ckpt)
+    with pytest.raises(RunError) as err:
+        load_run(copy)
+    assert str(ckpt) in str(err.value) and "not a checkpoint this kit wrote" in str(err.value)
+    assert "weights_only" not in str(err.value)
+    # the same file as last.pt of an unfinished run: the resume refuses it the same way
+    params = yaml.safe_load((copy / store.PARAMS).read_text())
+    (copy / store.METRICS).unlink()
+    last = copy / store.CHECKPOINTS / "last.pt"
+    torch.save({"model": _RunsCode(marker)}, last)
+    result = execute_run({"run_dir": str(copy), "params": params})
+    assert result["status"] == "failed"
+    text = (copy / "error.txt").read_text() + str(result.get("error"))
+    assert str(last) in text and "not a checkpoint this kit wrote" in text
+    assert "weights_only=False" not in text and "weights_only = False" not in text
+    assert not marker.exists()
+
+
+def test_a_checkpoint_without_a_run_identity_is_loaded_with_a_warning(run_dir, tmp_path):
+    import torch
+
+    copy = _copy_run(run_dir, tmp_path)
+    ckpt = copy / store.CHECKPOINTS / "best.pt"
+    state = torch.load(ckpt, weights_only=True)
+    state.pop("run_id")
+    torch.save(state, ckpt)
+    with pytest.warns(UserWarning, match=r"best.pt: the checkpoint carries no run identity"):
+        load_run(copy)

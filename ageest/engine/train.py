@@ -50,6 +50,7 @@ import torch
 from ageest.data.dataset import TRANSFORMS
 from ageest.engine import distributed as dist
 from ageest.engine.models import OWN_NORMALIZATION
+from ageest.errors import UserError
 from ageest.files import atomic_write_bytes
 from ageest.losses import WEIGHT_SETTINGS, loss_weights, weight_default
 from ageest.official import OFFICIAL_SELECTION, SELECTIONS
@@ -312,12 +313,49 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` (tensors only: ``weights_only``)."""
+class CheckpointError(UserError, RuntimeError):
+    """A file that is not a checkpoint this kit wrote; the message names it and the fix."""
+
+
+def load_checkpoint(path: str | os.PathLike, device: str = "cpu", *,
+                    fix: str = "delete it to retrain") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` (tensors only: ``weights_only``).
+
+    The one reader of checkpoints (training's resume, ``ageest predict`` and ``export``): a
+    git-lfs pointer, an empty or truncated file, or a pickle that carries code is refused with a
+    :class:`CheckpointError` naming the file and ``fix``. Nothing is executed, and torch's advice
+    to load with ``weights_only=False`` (which would run that code) is never passed on.
+    """
+    import pickle
+
+    from ageest.data.integrity import GIT_LFS_HEADER
+
+    path = Path(path)
+    with open(path, "rb") as fh:
+        head = fh.read(len(GIT_LFS_HEADER))
+    if head.startswith(GIT_LFS_HEADER):
+        raise CheckpointError(f"{path}: a git-lfs pointer, not the weights; fetch them with "
+                              "`git lfs pull` (or copy the real file)")
+    if not head:
+        raise CheckpointError(f"{path}: empty file; {fix}")
     try:
         return torch.load(path, map_location=device, weights_only=True)
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise RuntimeError(f"{path}: cannot load checkpoint ({exc}); delete it to retrain") from exc
+    except pickle.UnpicklingError as exc:
+        if "weights only load failed" in str(exc).lower():
+            raise CheckpointError(
+                f"{path}: not a checkpoint this kit wrote: it holds Python objects whose code "
+                "would run when loaded, and ageest does not execute it; use checkpoints "
+                f"written by ageest (a run's checkpoints/best.pt), or {fix}") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(exc)}); {fix}"
+                              ) from None
+    except Exception as exc:  # torch raises RuntimeError, EOFError, zip errors ...
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: "
+                              f"{_first_line(exc)}); the file is truncated or not a torch "
+                              f"checkpoint: {fix}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:200]
 
 
 def precision_label(amp: str | None, channels_last: bool, asked: str | None = None) -> str:

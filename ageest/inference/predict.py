@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import pickle
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,34 +106,15 @@ def check_device(device: str) -> None:
 def read_checkpoint(path: Path, device: str = "cpu") -> dict[str, Any]:
     """A checkpoint's contents (``weights_only=True``), or a :class:`RunError` for a git-lfs
     pointer (the weights were never fetched), an empty or truncated file, or not a checkpoint."""
-    import torch
-
-    from ageest.data.integrity import GIT_LFS_HEADER
+    from ageest.engine.train import CheckpointError, load_checkpoint
 
     if not path.is_file():
         raise RunError(f"{path}: no such checkpoint; the run keeps only what its "
                        "keep_checkpoints allowed (best by default; 'none' keeps none)")
-    with open(path, "rb") as fh:
-        head = fh.read(len(GIT_LFS_HEADER))
-    if head.startswith(GIT_LFS_HEADER):
-        raise RunError(f"{path}: a git-lfs pointer, not the weights; fetch them with "
-                       "`git lfs pull` (or copy the real file)")
-    if path.stat().st_size == 0:
-        raise RunError(f"{path}: empty file; copy the checkpoint again")
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "weights only load failed" not in str(exc).lower():
-            raise RunError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0][:200]})"
-                           "; the file is truncated or not a torch checkpoint: copy it "
-                           "again") from None
-        raise RunError(f"{path}: not a plain weights file: it holds Python objects whose code "
-                       "would run when it is loaded, and ageest will not execute it; use a "
-                       "checkpoint written by ageest (checkpoints/best.pt of a run)") from None
-    except Exception as exc:  # torch raises RuntimeError, EOFError, pickle errors ...
-        raise RunError(f"{path}: not a readable checkpoint ({type(exc).__name__}: "
-                       f"{str(exc).splitlines()[0][:200]}); the file is truncated or not a "
-                       "torch checkpoint: copy it again") from None
+        state = load_checkpoint(path, device, fix="copy the run's checkpoint again")
+    except CheckpointError as exc:
+        raise RunError(str(exc)) from None
     if not isinstance(state, dict) or "model" not in state:
         raise RunError(f"{path}: not an ageest checkpoint (no 'model' weights)")
     return state
@@ -159,6 +140,11 @@ def load_run(run_dir: str | os.PathLike, *, checkpoint: str = "best",
         check_run_id(path, state, params.get("params_hash"))
     except CheckpointMismatchError as exc:
         raise RunError(str(exc)) from None
+    if state.get("run_id") is None:
+        warnings.warn(f"{path}: the checkpoint carries no run identity (ageest writes the run's "
+                      "params_hash into every checkpoint), so it cannot be checked against "
+                      f"{run_dir / store.PARAMS}; use it only if you know it belongs to this run",
+                      stacklevel=2)
     model = get_model(config.model, end - start + 1, pretrained=False)
     try:
         model.load_state_dict(state["model"])
