@@ -528,3 +528,34 @@ def test_an_empty_axis_is_refused_before_anything_runs(tmp_path, capsys, flag, v
     err = capsys.readouterr().err
     assert re.search(message, err) and "Traceback" not in err and len(err.splitlines()) == 1
     assert not (tmp_path / "r" / "runs").exists()
+
+
+def test_a_lock_whose_process_id_was_reused_is_taken_over(data_dir, tmp_path):
+    """A lock names host, pid and the process's start time: our own live pid with another start
+    time is a reused id (the locking process is gone), so the run goes ahead. A live holder is
+    named with the lock file and how to clear it, and no error.txt is pointed at."""
+    import socket
+
+    task = grids.expand_grid(_grid(data_dir, tmp_path))[0]
+    run_dir = Path(task["run_dir"])
+    run_dir.mkdir(parents=True)
+    lock = run_dir / "run.lock"
+    lock.write_text(f"{socket.gethostname()} {os.getpid()} 1")  # our id, started at tick 1: not us
+    result = execute_run(task)
+    assert result["status"] == "done" and not lock.exists()
+
+    task = grids.expand_grid(_grid(data_dir, tmp_path / "second"))[0]
+    run_dir = Path(task["run_dir"])
+    run_dir.mkdir(parents=True)
+    from ageest.engine.run import _process_start
+
+    start = _process_start(os.getpid())
+    (run_dir / "run.lock").write_text(f"{socket.gethostname()} {os.getpid()} {start}")  # alive: us
+    result = execute_run(task)
+    assert result["status"] == "failed"
+    assert re.search(rf"{re.escape(str(run_dir / 'run.lock'))} is held by process {os.getpid()} "
+                     rf".*delete {re.escape(str(run_dir / 'run.lock'))} and run again",
+                     result["error"])
+    summary = pd.DataFrame([{"run_dir": str(run_dir), "status": "failed", "wall_time_s": 0.0,
+                             "mae": None, "error": result["error"]}])
+    assert "error.txt" not in grids.format_summary(summary)

@@ -567,7 +567,11 @@ def format_summary(summary: pd.DataFrame) -> str:
              "runs: " + ", ".join(f"{s} {int(counts.get(s, 0))}" for s in statuses)
              + f" (total {len(summary)})"]
     for _, row in summary[summary["status"] == "failed"].iterrows():
-        lines.append(f"  FAILED {row['run_dir']}: {row['error']} (see error.txt)")
+        # a run refused before it started (a live lock) wrote no error.txt: point only at one
+        # that exists
+        where = Path(row["run_dir"]) / store.ERROR
+        lines.append(f"  FAILED {row['run_dir']}: {row['error']}"
+                     + (f" (see {where})" if where.is_file() else ""))
     return "\n".join(lines)
 
 

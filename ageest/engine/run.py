@@ -279,30 +279,34 @@ def _epoch_reporter(run_dir: Path, epochs: int) -> Callable[[pd.DataFrame], None
 
 
 class _RunLock:
-    """``run.lock`` (O_EXCL) holding host and pid, so two runners on one machine never train the
-    same folder at once. A lock left by a killed process (same host, pid gone) is taken over, and
-    so is one written on another host: its process cannot be checked from here, and the usual
-    cause is a lost cluster node whose run the executor resubmitted."""
+    """``run.lock`` (O_EXCL) naming its host, process id and that process's start time, so two
+    runners on one machine never train the same folder at once. A lock is taken over when its
+    process is gone, when its id now belongs to another process (a reused id: the start time
+    differs), or when it was written on another host (its process cannot be checked from here;
+    the usual cause is a lost cluster node whose run the executor resubmitted)."""
 
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / "run.lock"
         self.held = False
 
     def acquire(self) -> str | None:
-        """Take the lock; return ``None`` or a message naming the live holder."""
-        me = f"{socket.gethostname()} {os.getpid()}"
+        """Take the lock; return ``None`` or a message naming the live holder and how to clear
+        the lock if that holder is not an ageest run."""
+        me = _lock_text(socket.gethostname(), os.getpid())
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
                 try:
-                    host, pid = self.path.read_text().split()
+                    host, pid, *start = self.path.read_text().split()
                 except (OSError, ValueError):
-                    host, pid = "", "0"
-                if host != socket.gethostname() or not _pid_alive(int(pid)):
-                    self.path.unlink(missing_ok=True)  # stale (process gone) or unverifiable
+                    host, pid, start = "", "0", []
+                if not _lock_is_live(host, int(pid) if pid.isdigit() else 0, start):
+                    self.path.unlink(missing_ok=True)  # stale, reused id, or unverifiable
                     continue
-                return f"{self.path} is held by process {pid} on {host or '?'}"
+                since = f", started at {start[0]} clock ticks after boot" if start else ""
+                return (f"{self.path} is held by process {pid} on {host}{since}; if that process "
+                        f"is not an ageest run, delete {self.path} and run again")
             with os.fdopen(fd, "w") as fh:
                 fh.write(me)
             self.held = True
@@ -320,12 +324,36 @@ class _RunLock:
         that is gone, so its redone run is not refused); True when removed."""
         path = Path(run_dir) / "run.lock"
         try:
-            if path.read_text().split() == [host, str(pid)]:
+            if path.read_text().split()[:2] == [host, str(pid)]:
                 path.unlink(missing_ok=True)
                 return True
         except OSError:  # no lock, or it vanished meanwhile
             pass
         return False
+
+
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks after boot, ``/proc/<pid>/stat`` field 22), or
+    None where that cannot be read (no such process, no /proc)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # fields after "pid (comm)": field 22 is [19]
+
+
+def _lock_text(host: str, pid: int) -> str:
+    start = _process_start(pid)
+    return f"{host} {pid}" + (f" {start}" if start else "")
+
+
+def _lock_is_live(host: str, pid: int, start: list[str]) -> bool:
+    """Whether a lock's process may still be training: same host, the id alive, and (when the
+    lock recorded it) the same start time, so an id the system has since given to another
+    process does not block the run for ever."""
+    if host != socket.gethostname() or not _pid_alive(pid):
+        return False
+    return not start or start[0] == _process_start(pid)
 
 
 def _pid_alive(pid: int) -> bool:
