@@ -559,3 +559,18 @@ def test_a_lock_whose_process_id_was_reused_is_taken_over(data_dir, tmp_path):
     summary = pd.DataFrame([{"run_dir": str(run_dir), "status": "failed", "wall_time_s": 0.0,
                              "mae": None, "error": result["error"]}])
     assert "error.txt" not in grids.format_summary(summary)
+
+
+def test_a_run_missing_one_of_its_files_is_redone_not_skipped(data_dir, tmp_path):
+    """Its predictions.parquet deleted, a finished run used to be skipped (metrics.json was
+    there) and every table then failed asking to "rerun it"."""
+    summary = grids.run_grid(_grid(data_dir, tmp_path), aggregate_results=False)
+    run_dir = Path(summary["run_dir"].iloc[0])
+    assert summary["status"].tolist() == ["done"]
+    (run_dir / store.PREDICTIONS).unlink()
+    assert not store.is_finished(run_dir) and store.missing_files(run_dir) == [store.PREDICTIONS]
+    again = grids.run_grid(_grid(data_dir, tmp_path), aggregate_results=False)
+    assert again["status"].tolist() == ["done"] and store.is_finished(run_dir)
+    assert len(store.read_predictions(run_dir)) > 0
+    assert grids.run_grid(_grid(data_dir, tmp_path), aggregate_results=False)[
+        "status"].tolist() == ["skipped"]

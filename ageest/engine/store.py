@@ -130,7 +130,8 @@ def read_predictions(path: str | os.PathLike) -> pd.DataFrame:
     if path.is_dir():
         path = path / PREDICTIONS
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: the run did not finish; rerun it")
+        raise FileNotFoundError(f"{path} is missing: the run is incomplete; run its grid again "
+                                "(ageest run / reproduce redo incomplete runs)")
     table = pq.read_table(path)
     df = table.drop(["probs"]).to_pandas()
     df["probs"] = list(_arrow_probs(table))
@@ -159,9 +160,21 @@ def read_metrics(run_dir: str | os.PathLike) -> dict[str, Any]:
     return read_json(Path(run_dir) / METRICS)
 
 
+#: the files a finished run holds (checkpoints aside: ``keep_checkpoints`` decides those)
+RESULT_FILES = (PARAMS, HISTORY, PREDICTIONS, "manifest.json", METRICS)
+
+
 def is_finished(run_dir: str | os.PathLike) -> bool:
-    """True when ``metrics.json`` exists (it is written last, atomically)."""
-    return (Path(run_dir) / METRICS).is_file()
+    """True when every one of :data:`RESULT_FILES` is there (``metrics.json`` is written last,
+    atomically; a run missing any other file, deleted or lost in a copy, is incomplete and is
+    redone by the next grid rather than skipped)."""
+    run_dir = Path(run_dir)
+    return all((run_dir / name).is_file() for name in RESULT_FILES)
+
+
+def missing_files(run_dir: str | os.PathLike) -> list[str]:
+    """Which of :data:`RESULT_FILES` a run folder lacks."""
+    return [name for name in RESULT_FILES if not (Path(run_dir) / name).is_file()]
 
 
 def run_status(run_dir: str | os.PathLike) -> str:
