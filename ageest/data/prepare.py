@@ -94,10 +94,8 @@ def run(args: argparse.Namespace) -> int:
     where = "also listed in the manifest" if args.manifest else "not recorded elsewhere"
     identical = df.attrs.get("identical")
     bad = [r for r in df.attrs.get("skipped", []) if not is_identical_record(r)]
-    for record in bad:
-        print(f"skipped {record['path']}: {record['reason']}")
-    if bad:
-        print(f"skipped {len(bad)} bad file(s) ({where})")
+    if bad:  # the loader's warning listed each one already
+        print(f"skipped {len(bad)} bad file(s) (listed above; {where})")
     if identical and identical["groups"]:
         print(identical_line(identical))
         for group in identical["records"][:20]:

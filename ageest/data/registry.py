@@ -115,7 +115,7 @@ def synthetic_root(name: str, *, size: int = 64, seed: int = 0) -> Path:
     ('synthetic-fgnet', 'synthetic-clap-32px-seed0')
     """
     suffix = "" if (size, seed) == (64, 0) else f"-{size}px-seed{seed}"
-    return paths.DATA / f"{name}{suffix}"
+    return paths.writable_root(paths.DATA, "AGEEST_DATA") / f"{name}{suffix}"
 
 
 def ensure_synthetic(name: str, root: str | os.PathLike, *, size: int = 64, seed: int = 0,
@@ -317,8 +317,7 @@ def _verify_content(df: pd.DataFrame, *, on_bad: str, source: str,
     )
 
     if cache_path is None:
-        paths.DATA.mkdir(parents=True, exist_ok=True)
-        cache_path = paths.DATA / ".file-cache.json"
+        cache_path = paths.writable_root(paths.DATA, "AGEEST_DATA") / ".file-cache.json"
     checks = verify_files(df["path"].tolist(), cache_path)
     problems = checks.problems
     if problems:

@@ -345,10 +345,11 @@ def expand_grid(grid: dict[str, Any], results_dir: str | os.PathLike | None = No
         base.update({k: g[k] for k in loader_keys(dataset)})
         _check_ignore_list(dataset, g)
         df, info = load_data(base)
-        for record in df.attrs.get("skipped", []):  # --on-bad skip: never silent
-            if not is_identical_record(record):
-                print(f"{dataset}: skipped {record['path']}: {record['reason']}",
-                      file=sys.stderr)
+        # --on-bad skip: never silent; the loader's warning listed each file once already
+        bad = [r for r in df.attrs.get("skipped", []) if not is_identical_record(r)]
+        if bad:
+            print(f"{dataset}: {len(bad)} bad file(s) skipped (listed above; every run's "
+                  "skipped.json records them)", file=sys.stderr)
         if df.attrs.get("identical", {}).get("dropped"):  # each copy is in skipped.json
             print(f"{dataset}: {identical_line(df.attrs['identical'])}", file=sys.stderr)
         data_digest = df.attrs.get("content_digest")
@@ -449,6 +450,8 @@ def preflight(g: dict[str, Any], results_dir: Path) -> None:
     import errno
     import tempfile
 
+    if g["executor"] == "local":  # a Ray driver may plan CUDA runs for GPU workers
+        check_device(str(g["device"]))  # before the folder is made: a refused grid leaves none
     try:
         results_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=results_dir, prefix=".write-check-"):
@@ -458,8 +461,6 @@ def preflight(g: dict[str, Any], results_dir: Path) -> None:
             exc.strerror or str(exc))
         raise PermissionError(f"--results-dir {results_dir}: cannot be written ({why}); "
                               "choose a writable folder") from None
-    if g["executor"] == "local":  # a Ray driver may plan CUDA runs for GPU workers
-        check_device(str(g["device"]))
     if g.get("pretrained"):
         from ageest.engine.models import check_pretrained
 
@@ -542,6 +543,7 @@ def run_grid(grid: dict[str, Any] | None = None, *, results_dir: str | os.PathLi
                                              if r["status"] in ("done", "skipped")])
         from ageest.pipeline.artefacts import save_table
 
+        summary.attrs["aggregate"] = str(results_dir / "tables" / "aggregate.md")
         save_table(table, results_dir, "aggregate",
                    "Test metrics aggregated over folds (runs written by ageest run). "
                            "Rows with test_selected=True chose their epoch on the test set "
@@ -657,9 +659,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     summary = run_grid(grid, aggregate_results=not args.no_aggregate)
     print(format_summary(summary))
-    results_dir = Path(grid.get("results_dir") or "results")
-    table_path = results_dir / "tables" / "aggregate.md"
-    if not args.no_aggregate and table_path.is_file():
-        print(table_path.read_text(encoding="utf-8"))
+    # the table this grid wrote, never an older one left in the folder by another grid
+    written = summary.attrs.get("aggregate")
+    if written:
+        print(Path(written).read_text(encoding="utf-8"))
+    elif not args.no_aggregate:
+        print("no aggregate table: no run of this grid finished")
     return 1 if (summary["status"] == "failed").any() else 0
 
