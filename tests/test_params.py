@@ -339,3 +339,44 @@ def test_notebooks_02_and_04_declare_their_shared_parameters_alike():
     for name in common:
         for field in ("inferred_type_name", "default", "help"):
             assert a[name].get(field) == b[name].get(field), (name, field)
+
+
+def test_every_notebook_parameter_is_checked_up_front_from_its_declaration(tmp_path):
+    """`-p ci 1.5`, `-p n_boot -5`, `-p readout bogus` used to pass until notebook 03 ran (after
+    all the training; readout as KeyError 'pred_bogus'), and empty losses until notebook 02.
+    Every parameter of every notebook has a declaration: a grid setting, a pipeline parameter,
+    or NOTEBOOK_LIMITS; a bad value in a profile file or on the command line stops
+    check_profile, before the first notebook."""
+    from ageest import metrics
+    from ageest.analysis import comparisons
+    from ageest.engine.grids import SCHEMA
+    from ageest.pipeline.reproduce import _AS_GRID_KEY, NOTEBOOK_LIMITS, PIPELINE_PARAMETERS
+
+    for nb in NOTEBOOKS:
+        for name in declared_parameters(nb):
+            assert (_AS_GRID_KEY.get(name, name) in SCHEMA or name in PIPELINE_PARAMETERS
+                    or name in NOTEBOOK_LIMITS), f"{nb.name}: {name} has no declaration"
+    # the choices written there are the library's own
+    assert NOTEBOOK_LIMITS["readout"]["choices"] == metrics.READOUTS
+    assert NOTEBOOK_LIMITS["paired_unit"]["choices"] == comparisons.PAIRED_UNITS
+
+    import shutil
+
+    shutil.copytree(paths.PARAMS / "smoke", tmp_path / "mine")
+    own = tmp_path / "mine" / "03_evaluation.yaml"
+    base = own.read_text() if own.is_file() else ""
+    for line, message in (("ci: 1.5", r"'ci' in .*03_evaluation.yaml: 1.5: .*above the maximum 1"),
+                          ("n_boot: -5", r"'n_boot' .*-5 is below the minimum 1"),
+                          ("readout: bogus", r"'readout' .*'bogus' is not one of \['expectation'"),
+                          ("reference: nope", r"'reference' .*'nope' is not one of \['amr'")):
+        own.write_text(base + "\n" + line + "\n")
+        with pytest.raises(ReproduceError, match=message):
+            check_profile("mine", NOTEBOOKS, params_dir=tmp_path)
+    own.write_text(base)
+    by_stem = {nb.stem: nb for nb in NOTEBOOKS}
+    with pytest.raises(ReproduceError, match=r"'losses' in the command line: empty"):
+        notebook_parameters("mine", by_stem["02_training"], out=tmp_path, params_dir=tmp_path,
+                            text_overrides={"losses": ""})
+    with pytest.raises(ReproduceError, match=r"'ci' in the command line: 1.5"):
+        notebook_parameters("mine", by_stem["03_evaluation"], out=tmp_path,
+                            params_dir=tmp_path, text_overrides={"ci": "1.5"})

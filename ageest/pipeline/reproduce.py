@@ -37,6 +37,7 @@ from ageest.parameters import (
     annotation_kind,
     annotation_setting,
     as_list,
+    check_value,
     parse_text,
 )
 
@@ -214,10 +215,11 @@ def check_parameters(values: Mapping[str, Any], declared: Mapping[str, Mapping[s
                 f"parameter {key!r} in {source} is {value!r} ({type(value).__name__}), but "
                 f"notebook {notebook.name} declares it as {type_name}"
             )
-        check_declared(key, value, source=source, notebook=notebook.name)
+        check_declared(key, value, source=source, notebook=notebook.name, type_name=type_name)
 
 
-def check_declared(name: str, value: Any, *, source: str | Path, notebook: str) -> None:
+def check_declared(name: str, value: Any, *, source: str | Path, notebook: str,
+                   type_name: str | None = None) -> None:
     """A notebook parameter that is a training setting (``epochs``, ``losses``, ``clap_epochs``
     as ``epochs`` ...; each entry of ``train_options``) checked against its declaration in
     :data:`ageest.engine.grids.SCHEMA`, so ``-p epochs -1`` or ``epochs: -1`` in a profile fails
@@ -236,14 +238,59 @@ def check_declared(name: str, value: Any, *, source: str | Path, notebook: str) 
                 raise ReproduceError(f"parameter train_options in {source}: {exc}") from None
         return
     key = _AS_GRID_KEY.get(name, name)
-    if key not in SCHEMA or name in PIPELINE_PARAMETERS or value is None or value == "" or (
+    if name == "losses" and value == []:  # notebook 02's comparison needs one (clap_losses
+        # and official_losses may be empty: "no such runs")
+        raise ReproduceError(f"parameter 'losses' in {source}: empty; name at least one loss, "
+                             f"e.g. amr,mean_variance,ce (notebook {notebook})")
+    if name in PIPELINE_PARAMETERS or value is None or value == "" or (
             name.endswith("losses") and value == []):
         return
     try:
-        check_setting(key, value)
+        if key in SCHEMA:
+            check_setting(key, value)
+        else:
+            check_value(notebook_setting(name, type_name), value, "notebook parameter")
     except ValueError as exc:
         raise ReproduceError(f"parameter {name!r} in {source}: {value!r}: {exc} (notebook "
                              f"{notebook})") from None
+
+
+#: what the parameters cells cannot say of a notebook-only parameter (its annotation gives the
+#: type, its comment the meaning): the range or choices, declared here once, so ``-p ci 1.5`` or
+#: ``n_boot: -5`` in a profile fails before the first notebook instead of after the training.
+#: A test holds every notebook parameter to a declaration (a grid setting, a pipeline parameter,
+#: or an entry here).
+NOTEBOOK_LIMITS: dict[str, dict[str, Any]] = {
+    # 00 data prep
+    "grid_rows": {"minimum": 1}, "grid_cols": {"minimum": 1},
+    "split_fractions": {"minimum": 0.0, "maximum": 1.0},
+    # 01 loss illustration
+    "true_age": {"minimum": 0}, "num_classes": {"minimum": 2}, "start_age": {"minimum": 0},
+    "base_sigma": {"minimum": 0.0, "above": True}, "noise": {"minimum": 0.0},
+    "fixed_k": {"minimum": 1}, "eps": {"minimum": 0.0, "above": True},
+    "dldl_sigma": {"minimum": 0.0, "above": True}, "sweep_points": {"minimum": 2},
+    # 03 evaluation, 04 K ablation
+    "readout": {"choices": ("expectation", "rounded", "argmax", "median")},
+    "reference": {"registry": "losses"},
+    "age_bins": {"minimum": 0.0},
+    "n_boot": {"minimum": 1}, "ci": {"minimum": 0.0, "maximum": 1.0, "above": True},
+    "paired_test": {"choices": ("permutation", "wilcoxon")},
+    "n_resamples": {"minimum": 1}, "paired_unit": {"choices": ("subject", "image")},
+    "calibration_bins": {"minimum": 1}, "seed": {"minimum": 0}, "ks": {"minimum": 1},
+    # notebook switches and folders: their type is all there is to check
+    "fgnet_dir": {}, "clap_dir": {}, "utkface_dir": {}, "utkface_split": {}, "official": {},
+    "train_options": {},
+}
+
+
+def _limited(setting: Setting) -> Setting:
+    """``setting`` with its :data:`NOTEBOOK_LIMITS` (a registry name's choices filled in)."""
+    limits = dict(NOTEBOOK_LIMITS.get(setting.name, {}))
+    if limits.pop("registry", None) == "losses":
+        from ageest.losses import list_losses
+
+        limits["choices"] = tuple(list_losses())
+    return dataclasses.replace(setting, **limits)
 
 
 def notebook_setting(name: str, type_name: str | None) -> Setting:
@@ -256,7 +303,7 @@ def notebook_setting(name: str, type_name: str | None) -> Setting:
 
     key = _AS_GRID_KEY.get(name, name)
     if key not in SCHEMA or name in PIPELINE_PARAMETERS:
-        return annotation_setting(name, type_name)
+        return _limited(annotation_setting(name, type_name))
     setting = SCHEMA[key]
     if setting.kind == "list" and annotation_kind(type_name or "str")[0] != "list":
         setting = dataclasses.replace(setting, kind=setting.item)  # one value of an axis
