@@ -168,3 +168,19 @@ def test_reproduce_rejects_undeclared_and_repeated_parameters(tmp_path):
         reproduce("smoke", results_dir=tmp_path, parameters={"epoch": "2"}, log=lambda s: None)
     assert main(["reproduce", "--profile", "smoke", "--results-dir", str(tmp_path),
                  "-p", "epochs", "1", "-p", "epochs", "2"]) == 2
+
+
+def test_official_runs_record_and_report_their_departures_from_the_official_settings(paper_run):
+    """Every official-mode run is checked against the official scripts' record as it finishes
+    (it used to be checked only by tests): the shrunk run's departures are in its metrics.json
+    and listed in REPORT.md."""
+    (official,) = _runs(paper_run, "fgnet-lopo-amr-kadaptive-seed42-test_best_epoch_official")
+    departures = store.read_metrics(official)["official_departures"]
+    assert "epochs: official 100, run 3" in departures
+    assert "model: official 'resnet50', run 'small_cnn'" in departures
+    assert "image_size: official 227, run 32" in departures
+    report = (paper_run / "REPORT.md").read_text()
+    assert "## Official-protocol runs against the official settings" in report
+    assert "| epochs: official 100, run 3 |" in report
+    clean = _runs(paper_run, "fgnet-lopo-amr-kadaptive-seed42")[0]
+    assert "official_departures" not in store.read_metrics(clean)

@@ -37,6 +37,7 @@ from ageest.engine import store
 from ageest.engine.models import weights_record
 from ageest.engine.train import TrainConfig, identity_defaults, train
 from ageest.errors import UserError
+from ageest.official import OFFICIAL_SELECTION, check_run
 
 #: run parameters left out of the hash (they do not change the numbers)
 UNHASHED = ("quiet", "threads", "keep_checkpoints", "data_dir", "csv", "json", "image_root",
@@ -190,6 +191,12 @@ def train_run(params: dict[str, Any], run_dir: str | os.PathLike) -> dict[str, A
     if result.test_selected:
         out["note"] = ("official protocol: the epoch was selected on the TEST set "
                        "(test_best_epoch_official); optimistic, not a clean estimate")
+    if config.selection == OFFICIAL_SELECTION:
+        # every official-mode run against the official scripts' record: what this run does
+        # differently (a shrunk CPU run: epochs, model, image size ...), listed in REPORT.md
+        kind = "clap" if params["dataset"] in CLAP_DATASETS else "fgnet"
+        out["official_departures"] = check_run(
+            {**params, "start_age": int(info.start_age), "end_age": int(info.end_age)}, kind)
     if dist.is_main_process():
         _write_run(run_dir, params, result, df.attrs.get("skipped"), out, t0)
     dist.barrier()

@@ -176,6 +176,7 @@ def build_report(out: str | Path, *, profile: str | None = None) -> str:
     answer = summary_lines(out)
     if answer:
         lines += ["## Summary", "", *answer]
+    lines += departure_lines(out)
     paper = paper_results()
     sourced = paper[paper.value.notna()]
     lines += [
@@ -299,6 +300,38 @@ def summary_lines(out: str | Path) -> list[str]:
                       "not separate the two losses."]
         lines.append("")
     return lines
+
+
+def departure_lines(out: str | Path) -> list[str]:
+    """Where the official-protocol runs of ``out`` depart from the official scripts' settings
+    (each run's ``official_departures``, :func:`ageest.official.check_run`), one line per
+    departure with the runs that have it; empty when there are no official runs."""
+    from ageest.engine import store
+
+    runs = Path(out) / "runs"
+    seen: dict[str, list[str]] = {}
+    n_official = 0
+    for run_dir in (store.find_run_dirs(runs) if runs.is_dir() else []):
+        if not store.is_finished(run_dir):
+            continue
+        metrics = store.read_metrics(run_dir)
+        if "official_departures" not in metrics:
+            continue
+        n_official += 1
+        for line in metrics["official_departures"]:
+            seen.setdefault(line, []).append(f"{run_dir.parent.name}/{run_dir.name}")
+    if not n_official:
+        return []
+    lines = ["## Official-protocol runs against the official settings", "",
+             f"{n_official} official-protocol run(s), each checked against the official "
+             "scripts' settings (`ageest/resources/official_settings.yaml`)."]
+    if not seen:
+        return lines + [" Every run matches them.", ""]
+    lines += [" They depart in these settings, so their numbers are the official *protocol* "
+              "at another scale, not the official *recipe*:", "",
+              "| setting: official value, this run's | runs |", "|---|---:|"]
+    lines += [f"| {line} | {len(where)} |" for line, where in sorted(seen.items())]
+    return lines + [""]
 
 
 def _utkface_note(out: Path) -> list[str]:
