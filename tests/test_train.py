@@ -192,3 +192,31 @@ def test_autocast_and_channels_last_on_cpu(tiny, amp):
     probs = np.stack(res.predictions["probs"])
     assert probs.dtype == np.float32 and np.isfinite(probs).all()
     assert np.isfinite(res.history[["train_total", "train_variance", "val_mae"]]).all().all()
+
+
+def test_official_cuda_numerics_are_scoped_to_their_run():
+    """cuDNN and TF32 flags are process-wide: what an official-mode run sets must not stay set
+    for the clean runs that follow in the same worker."""
+    from ageest.engine.train import cuda_numerics, numerics_scope
+
+    saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.deterministic = False
+        with numerics_scope():
+            inside = cuda_numerics(official=True)
+        assert inside == {"cudnn_deterministic": True, "cudnn_benchmark": False,
+                          "tf32_matmul": False, "tf32_cudnn": False}
+        assert cuda_numerics(official=False) == {"cudnn_deterministic": False,
+                                                 "cudnn_benchmark": True, "tf32_matmul": True,
+                                                 "tf32_cudnn": True}
+        with pytest.raises(RuntimeError), numerics_scope():  # restored on failure too
+            cuda_numerics(official=True)
+            raise RuntimeError("the run failed")
+        assert torch.backends.cudnn.benchmark is True
+    finally:
+        (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) = saved

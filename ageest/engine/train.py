@@ -29,6 +29,7 @@ selection decision without communication); only rank 0 writes files.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -566,8 +567,11 @@ class _State:
 def cuda_numerics(official: bool) -> dict[str, bool]:
     """Set and return the CUDA numerics of a run. Official-protocol runs do what the official
     scripts did (``main_FGNET.py``: ``cudnn.deterministic = True``, ``cudnn.benchmark =
-    False``; PyTorch 1.7 had no TF32, so TF32 is off for matmuls and convolutions); clean runs
-    keep torch's defaults (recorded as they are)."""
+    False``) and turn TF32 off for matmuls and convolutions: TF32 arrived in PyTorch 1.7 (on by
+    default until 1.11) but needs CUDA 11 and an Ampere GPU, and the official environment
+    (PyTorch 1.7 with CUDA 10.1) could not use it. Clean runs keep torch's defaults (recorded
+    as they are). The flags are process-wide: :func:`train` restores them when the run ends
+    (:func:`numerics_scope`), so the official settings never reach the next run of a worker."""
     if official:
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
@@ -577,6 +581,19 @@ def cuda_numerics(official: bool) -> dict[str, bool]:
             "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
             "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
             "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32)}
+
+
+@contextlib.contextmanager
+def numerics_scope():
+    """Restore the process-wide cuDNN and TF32 flags on exit, whatever a run set inside."""
+    flags = ((torch.backends.cudnn, "deterministic"), (torch.backends.cudnn, "benchmark"),
+             (torch.backends.cuda.matmul, "allow_tf32"), (torch.backends.cudnn, "allow_tf32"))
+    saved = [getattr(owner, name) for owner, name in flags]
+    try:
+        yield
+    finally:
+        for (owner, name), value in zip(flags, saved, strict=True):
+            setattr(owner, name, value)
 
 
 def _setup_process(cfg: TrainConfig) -> tuple[str, int, bool]:
@@ -894,6 +911,16 @@ def _predict_test(cfg: TrainConfig, model, data: _Data, sel: _Selection, device:
 def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_age: int,
           ckpt_dir: str | os.PathLike | None = None, resume: bool = True,
           on_epoch=None, run_id: str | None = None) -> TrainResult:
+    """:func:`_train` with the process-wide CUDA numerics it sets restored when it returns or
+    fails (:func:`numerics_scope`); see :func:`_train` for the parameters."""
+    with numerics_scope():
+        return _train(config, df, fold, start_age=start_age, end_age=end_age,
+                      ckpt_dir=ckpt_dir, resume=resume, on_epoch=on_epoch, run_id=run_id)
+
+
+def _train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_age: int,
+           ckpt_dir: str | os.PathLike | None = None, resume: bool = True,
+           on_epoch=None, run_id: str | None = None) -> TrainResult:
     """Train ``config.model`` with ``config.loss`` on one fold and predict its test images.
 
     Parameters
