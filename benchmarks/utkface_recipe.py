@@ -61,6 +61,8 @@ CANDIDATES: dict[str, dict] = {
         "lite64-5ep-cos": {"lr_schedule": "cosine"},
         "lite64-8ep-1cyc": {"epochs": 8},
         "lite112-4ep-1cyc": {"image_size": 112, "epochs": 4},
+        "lite96-3ep-1cyc": {"image_size": 96, "epochs": 3},
+        "lite112-3ep-1cyc": {"image_size": 112, "epochs": 3},
         "lite64-5ep-1cyc-noflip": {"tta_flip": False},
         # bf16 parity of the pretrained model: the same recipe in fp32 (NCHW, as amp fp32 runs)
         "lite64-5ep-1cyc-fp32": {"amp": "fp32"},
