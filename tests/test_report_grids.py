@@ -177,3 +177,23 @@ def test_loss_weights_are_plain_settings_each_run_holds_its_own(tmp_path):
     assert other["amr"] != tasks["amr"]["params_hash"]
     with pytest.raises(ValueError, match="lambda_mean is a setting of its own; set lambda_mean"):
         normalize_grid({**grid, "loss_kwargs": {"amr": {"lambda_mean": 0.3}}})
+
+
+def test_an_official_clap_grid_without_its_ignore_list_stops_before_any_run_trains(
+        monkeypatch, tmp_path):
+    """Notebook 02 runs its clean grids first: the official CLAP2016 grid's missing ignore list
+    used to be found only after the clean runs had trained."""
+    from tests.helpers import write_clap_fixture
+
+    clap = write_clap_fixture(tmp_path / "CLAP")
+    (clap / "ignore_list.txt").unlink()
+    started = []
+    monkeypatch.setattr("ageest.engine.grids.run_grid",
+                        lambda grid, **kw: started.append(grid) or pd.DataFrame())
+    grids = {"clean_clap": {"dataset": ["clap2016"], "data_dir": str(clap),
+                            "selection": ["val_best"]},
+             "official_clap": {"dataset": ["clap2016"], "data_dir": str(clap),
+                               "selection": ["test_best_epoch_official"]}}
+    with pytest.raises(FileNotFoundError, match=r"ignore_list.txt: missing; official-protocol"):
+        training_grids.run_grids(grids, tmp_path / "results")
+    assert started == []

@@ -168,8 +168,10 @@ def run_grids(grids: Mapping[str, Mapping[str, Any]], results_dir: str | os.Path
     """Run every grid (finished runs are skipped) and return one summary row per run with a
     ``grid`` column. Raises :class:`RunsFailed` listing the failed runs and their errors (each
     run's full traceback is in its ``error.txt``); the other runs are finished first."""
-    from ageest.engine.grids import run_grid
+    from ageest.engine.grids import check_grid, run_grid
 
+    for grid in grids.values():  # every grid's own checks before the first run trains: an
+        check_grid(dict(grid))   # official CLAP2016 grid without its ignore list, say
     frames = []
     for name, grid in grids.items():
         summary = run_grid(dict(grid), results_dir=results_dir, aggregate_results=False)

@@ -279,6 +279,16 @@ def check_device(device: str) -> None:
                          f"{torch.__version__}); use --device cpu")
 
 
+def check_grid(grid: dict[str, Any]) -> dict[str, Any]:
+    """The checks of a grid that need no data loaded and no run started (the schema, the
+    registries, real CLAP2016's ignore list for official runs), so a pipeline can check all of
+    its grids before the first one trains; returns the normalised grid."""
+    g = normalize_grid(grid)
+    for dataset in g["dataset"]:
+        _check_ignore_list(dataset, g)
+    return g
+
+
 def _check_ignore_list(dataset: str, g: dict[str, Any]) -> None:
     """Real CLAP2016 without its ignore list: the official code reads
     ``<CLAP folder>/ignore_list.txt`` and fails without it, so official-protocol runs are
