@@ -329,3 +329,24 @@ def test_k_ablation_figure_takes_an_interval_collapsed_by_rounding():
     plt.close(fig)
     with pytest.raises(ValueError, match="does not contain its value"):
         plots.k_ablation(t.assign(mae_pooled_low=[value + 0.5, 9.0]))
+
+
+def test_paired_tests_on_subject_free_data_count_each_face_once_and_weigh_the_seeds():
+    """UTKFace has no subjects: with two seeds each face is one unit (its error averaged over
+    the seeds), not two pairs, and the table says whether AMR's difference to a baseline is
+    larger than what another seed moves."""
+    rows = []
+    for seed, (amr_off, ce_off) in enumerate([(0.5, 2.0), (1.0, 2.2)]):
+        for iid, age in (("f1", 1), ("f2", 2), ("f3", 3), ("f4", 4)):
+            rows.append(("amr", "adaptive", CLEAN, seed, iid, pd.NA, age, age + amr_off))
+            rows.append(("ce", "adaptive", CLEAN, seed, iid, pd.NA, age, age + ce_off))
+    preds = frame(rows)
+    table = ev.paired_tests(preds, unit="subject", n_resamples=99)
+    row = table.iloc[0]
+    assert row["n"] == 4 and row["n_images"] == 8  # four faces, eight (face, seed) pairs
+    assert row["unit"] == "image (mean over seeds)"
+    assert row["n_seeds"] == 2 and row["diff_per_seed"] == "-1.500, -1.200"
+    assert row["seed_spread"] == pytest.approx(np.std([0.5, 1.0], ddof=1), abs=1e-3)
+    assert bool(row["beyond_seed_spread"]) is True
+    by_image = ev.paired_tests(preds, unit="image", n_resamples=99).iloc[0]
+    assert by_image["n"] == 8 and by_image["unit"] == "image"

@@ -389,8 +389,12 @@ def paired_tests(preds: pd.DataFrame, *, reference: str = "amr", readout: str = 
         per_unit = both.groupby("unit", sort=True)[["err_ref", "err_base"]].mean()
         test = metrics.paired_test(per_unit["err_ref"], per_unit["err_base"], method=method,
                                    n_resamples=n_resamples, seed=seed)
+        # subject-free data (UTKFace): each image is its own unit, its error averaged over
+        # the seeds, so n counts images once however many seeds there are
+        shown = unit if unit == "image" or group["subject"].notna().any() else \
+            "image (mean over seeds)"
         rows.append({"reference": reference, "baseline": method_label(loss, k, selection),
-                     "unit": unit, "n": test["n"], "n_images": len(both),
+                     "unit": shown, "n": test["n"], "n_images": len(both),
                      "mae_reference": float(both["err_ref"].mean()),
                      "mae_baseline": float(both["err_base"].mean()),
                      "mean_diff": test["mean_diff"], "statistic": test["statistic"],
