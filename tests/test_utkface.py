@@ -4,12 +4,15 @@ every table names UTKFace and the report opens with the real-data note."""
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
 from ageest.data import get_dataset
 from ageest.data.integrity import DataError
 from ageest.data.splits import apply_split_csv, stratified_split
+from ageest.engine.models import LITE0_SHA256
 from ageest.pipeline.reproduce import ReproduceError, reproduce
 from tests.helpers import add_identical_copies, write_utkface_fixture
 
@@ -79,11 +82,22 @@ def test_utkface_profile_end_to_end(utk_copies, tmp_path):
         == ["dedupe", 3, 6, 1, 2, 4]
     assert "identical_groups" in (out / "tables" / "data_summary.md").read_text()
     mae = pd.read_csv(out / "tables" / "mae_comparison.csv")
-    assert set(mae["loss"]) == {"amr", "mean_variance", "ce", "dldl_v2"}
-    assert (mae["n_images"] == 2 * 18).all()  # the split's test part (30 % of 59), two seeds
-    # the profile's two seeds: a seed spread beside the CIs; no subject ids, no subject count
-    assert (mae["seeds"] == 2).all() and mae["mae_seed_sd"].notna().all()
+    assert set(mae["loss"]) == {"amr", "mean_variance", "ce"}
+    assert (mae["n_images"] == 3 * 18).all()  # the split's test part (30 % of 59), three seeds
+    # the profile's three seeds: a seed spread beside the CIs; no subject ids, no subject count
+    assert (mae["seeds"] == 3).all() and mae["mae_seed_sd"].notna().all()
     assert mae["n_subjects"].isna().all()
+    # the pretrained backbone: every run started from the packaged weights, flip-averaged
+    runs = sorted((out / "runs").glob("*/fold-*/metrics.json"))
+    assert len(runs) == 3 * 3 + 1  # the comparison, and K=4 at seed 0 (AMR's run reused)
+    for path in runs:
+        metrics = json.loads(path.read_text())
+        assert metrics["weights"]["weights_sha256"] == LITE0_SHA256
+        assert metrics["numerics"]["tta_flip"] is True
+    # the paired tests pair faces (18), each averaged over the three seeds, and weigh the seeds
+    paired = pd.read_csv(out / "tables" / "paired_tests.csv")
+    assert (paired["n"] == 18).all() and (paired["n_seeds"] == 3).all()
+    assert paired["beyond_seed_spread"].notna().all()
     for name in ("mae_comparison", "cs_curves", "age_group_mae", "k_ablation",
                  "paired_tests", "protocol_sensitivity"):
         text = (out / "tables" / f"{name}.md").read_text()
