@@ -13,6 +13,7 @@ Usage::
         --candidates small64-8ep,small64-20ep-cos --losses amr,ce --seeds 0
     python benchmarks/utkface_recipe.py table --out results/recipe     # the Markdown table
     python benchmarks/utkface_recipe.py faces --utkface DEV --out results/recipe --run RUN
+    python benchmarks/utkface_recipe.py profile --out results/recipe --results results/utkface
 
 ``split`` writes ``OUT/dev_split.csv`` (seeded, age-stratified 70/15/15, the kit's
 :func:`ageest.data.splits.stratified_split`); ``run`` trains what is not finished (an
@@ -63,6 +64,8 @@ CANDIDATES: dict[str, dict] = {
         "lite112-4ep-1cyc": {"image_size": 112, "epochs": 4},
         "lite96-3ep-1cyc": {"image_size": 96, "epochs": 3},
         "lite112-3ep-1cyc": {"image_size": 112, "epochs": 3},
+        # bf16 parity of the chosen recipe: the same in fp32 (NCHW, as amp fp32 runs)
+        "lite96-3ep-1cyc-fp32": {"image_size": 96, "epochs": 3, "amp": "fp32"},
         "lite64-5ep-1cyc-noflip": {"tta_flip": False},
         # bf16 parity of the pretrained model: the same recipe in fp32 (NCHW, as amp fp32 runs)
         "lite64-5ep-1cyc-fp32": {"amp": "fp32"},
@@ -158,9 +161,39 @@ def faces(utkface: Path, out: Path, run_dir: Path, part: str = "valid") -> pd.Da
     return pd.DataFrame(rows)
 
 
+def profile_mae(results: Path, out: Path, dev_names: Path) -> pd.DataFrame:
+    """Each run of a finished ``utkface`` profile, scored on the development faces of its test
+    split only (a folder may hold other faces, e.g. stand-ins for the faces kept for an
+    independent evaluation): ``mae_dev_test`` over all of them, and ``mae_unseen`` over those
+    that were also in this sweep's held-out test part, i.e. faces no recipe choice ever read."""
+    from ageest.engine import store
+
+    dev = set(dev_names.read_text(encoding="utf-8").split())
+    split = pd.read_csv(out / SPLIT)
+    unseen = set(split.loc[split["split"] == "test", "image_id"]) & dev
+    rows = []
+    for run_dir in store.find_run_dirs(results / "runs"):
+        if not store.is_finished(run_dir):
+            continue
+        params, pred = store.read_params(run_dir), store.read_predictions(run_dir)
+        err = (pred["expected_age"] - pred["age"]).abs()
+        on_dev, on_unseen = pred["image_id"].isin(dev), pred["image_id"].isin(unseen)
+        rows.append({"loss": params["loss"], "k": params.get("k") or "adaptive",
+                     "seed": params["seed"], "n_dev_test": int(on_dev.sum()),
+                     "mae_dev_test": round(float(err[on_dev].mean()), 3),
+                     "n_unseen": int(on_unseen.sum()),
+                     "mae_unseen": round(float(err[on_unseen].mean()), 3),
+                     "wall_s": round(float(store.read_metrics(run_dir)["wall_time_s"]), 1)})
+    return pd.DataFrame(rows).sort_values(["loss", "k", "seed"], key=lambda c: c.astype(str))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("split", "run", "table", "faces"))
+    parser.add_argument("command", choices=("split", "run", "table", "faces", "profile"))
+    parser.add_argument("--results", type=Path,
+                        help="profile: the results folder of `ageest reproduce --profile utkface`")
+    parser.add_argument("--dev-names", type=Path, default=Path("../shared/utkface/dev_names.txt"),
+                        help="profile: the development names (the faces one may score on)")
     parser.add_argument("--run", type=Path, help="faces: a finished run folder (fold-...)")
     parser.add_argument("--part", default="valid", help="faces: the split part to predict")
     parser.add_argument("--keep-checkpoints", default="none", choices=("none", "best", "all"),
@@ -182,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{args.out / SPLIT} is missing: run the split command first")
         run(args.utkface, args.out, args.candidates.split(","), args.losses.split(","),
             [int(s) for s in args.seeds.split(",")], args.keep_checkpoints)
+    elif args.command == "profile":
+        if args.results is None:
+            parser.error("profile needs --results DIR")
+        print(profile_mae(args.results, args.out, args.dev_names).to_markdown(index=False))
     elif args.command == "faces":
         if args.run is None:
             parser.error("faces needs --run RUN_DIR")

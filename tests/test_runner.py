@@ -574,3 +574,20 @@ def test_a_run_missing_one_of_its_files_is_redone_not_skipped(data_dir, tmp_path
     assert len(store.read_predictions(run_dir)) > 0
     assert grids.run_grid(_grid(data_dir, tmp_path), aggregate_results=False)[
         "status"].tolist() == ["skipped"]
+
+
+def test_the_workers_of_a_grid_share_the_cores_by_default(monkeypatch):
+    """threads x workers <= cores unless threads is set; setting it past the cores warns."""
+    import warnings
+
+    from ageest.engine import executors
+
+    monkeypatch.setattr(executors, "available_cpus", lambda: 2)
+    assert executors.LocalExecutor(1).threads == 2
+    assert executors.LocalExecutor(2).threads == 1
+    assert executors.LocalExecutor(3).threads == 1  # never below one thread
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        executors.LocalExecutor(2, threads=1)
+    with pytest.warns(UserWarning, match=r"workers=2 x threads=2 exceeds the 2 CPU cores"):
+        executors.LocalExecutor(2, threads=2)
