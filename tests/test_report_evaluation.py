@@ -350,3 +350,28 @@ def test_paired_tests_on_subject_free_data_count_each_face_once_and_weigh_the_se
     assert bool(row["beyond_seed_spread"]) is True
     by_image = ev.paired_tests(preds, unit="image", n_resamples=99).iloc[0]
     assert by_image["n"] == 8 and by_image["unit"] == "image"
+
+
+def test_the_official_clap_row_heads_with_the_official_epsilon():
+    """Its epoch was selected on the official ε (rounded prediction and mean, σ + 1e-4), so that
+    is its headline, with the exact ε beside it, labelled; a clean row keeps the exact ε."""
+    df = clap_frame()
+    df.loc[df["image_id"] == "0", "std"] = 0.0  # the official σ + 1e-4 differs from the limit
+    official = df[df["loss"] == "amr"].assign(selection=ev.OFFICIAL_SELECTION,
+                                               run="amr-official")
+    # an expectation of 31.6 rounds to 32 (official) but scores 31.6 exactly (clean)
+    for frame_ in (df, official):
+        p = np.zeros(101)
+        p[31], p[32] = 0.4, 0.6
+        frame_.loc[frame_["image_id"] == "1", "probs"] = pd.Series(
+            [p] * int((frame_["image_id"] == "1").sum()),
+            index=frame_.index[frame_["image_id"] == "1"])
+    t = ev.epsilon_comparison(pd.concat([df, official], ignore_index=True),
+                              n_boot=50).set_index("method")
+    off = t.loc[ev.method_label("amr", "adaptive", ev.OFFICIAL_SELECTION)]
+    clean = t.loc["amr"]
+    assert off["epsilon_kind"].startswith("official") and clean["epsilon_kind"] == "exact"
+    assert off["epsilon"] == pytest.approx(off["epsilon_official"], abs=1e-12)
+    assert clean["epsilon"] == pytest.approx(clean["epsilon_exact"], abs=1e-12)
+    assert off["epsilon_official"] != pytest.approx(off["epsilon_exact"], abs=1e-6)
+    assert off["epsilon_low"] <= off["epsilon"] <= off["epsilon_high"]

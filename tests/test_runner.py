@@ -591,3 +591,18 @@ def test_the_workers_of_a_grid_share_the_cores_by_default(monkeypatch):
         executors.LocalExecutor(2, threads=1)
     with pytest.warns(UserWarning, match=r"workers=2 x threads=2 exceeds the 2 CPU cores"):
         executors.LocalExecutor(2, threads=2)
+
+
+def test_two_grids_in_one_results_folder_both_stay_in_the_aggregate_table(data_dir, tmp_path):
+    """tables/aggregate.md used to hold only the grid that finished last. Each grid keeps its
+    own block of rows, so runs of different settings (here: epochs) never pool."""
+    res = tmp_path / "res"
+    grids.run_grid(_grid(data_dir, res, losses=["amr"]))
+    grids.run_grid(_grid(data_dir, res, losses=["ce"], epochs=2))
+    table = pd.read_csv(res / "tables" / "aggregate.csv")
+    assert table["grid"].nunique() == 2
+    assert set(table["loss"]) == {"amr", "ce"}
+    assert "2 grid(s)" in (res / "tables" / "aggregate.md").read_text().splitlines()[0]
+    # the same grid again replaces its own block, it does not add one
+    grids.run_grid(_grid(data_dir, res, losses=["amr"]))
+    assert pd.read_csv(res / "tables" / "aggregate.csv")["grid"].nunique() == 2

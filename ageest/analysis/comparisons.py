@@ -119,15 +119,17 @@ def _clusters(group: pd.DataFrame) -> pd.Series:
 
 
 def _epsilon_with_ci(pred: np.ndarray, mean: np.ndarray, std: np.ndarray, clusters, *,
-                     n_boot: int, ci: float, seed: int) -> tuple[dict, dict]:
+                     n_boot: int, ci: float, seed: int, official_rounding: bool = False
+                     ) -> tuple[dict, dict]:
     """The ε-error summary (σ = 0 at the formula's limit; images without a σ left out and
     counted) and its cluster-bootstrap CI: ε is the mean of per-image terms e_i >= 0, so the
-    bootstrap of mean |e_i - 0| over the same clusters is its confidence interval."""
-    e = metrics.epsilon_per_image(pred, mean, std)  # (N,)
+    bootstrap of mean |e_i - 0| over the same clusters is its confidence interval.
+    ``official_rounding``: the official code's ε (rounded x and μ, σ + 1e-4)."""
+    e = metrics.epsilon_per_image(pred, mean, std, official_rounding=official_rounding)  # (N,)
     known = np.isfinite(e)
     boot = metrics.bootstrap_mae_ci(e[known], np.zeros(int(known.sum())),
                                     np.asarray(clusters)[known], n_boot=n_boot, ci=ci, seed=seed)
-    return metrics.epsilon_summary(pred, mean, std), boot
+    return metrics.epsilon_summary(pred, mean, std, official_rounding=official_rounding), boot
 
 
 def _methods(preds: pd.DataFrame) -> list[tuple]:
@@ -228,11 +230,13 @@ def epsilon_comparison(preds: pd.DataFrame, *, readout: str = "expectation", n_b
                        ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
     """CLAP2016-format ε-error comparison: one row per method.
 
-    ``epsilon`` is the exact ε-error of the chosen readout against the annotators' mean and σ,
-    with a bootstrap CI (``epsilon_low``/``_high``; by subject where known, else by image);
-    ``epsilon_official`` rounds prediction and mean and adds 1e-4 to σ as the official code
-    does (official rows use the rounded readout). Also the MAE against the apparent mean with a
-    bootstrap CI, and the paper's ε with its source.
+    ``epsilon`` is each row's headline ε with a bootstrap CI (``epsilon_low``/``_high``; by
+    subject where known, else by image), of the kind ``epsilon_kind`` names: for clean rows the
+    exact ε-error of the chosen readout against the annotators' mean and σ; for official rows
+    the official code's ε (prediction and mean rounded, σ + 1e-4), the number their epoch was
+    selected on and the official code logs. Beside it both kinds by name: ``epsilon_exact``
+    and ``epsilon_official``. Also the MAE against the apparent mean with a bootstrap CI, and
+    the paper's ε with its source.
     """
     preds = add_readouts(check_predictions(preds))
     if preds["std"].isna().all():
@@ -248,15 +252,19 @@ def epsilon_comparison(preds: pd.DataFrame, *, readout: str = "expectation", n_b
         # ε is the mean of per-image terms e_i >= 0 (σ = 0 at the formula's limit), so the
         # bootstrap of mean |e_i - 0| over the same clusters is its confidence interval; images
         # without a σ are left out and counted
+        is_official = selection == OFFICIAL_SELECTION
         summary, e_boot = _epsilon_with_ci(pred, mean, std, clusters, n_boot=n_boot, ci=ci,
-                                           seed=seed)
+                                           seed=seed, official_rounding=is_official)
+        exact = metrics.epsilon_summary(pred, mean, std)
         official = metrics.epsilon_summary(pred, mean, std, official_rounding=True)
         rows.append({
             "method": method_label(loss, k, selection), "protocol": protocol_label(selection),
             "loss": loss, "k": k_label(loss, k), "readout": r, "seeds": group["seed"].nunique(),
             "n_images": len(group), "epsilon": summary["epsilon"], "epsilon_low": e_boot["low"],
-            "epsilon_high": e_boot["high"], "epsilon_official": official["epsilon"],
-            "n_sigma_zero": summary["n_sigma_zero"], "n_sigma_missing": summary["n_sigma_missing"],
+            "epsilon_high": e_boot["high"],
+            "epsilon_kind": "official (rounded, σ + 1e-4)" if is_official else "exact",
+            "epsilon_exact": exact["epsilon"], "epsilon_official": official["epsilon"],
+            "n_sigma_zero": exact["n_sigma_zero"], "n_sigma_missing": exact["n_sigma_missing"],
             "mae": boot["estimate"], "mae_low": boot["low"], "mae_high": boot["high"],
         })
     table = pd.DataFrame(rows)

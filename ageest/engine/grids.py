@@ -75,7 +75,7 @@ from ageest.engine.run import (
     stale_reason,
 )
 from ageest.engine.train import TrainConfig, precision_label, resolve_amp
-from ageest.files import plain
+from ageest.files import plain, read_json, write_json
 from ageest.losses import WEIGHT_SETTINGS, loss_weights
 from ageest.official import OFFICIAL_SELECTION, SELECTIONS
 from ageest.parameters import Setting, check_value, parse_text, settings_of
@@ -507,7 +507,8 @@ def run_grid(grid: dict[str, Any] | None = None, *, results_dir: str | os.PathLi
     on_event : callable, optional
         Progress callback (default: one printed line per finished run unless ``quiet``).
     aggregate_results : bool
-        Write ``tables/aggregate.*`` from all finished runs at the end.
+        Rewrite ``tables/aggregate.*`` at the end: every grid run into the folder, a block of
+        rows each (:func:`write_aggregate`).
 
     Returns
     -------
@@ -549,15 +550,8 @@ def run_grid(grid: dict[str, Any] | None = None, *, results_dir: str | os.PathLi
     # the columns even when no row: an empty grid (a run's filter matching nothing) reads alike
     summary = pd.DataFrame(rows, columns=["run_dir", "status", "wall_time_s", "mae", "error"])
     if aggregate_results and (summary["status"].isin(["done", "skipped"])).any():
-        table = aggregate(results_dir, runs=[r["run_dir"] for r in rows
-                                             if r["status"] in ("done", "skipped")])
-        from ageest.pipeline.artefacts import save_table
-
-        summary.attrs["aggregate"] = str(results_dir / "tables" / "aggregate.md")
-        save_table(table, results_dir, "aggregate",
-                   "Test metrics aggregated over folds (runs written by ageest run). "
-                           "Rows with test_selected=True chose their epoch on the test set "
-                           "(official protocol) and are optimistic.")
+        summary.attrs["aggregate"] = str(write_aggregate(results_dir, [t["run_dir"]
+                                                                       for t in tasks]))
     return summary
 
 
@@ -589,6 +583,40 @@ def format_summary(summary: pd.DataFrame) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # aggregation
+
+
+def write_aggregate(results_dir: Path, runs: Sequence[str | os.PathLike]) -> Path:
+    """Record this grid's runs (``tables/.grids/<id>.json``) and rewrite ``tables/aggregate``
+    from every grid recorded in the folder, one block of rows per grid (column ``grid``), so
+    grids run into one folder at once all appear, and runs of different settings never pool.
+    A file lock makes the rewrites take turns: the last one includes every grid. Returns the
+    Markdown table's path."""
+    import fcntl
+    import hashlib
+
+    from ageest.pipeline.artefacts import save_table
+
+    tables = results_dir / "tables"
+    recorded = tables / ".grids"
+    recorded.mkdir(parents=True, exist_ok=True)
+    runs = sorted(str(r) for r in runs)
+    grid_id = hashlib.sha256("\n".join(runs).encode("utf-8")).hexdigest()[:8]
+    write_json(recorded / f"{grid_id}.json", {"runs": runs})
+    with open(tables / ".aggregate.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        frames = []
+        for record in sorted(recorded.glob("*.json")):
+            finished = [r for r in read_json(record)["runs"] if store.is_finished(r)]
+            if finished:
+                frames.append(aggregate(results_dir, runs=finished).assign(grid=record.stem))
+        table = pd.concat(frames, ignore_index=True)
+        table = table[["grid", *[c for c in table.columns if c != "grid"]]]
+        save_table(table, results_dir, "aggregate",
+                   f"Test metrics aggregated over folds, one block of rows per grid run into "
+                   f"this folder ({len(frames)} grid(s); column grid). Rows with "
+                   "test_selected=True chose their epoch on the test set (official protocol) "
+                   "and are optimistic.")
+    return tables / "aggregate.md"
 
 
 def aggregate(results_dir: str | os.PathLike, *, runs: Sequence[str | os.PathLike] | None = None,
