@@ -17,6 +17,7 @@ from ageest.errors import USER_ERRORS, format_os_error, format_user_error
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "info": ("ageest.envinfo", "Print versions, device and paths of this installation."),
     "data": ("ageest.data.prepare", "Load or generate a dataset, check it, write its manifest."),
+    "fetch": ("ageest.data.fetch", "Download (or take a local copy of) the FG-NET release, check it, unpack it."),
     "run": ("ageest.engine.grids", "Train a grid of runs (dataset x protocol x loss x k x seed x fold); resumable."),
     "reproduce": ("ageest.pipeline.reproduce", "Execute the notebooks of a profile with papermill; write REPORT.md."),
     "predict": ("ageest.inference.predict", "Predict the age of photos with a finished run (files or folders)."),

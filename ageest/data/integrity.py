@@ -523,7 +523,10 @@ def content_digest(df: pd.DataFrame, hashes: dict[str, str]) -> str:
     same data has the same digest)."""
     import hashlib
 
-    cols = [c for c in ("image_id", "age", "age_mean", "std", "subject", "split") if c in df]
+    cols = [c for c in ("image_id", "age", "age_mean", "std", "subject", "split",
+                        # FG-NET's landmark extents, when its points/ folder is there: they
+                        # decide a landmark crop (absent elsewhere: other digests unchanged)
+                        "landmark_x0", "landmark_y0", "landmark_x1", "landmark_y1") if c in df]
     rows = df[cols].astype(str).assign(sha256=df["path"].map(hashes)).sort_values("image_id")
     blob = rows.to_csv(index=False).encode("utf-8")
     return hashlib.sha256(blob).hexdigest()[:16]

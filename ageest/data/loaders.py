@@ -305,9 +305,10 @@ def load_fgnet(
     check_on_bad(on_bad)
     root = _require_dir(root, "FG-NET", "pass the folder holding the NNNAxx.JPG images")
     files, ignored = _list_files(root)
-    if not files and (root / "images").is_dir():
-        root = root / "images"  # the release unpacks to FGNET/images/
-        files, ignored = _list_files(root)
+    for inner in ("images", "FGNET/images"):  # the release unpacks to FGNET/images/
+        if not files and (root / inner).is_dir():
+            root = root / inner
+            files, ignored = _list_files(root)
     if not files:
         raise MissingDataError(
             f"FG-NET folder {root} holds no files; pass the folder holding the NNNAxx.JPG images"
@@ -338,9 +339,71 @@ def load_fgnet(
         seen[image_id] = p
         rows.append(_row(p, age, subject=subject, image_id=image_id, suffix=suffix))
     rows.sort(key=lambda r: r["image_id"])  # canonical order, whatever the names' case
+    _add_landmark_extents(rows, root.parent / "points")
     df = _finish(rows, bad, source=str(root), attrs={"ignored_files": ignored})
     _check_expected(df, FGNET_EXPECTED if expected is None else expected, f"FG-NET {root}")
     return df
+
+
+#: the columns of a face's landmark extent (FG-NET's 68 points), for face_crop: landmarks
+LANDMARK_COLUMNS = ("landmark_x0", "landmark_y0", "landmark_x1", "landmark_y1")
+
+
+def _add_landmark_extents(rows: list[dict[str, Any]], points: Path) -> None:
+    """With the release's ``points/`` folder beside ``images/`` (one ``.pts`` per photo, lower
+    case), each row gets the extent of its 68 landmarks (:data:`LANDMARK_COLUMNS`; NaN for a
+    photo without a file). A file that does not parse is an error naming it."""
+    if not points.is_dir():
+        return
+    files = {p.stem.lower(): p for p in points.iterdir() if p.suffix.lower() == ".pts"}
+    for row in rows:
+        pts = files.get(Path(row["path"]).stem.lower())
+        extent = [float("nan")] * 4
+        if pts is not None:
+            xy = read_pts(pts)
+            extent = [*xy.min(axis=0).tolist(), *xy.max(axis=0).tolist()]
+        row.update(zip(LANDMARK_COLUMNS, extent, strict=True))
+
+
+def read_pts(path: str | os.PathLike, n_points: int = 68) -> np.ndarray:
+    """An FG-NET landmark file (``version: 1``, ``n_points: 68``, then one ``x y`` line per
+    point between ``{`` and ``}``, in the photo's pixels) as an ``(n_points, 2)`` array; a file
+    that does not parse is a :class:`DataError` naming it and the line.
+
+    >>> import tempfile, pathlib
+    >>> f = pathlib.Path(tempfile.mkdtemp()) / "001a02.pts"
+    >>> _ = f.write_text("version: 1\nn_points: 2\n{\n1.5 2\n3 4.25\n}\n")
+    >>> read_pts(f, n_points=2).tolist()
+    [[1.5, 2.0], [3.0, 4.25]]
+    """
+    path = Path(path)
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="ascii").splitlines()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read the landmark file ({exc}); replace it with the "
+                        "release's") from None
+    fix = "replace it with the release's file"
+    try:
+        start, end = lines.index("{"), lines.index("}")
+    except ValueError:
+        raise DataError(f"{path}: not a landmark file (no '{{' ... '}}' block); {fix}") from None
+    declared = next((line.split(":", 1)[1].strip() for line in lines[:start]
+                     if line.startswith("n_points")), None)
+    if declared != str(n_points):
+        raise DataError(f"{path}: declares n_points {declared}, expected {n_points}; {fix}")
+    points = []
+    for number, line in enumerate(lines[start + 1:end], start=start + 2):
+        try:
+            x, y = (float(v) for v in line.split())
+        except ValueError:
+            raise DataError(f"{path}:{number}: {line!r} is not two numbers 'x y'; {fix}") from None
+        if not (math.isfinite(x) and math.isfinite(y)):
+            raise DataError(f"{path}:{number}: {line!r} is not finite; {fix}")
+        points.append((x, y))
+    if len(points) != n_points:
+        raise DataError(f"{path}: {len(points)} points between the braces, expected {n_points}; "
+                        f"{fix}")
+    return np.asarray(points, dtype=np.float64)
 
 
 def _check_expected(df: pd.DataFrame, expected: dict[str, int], what: str) -> list[str]:

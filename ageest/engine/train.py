@@ -111,6 +111,8 @@ LR_SCHEDULES = ("multistep", "official", "cosine", "onecycle")
 #: the MAE (official selection: the rounded MAE that ``main_FGNET.py`` logs)
 SELECT_METRICS = ("auto", "mae", "mae_rounded", "epsilon", "epsilon_official")
 DTYPES = ("float32", "float64")
+#: what ``face_crop`` may be: the whole photo, or a face cut from FG-NET's landmarks
+FACE_CROPS = ("none", "landmarks")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -206,6 +208,12 @@ class TrainConfig:
     image_size: int = _option(64, "network input side (px)", minimum=8)
     normalize: bool = _option(False, "ImageNet mean/std normalisation of the inputs (a model "
                               "that normalises its inputs itself, efficientnet_lite0, refuses it)")
+    face_crop: str = _option("none", "none: the whole photo (the official code's); landmarks: "
+                             "the square around FG-NET's 68 landmarks (its points/ folder) "
+                             "times face_margin, before resizing (a clean-protocol option)",
+                             choices=FACE_CROPS)
+    face_margin: float = _option(1.4, "face_crop landmarks: the crop's side over the landmarks' "
+                                 "larger extent", minimum=1.0)
     tta_flip: bool = _option(False, "test-time flip averaging: every evaluation (validation, "
                              "test, ageest predict) averages the softmax of the image and of its "
                              "mirror image; the stored predictions are the averaged ones")
@@ -623,6 +631,25 @@ def numerics(cfg: TrainConfig, device: str) -> dict[str, Any]:
     return out
 
 
+def _face_boxes(cfg: TrainConfig, part: pd.DataFrame) -> list | None:
+    """Each image's crop under ``face_crop`` (None: whole photos); ``landmarks`` needs every
+    image's landmark extent, which the FG-NET loader reads from the release's points/ folder."""
+    if cfg.face_crop == "none":
+        return None
+    from ageest.data.dataset import face_box
+    from ageest.data.loaders import LANDMARK_COLUMNS
+
+    if not set(LANDMARK_COLUMNS) <= set(part.columns):
+        raise ValueError("face_crop landmarks: these images have no landmarks; it needs the "
+                         "FG-NET release's points/ folder beside images/ (ageest fetch fgnet)")
+    extents = part[list(LANDMARK_COLUMNS)].to_numpy(dtype=np.float64)
+    lacking = part.loc[~np.isfinite(extents).all(axis=1), "path"].tolist()
+    if lacking:
+        raise ValueError(f"face_crop landmarks: {len(lacking)} image(s) have no landmark file, "
+                         f"e.g. {lacking[0]}; the release has one per photo in points/")
+    return [face_box(tuple(e), cfg.face_margin) for e in extents]
+
+
 def _make_data(cfg: TrainConfig, df: pd.DataFrame, fold, start_age: int, device: str,
                world: int) -> _Data:
     """Datasets and loaders of one fold. The sampler is a seeded ``DistributedSampler`` for any
@@ -644,8 +671,9 @@ def _make_data(cfg: TrainConfig, df: pd.DataFrame, fold, start_age: int, device:
         tf = build_transforms(cfg.transforms, train=augment, size=cfg.image_size,
                               normalize=cfg.normalize)
         side, fit = cache_spec(cfg.transforms, size=cfg.image_size, train=augment)
-        return AgeDataset(table.iloc[rows[split]], start_age=start_age, transform=tf,
-                          size=side, fit=fit).preload()
+        part = table.iloc[rows[split]]
+        return AgeDataset(part, start_age=start_age, transform=tf, size=side, fit=fit,
+                          boxes=_face_boxes(cfg, part)).preload()
 
     pin = device.startswith("cuda")
 
