@@ -190,7 +190,7 @@ def train_run(params: dict[str, Any], run_dir: str | os.PathLike) -> dict[str, A
            **test_metrics(result.predictions), "wall_time_s": None}
     if result.test_selected:
         out["note"] = ("official protocol: the epoch was selected on the TEST set "
-                       "(test_best_epoch_official); optimistic, not a clean estimate")
+                       f"({OFFICIAL_SELECTION}); optimistic, not a clean estimate")
     if config.selection == OFFICIAL_SELECTION:
         # every official-mode run against the official scripts' record: what this run does
         # differently (a shrunk CPU run: epochs, model, image size ...), listed in REPORT.md

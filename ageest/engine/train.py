@@ -181,7 +181,7 @@ class TrainConfig:
                                "training process; each worker is seeded)", minimum=0)
     seed: int = _option(0, "seeds the run (seed_everything) and its DataLoader generator",
                         grid=False)
-    selection: str = _option("val_best", "val_best, last or test_best_epoch_official (see "
+    selection: str = _option("val_best", f"val_best, last or {OFFICIAL_SELECTION} (see "
                              "ageest.engine.train)", choices=SELECTIONS, grid=False)
     select_metric: str = _option(
         "auto", "score that picks the epoch (auto: epsilon when every image has a raters' std, "
