@@ -4,6 +4,7 @@ layer writes through; the catalogue-checked tables and figures are :mod:`ageest.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -108,3 +109,12 @@ def write_manifest(
     if extra:
         manifest.update(extra)
     return write_json(Path(out_dir) / "manifest.json", manifest)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -71,3 +71,31 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.section("NOT RUN", sep="=", red=True, bold=True)
         for line in sorted(reasons):
             terminalreporter.write_line(f"NOT RUN: {line}")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(table, info, folds) of a 12-subject FG-NET-like set (120 images, 32 px), 3
+    subject-disjoint folds: the trainer's tiny data (tests/test_train.py, test_finetune.py)."""
+    import warnings
+
+    from ageest.data import get_dataset, make_folds
+    from ageest.data.synthetic import write_fgnet_like
+
+    root = write_fgnet_like(tmp_path_factory.mktemp("data") / "fg", seed=0, size=32,
+                            n_subjects=12, n_images=120)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "differs from the release manifest": intended
+        df, info = get_dataset("fgnet", data_dir=root)
+    return df, info, make_folds(df, "group-kfold", n_folds=3, val_fraction=0.25, seed=0)
+
+
+@pytest.fixture
+def two_threads():
+    """torch on two threads for the test, restored after (the trainer's tests)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)

@@ -133,3 +133,12 @@ def add_identical_copies(root: Path) -> dict[str, list[str]]:
         (root / name).write_bytes(with_comment(data) if kind == "pixels" else data)
         groups[kind] = [src.name, name]
     return groups
+
+
+def tiny_config(**kw):
+    """A TrainConfig for the tiny data (the ``tiny`` fixture): small CNN, 32 px, 2 epochs."""
+    from ageest.engine.train import TrainConfig
+
+    base = dict(model="small_cnn", loss="amr", epochs=2, batch_size=16, image_size=32,
+                quiet=True, seed=0)
+    return TrainConfig(**{**base, **kw})

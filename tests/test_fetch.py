@@ -17,7 +17,7 @@ from ageest.data import verify_dataset_manifest
 from ageest.data.fetch import FETCH_RECORD, MANIFEST, fetch_fgnet
 from ageest.data.integrity import DataError
 from ageest.data.loaders import load_fgnet, read_pts
-from ageest.files import read_json
+from ageest.files import file_sha256, read_json
 from tests.helpers import FGNET_NAMES, write_fgnet_fixture
 
 #: the fixture's content, in place of the release's 1,002 images of 82 subjects
@@ -76,8 +76,6 @@ def test_fetch_downloads_checks_unpacks_and_is_idempotent(served, tmp_path):
     to = fetch_fgnet(url, tmp_path / "FGNET", expected=EXPECTED, log=logged.append)
     assert sorted(p.name for p in to.iterdir()) == [FETCH_RECORD, "images", MANIFEST, "points"]
     record = read_json(to / FETCH_RECORD)
-    from ageest.data.fetch import file_sha256
-
     assert record["archive_sha256"] == file_sha256(archive) and record["source"] == url
     assert record["n_images"] == 16 and record["n_points"] == 16
     assert file_sha256(archive) in logged[0]

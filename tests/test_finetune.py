@@ -5,42 +5,17 @@ itself, and run identities that stay valid when such settings are added."""
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import torch
 
-from ageest.data import get_dataset, make_folds
-from ageest.data.synthetic import write_fgnet_like
 from ageest.engine import models
 from ageest.engine import train as train_module
 from ageest.engine.run import params_hash
 from ageest.engine.train import TrainConfig, epoch_lr, onecycle_lr, predict_probs, train
+from tests.helpers import tiny_config as _cfg
 
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = write_fgnet_like(tmp_path_factory.mktemp("data") / "fg", seed=0, size=32,
-                            n_subjects=12, n_images=96)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "differs from the release manifest": intended
-        df, info = get_dataset("fgnet", data_dir=root)
-    return df, info, make_folds(df, "group-kfold", n_folds=3, val_fraction=0.25, seed=0)
-
-
-@pytest.fixture(autouse=True)
-def _two_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _cfg(**kw) -> TrainConfig:
-    base = dict(model="small_cnn", loss="amr", epochs=2, batch_size=16, image_size=32,
-                quiet=True, seed=0)
-    return TrainConfig(**{**base, **kw})
+pytestmark = pytest.mark.usefixtures("two_threads")
 
 
 @pytest.mark.parametrize(("total", "warmup"), [(50, 0.3), (37, 0.5), (12, 0.25), (200, 0.1)])

@@ -4,44 +4,23 @@ test-selected official mode), the non-finite-loss error and the params-YAML entr
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from ageest import losses
-from ageest.data import get_dataset, make_folds
-from ageest.data.synthetic import write_fgnet_like
+from ageest.data import make_folds
 from ageest.engine.train import NonFiniteLossError, TrainConfig, load_checkpoint, train
+from tests.helpers import tiny_config
 
 TIMING = ["epoch_time_s", "images_per_s", "train_cpu_s"]  # history columns that vary per run
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """(table, info, folds) of a 12-subject FG-NET-like set, 3 subject-disjoint folds."""
-    root = write_fgnet_like(tmp_path_factory.mktemp("data") / "fg", seed=0, size=32,
-                            n_subjects=12, n_images=120)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "differs from the release manifest": intended
-        df, info = get_dataset("fgnet", data_dir=root)
-    return df, info, make_folds(df, "group-kfold", n_folds=3, val_fraction=0.25, seed=0)
+pytestmark = pytest.mark.usefixtures("two_threads")
 
 
-@pytest.fixture(autouse=True)
-def _two_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _cfg(**kw) -> TrainConfig:
-    base = dict(model="small_cnn", loss="amr", epochs=2, batch_size=16, image_size=32,
-                quiet=True, seed=0)
-    return TrainConfig(**{**base, **kw})
+_cfg = tiny_config  # the trainer's tiny-data settings (tests/helpers.py)
 
 
 def _train(tiny, cfg, **kw):

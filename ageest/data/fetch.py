@@ -22,7 +22,6 @@ Any problem is one line naming the URL or the file and the fix.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import shutil
 import tempfile
 import urllib.error
@@ -34,7 +33,7 @@ from typing import Any
 
 from ageest import __version__, paths
 from ageest.data.integrity import DataError, MissingDataError
-from ageest.files import read_json, write_json
+from ageest.files import file_sha256, read_json, write_json
 
 #: the authors' distribution of FG-NET (linked from the official AMR-Loss README)
 FGNET_URL = "http://yanweifu.github.io/FG_NET_data/FGNET.zip"
@@ -148,14 +147,6 @@ def _download(url: str, path: Path) -> Path:
         raise DataError(f"cannot download {url} ({reason}); on a machine with network access "
                         "download it, then run `ageest fetch fgnet --from FGNET.zip`") from None
     return path
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def release_root(folder: Path) -> Path:

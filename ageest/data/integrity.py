@@ -32,7 +32,7 @@ from typing import Any
 
 import pandas as pd
 
-from ageest.files import atomic_write_text, read_json, write_json
+from ageest.files import atomic_write_text, file_sha256, read_json, write_json
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 ON_BAD_CHOICES = ("raise", "skip")
@@ -267,11 +267,7 @@ def _read_cache(cache_path: str | os.PathLike | None) -> dict[str, Any]:
 
 
 def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_sha256(path)  # one name to patch in tests that count the hashing
 
 
 def sha256_files(paths: list[str], cache_path: str | os.PathLike | None = None) -> dict[str, str]:

@@ -22,7 +22,6 @@ True
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 
 from ageest.errors import UserError
+from ageest.files import file_sha256
 
 # torchvision ImageNet weights: the file name inside the hub cache and the URL it comes from.
 # (These are the IMAGENET1K_V1 weights the paper's era used: torchvision's `pretrained=True`.)
@@ -81,15 +81,6 @@ def load_pretrained_state(name: str) -> dict[str, torch.Tensor]:
 
 class WeightsError(UserError, ValueError):
     """Pretrained weights that are missing, or not the file ageest was tested with."""
-
-
-def file_sha256(path: str | Path) -> str:
-    """The SHA-256 of a file's bytes (hex)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # EfficientNet-Lite0 (Tan & Le 2019; the TensorFlow TPU repository's lite variant: ReLU6, no
