@@ -90,26 +90,30 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     names = [m.strip() for m in args.model.split(",") if m.strip()]
-    auto = resolve_amp("auto", "cpu")
-    auto_arm = f"auto (= {auto[0] or 'fp32'}{' + channels_last' if auto[1] else ''})"
-    arms = {**ARMS, auto_arm: auto}
+    auto_arm = "auto"  # what resolve_amp picks for each model on this CPU, named per model
+    arms: dict[str, tuple[str | None, bool] | None] = {**ARMS, auto_arm: None}
     print(f"{cpu_name()}; native bf16: {native_bf16()}; torch {torch.__version__} "
           f"({torch.backends.cpu.get_cpu_capability()}); {', '.join(names)}, {args.size} px, "
           f"batch {args.batch}, {args.threads} threads, {args.rounds} rounds x {args.steps} steps")
     speeds = {(m, arm): [] for m in names for arm in arms}
     for _ in range(args.rounds):
         for m in names:
-            for arm, (amp, cl) in arms.items():
+            for arm, pair in arms.items():
+                amp, cl = pair if pair is not None else resolve_amp("auto", "cpu", model=m)
                 speeds[m, arm].append(step_speed(m, amp, cl, size=args.size,
                                                  batch=args.batch, steps=args.steps))
     med = {key: statistics.median(values) for key, values in speeds.items()}
     for m in names:
         print(f"\n{m}\n\n| arm | img/s (median) | × fp32 | per round |\n|---|---:|---:|---|")
+        auto = resolve_amp("auto", "cpu", model=m)
         for arm in arms:
-            print(f"| {arm} | {med[m, arm]:,.0f} | {med[m, arm] / med[m, 'fp32']:.2f} | "
+            label = (f"auto (= {auto[0] or 'fp32'}{' + channels_last' if auto[1] else ''})"
+                     if arm == auto_arm else arm)
+            print(f"| {label} | {med[m, arm]:,.0f} | {med[m, arm] / med[m, 'fp32']:.2f} | "
                   + ", ".join(f"{v:.0f}" for v in speeds[m, arm]) + " |")
     if len(names) > 1:
-        print(f"\nunder {auto_arm}\n\n| model | img/s (median) | × {names[0]} |\n|---|---:|---:|")
+        print(f"\nunder amp auto (each model's own choice)\n\n| model | img/s (median) | × "
+              f"{names[0]} |\n|---|---:|---:|")
         for m in names:
             print(f"| {m} | {med[m, auto_arm]:,.0f} | "
                   f"{med[m, auto_arm] / med[names[0], auto_arm]:.3f} |")

@@ -345,7 +345,7 @@ def expand_grid(grid: dict[str, Any], results_dir: str | os.PathLike | None = No
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {
         "seed", "loss", "loss_kwargs", "selection", "threads", "quiet", "augment",
         *WEIGHT_SETTINGS}  # a run holds only the weights its loss takes
-    amp, channels_last = resolve_amp(g["amp"], g["device"], g["channels_last"])
+    amp, channels_last = resolve_amp(g["amp"], g["device"], g["channels_last"], g["model"])
     tasks: list[dict[str, Any]] = []
     for dataset in g["dataset"]:
         base = {"dataset": dataset, "on_bad": g["on_bad"],
@@ -524,7 +524,7 @@ def run_grid(grid: dict[str, Any] | None = None, *, results_dir: str | os.PathLi
     todo = [t for t in tasks if not store.is_finished(t["run_dir"])]
     quiet = bool(g["quiet"]) if g["quiet"] is not None else False
     if not quiet:
-        amp, channels_last = resolve_amp(g["amp"], g["device"], g["channels_last"])
+        amp, channels_last = resolve_amp(g["amp"], g["device"], g["channels_last"], g["model"])
         print(f"{len(tasks)} runs in the grid, {len(tasks) - len(todo)} already finished, "
               f"{len(todo)} to run with executor {g['executor']!r} "
               f"(workers={g['workers']}; {precision_label(amp, channels_last, g['amp'])}) -> "

@@ -274,6 +274,13 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "efficientnet_lite0": _efficientnet_lite0,
     "small_cnn": _small_cnn,
 }
+#: how ``amp: auto`` trains a backbone on a CPU when the CPU-wide rule (bf16 + channels_last where
+#: bf16 is native, else fp32) is not its fastest: ``(amp, channels_last)``. Measured with
+#: benchmarks/bench_precision.py on a 2-core AMD EPYC with AVX-512-BF16, batch 32: Lite0 at 64 px
+#: 224 img/s in fp32 + channels_last against 119 in bf16 + channels_last and 112 in fp32; at
+#: 96 px 106 against 72 and 62 (its depthwise convolutions are slow in bf16 there). Not measured
+#: on an AVX2-only CPU or with AMX (docs/models.md).
+CPU_AUTO: dict[str, tuple[str | None, bool]] = {"efficientnet_lite0": (None, True)}
 #: backbones that normalise their inputs themselves (their weights' preprocessing), so a run
 #: must not normalise again: name -> (mean, std)
 OWN_NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {

@@ -50,7 +50,7 @@ import torch
 
 from ageest.data.dataset import TRANSFORMS
 from ageest.engine import distributed as dist
-from ageest.engine.models import OWN_NORMALIZATION
+from ageest.engine.models import CPU_AUTO, OWN_NORMALIZATION
 from ageest.errors import UserError
 from ageest.files import atomic_write_bytes
 from ageest.losses import WEIGHT_SETTINGS, loss_weights, weight_default
@@ -75,28 +75,38 @@ def native_bf16() -> bool:
     return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
 
 
-def resolve_amp(amp: str | None, device: str = "cpu", channels_last: bool = False
-                ) -> tuple[str | None, bool]:
+def resolve_amp(amp: str | None, device: str = "cpu", channels_last: bool = False,
+                model: str | None = None) -> tuple[str | None, bool]:
     """The autocast mode and memory format a run really uses: ``(amp, channels_last)``.
 
-    ``auto`` on a CPU with native bf16 (:func:`native_bf16`) is bf16 autocast with channels_last
-    (the fastest pair measured there, ``benchmarks/bench_precision.py``); on any other CPU, and
-    on CUDA (choose ``bf16`` or ``fp16`` there yourself), it is fp32 with the given memory
-    format. ``fp32`` is ``None``. The losses and metrics stay in fp32 either way (the training
-    loop casts the logits back before the loss).
+    ``auto`` on a CPU trains the fastest way measured for the backbone
+    (``benchmarks/bench_precision.py``): a backbone with its own CPU choice
+    (:data:`ageest.engine.models.CPU_AUTO`: EfficientNet-Lite0, fp32 + channels_last, as its
+    depthwise convolutions run slower in bf16) takes it; any other on a CPU with native bf16
+    (:func:`native_bf16`) takes bf16 autocast with channels_last; elsewhere, and on CUDA (choose
+    ``bf16`` or ``fp16`` there yourself), fp32 with the given memory format. ``fp32`` is
+    ``None``. The losses and metrics stay in fp32 either way (the training loop casts the
+    logits back before the loss).
 
     >>> resolve_amp("fp32")
     (None, False)
     >>> resolve_amp("bf16", channels_last=True)
     ('bf16', True)
+    >>> resolve_amp("auto", "cpu", model="efficientnet_lite0")
+    (None, True)
     """
     if amp in (None, "fp32"):
         return None, channels_last
     if amp != "auto":
         return amp, channels_last
-    if torch.device(device).type == "cpu" and native_bf16():
-        return "bf16", True
+    if torch.device(device).type == "cpu":
+        if model in CPU_AUTO:
+            return CPU_AUTO[model]
+        if native_bf16():
+            return "bf16", True
     return None, channels_last
+
+
 #: what ``lr_schedule`` may be: torch's MultiStepLR stepped once after each epoch
 #: (``multistep``: the stages last exactly the milestones), or the official scripts'
 #: ``scheduler.step(epoch)`` after 0-based epoch ``epoch`` (``official``: the first stage is one
@@ -237,7 +247,8 @@ class TrainConfig:
             raise ValueError(f"normalize=True with model {self.model}: the model normalises its "
                              "inputs itself (its weights' preprocessing), so they would be "
                              "normalised twice; set normalize: false")
-        self.amp, self.channels_last = resolve_amp(self.amp, self.device, self.channels_last)
+        self.amp, self.channels_last = resolve_amp(self.amp, self.device, self.channels_last,
+                                                   self.model)
         self.milestones = sorted(self.milestones)
         self.loss_kwargs = dict(self.loss_kwargs or {})
 
