@@ -22,6 +22,7 @@ Any problem is one line naming the URL or the file and the fix.
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import tempfile
 import urllib.error
@@ -171,7 +172,7 @@ def check_release(root: Path, expected: dict[str, int]) -> dict[str, Any]:
 
     from PIL import Image
 
-    from ageest.data.loaders import load_fgnet, read_pts
+    from ageest.data.loaders import load_fgnet
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the counts are checked below, as errors
@@ -183,13 +184,13 @@ def check_release(root: Path, expected: dict[str, int]) -> dict[str, Any]:
     if wrong:
         raise DataError(f"{root}: not the FG-NET release: {', '.join(wrong)}; download it "
                         f"again ({FGNET_URL})")
-    points = {p.stem.lower(): p for p in (root / "points").iterdir() if p.suffix.lower() == ".pts"}
-    missing = [Path(p).name for p in df["path"] if Path(p).stem.lower() not in points]
-    if missing:
-        raise DataError(f"{root / 'points'}: no landmark file for {len(missing)} image(s) "
-                        f"({', '.join(missing[:5])}); the release has one per image")
-    for path in df["path"]:
-        read_pts(points[Path(path).stem.lower()])
+    # the loader read every landmark file beside the images (one that does not parse is an
+    # error naming it); a photo without one has no extent
+    lacking = [Path(p).name for p, x in zip(df["path"], df.get("landmark_x0", [math.nan] * len(df)),
+                                             strict=True) if not math.isfinite(x)]
+    if lacking:
+        raise DataError(f"{root / 'points'}: no landmark file for {len(lacking)} image(s) "
+                        f"({', '.join(lacking[:5])}); the release has one per image")
     grayscale = 0
     for path in df["path"]:
         with Image.open(path) as im:
