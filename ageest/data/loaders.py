@@ -366,7 +366,7 @@ def _add_landmark_extents(rows: list[dict[str, Any]], points: Path) -> None:
 
 
 def read_pts(path: str | os.PathLike, n_points: int = 68) -> np.ndarray:
-    """An FG-NET landmark file (``version: 1``, ``n_points: 68``, then one ``x y`` line per
+    r"""An FG-NET landmark file (``version: 1``, ``n_points: 68``, then one ``x y`` line per
     point between ``{`` and ``}``, in the photo's pixels) as an ``(n_points, 2)`` array; a file
     that does not parse is a :class:`DataError` naming it and the line.
 
