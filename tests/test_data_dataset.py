@@ -46,7 +46,7 @@ def test_images_are_decoded_once(tmp_path, monkeypatch):
     calls = []
     real = dataset_mod.decode_image
     monkeypatch.setattr(dataset_mod, "decode_image",
-                        lambda p, s=None, fit="square": calls.append(p) or real(p, s, fit))
+                        lambda p, s=None, fit="square", box=None: calls.append(p) or real(p, s, fit, box))
     ds = AgeDataset(df, start_age=0, size=24,
                     transform=build_transforms("light", size=24, train=True))
     for _ in range(3):  # three epochs

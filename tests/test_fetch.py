@@ -166,7 +166,7 @@ def test_the_loader_reads_each_photos_landmark_extent_and_the_digest_covers_it(t
     assert extents.shape == (16, 4)
     assert extents[0].tolist() == [8.0, 10.0, 30.5, 31.0]
     hashes = dict.fromkeys(df["path"], "same")
-    moved = (release / "points" / "001a02.pts").read_text().replace("8.0 10.0", "9.0 10.0")
+    moved = (release / "points" / "001a02.pts").read_text().replace("8.0 10.0", "45.0 10.0")
     (release / "points" / "001a02.pts").write_text(moved)
     again = load_fgnet(release, expected=EXPECTED)
     assert content_digest(again, hashes) != content_digest(df, hashes)

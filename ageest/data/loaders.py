@@ -306,7 +306,8 @@ def load_fgnet(
     root = _require_dir(root, "FG-NET", "pass the folder holding the NNNAxx.JPG images")
     files, ignored = _list_files(root)
     for inner in ("images", "FGNET/images"):  # the release unpacks to FGNET/images/
-        if not files and (root / inner).is_dir():
+        # a release folder (images/ beside points/, fetch.json ...) holds no photo itself
+        if (root / inner).is_dir() and not any(parse_fgnet_name(f.name) for f in files):
             root = root / inner
             files, ignored = _list_files(root)
     if not files:
