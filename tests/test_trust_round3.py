@@ -135,7 +135,7 @@ def test_predict_names_missing_cuda_and_code_in_a_pickle(runs, tmp_path, capsys)
     photo = tmp_path / "p.png"
     Image.new("RGB", (32, 32)).save(photo)
     err = _one_line_error(capsys, cli_main(["predict", str(photo), "--run", str(bad)]),
-                          "not a plain weights file", "will not execute it")
+                          "not a checkpoint this kit wrote", "does not execute it")
     assert "weights_only=False" not in err
 
 
