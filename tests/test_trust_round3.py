@@ -227,8 +227,14 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     while "runs in the grid" not in line and time.monotonic() < deadline:
         line = proc.stdout.readline()
         assert line or proc.poll() is None, proc.stderr.read()
+    # then on the first finished epoch: the interrupt lands inside training
+    seen: list[str] = []
+    while not (seen and "epoch 1/50:" in seen[-1]) and time.monotonic() < deadline:
+        seen.append(proc.stderr.readline())
+        assert seen[-1] or proc.poll() is None, "".join(seen)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
+    err = "".join(seen) + err
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "interrupted" in err and "resume" in err
     assert not list((tmp_path / "res").rglob("run.lock"))  # the lock is released
