@@ -81,8 +81,8 @@ def fetch_fgnet(source: str | Path | None = None, to: str | Path | None = None, 
     with tempfile.TemporaryDirectory(dir=to.parent, prefix=f".{to.name}-fetch-") as tmp:
         staging = Path(tmp) / "release"
         where, digest = _unpack(source or FGNET_URL, Path(tmp), staging)
-        summary = check_release(staging, expected)
-        _write_manifest(staging, to)
+        summary, df = _checked(staging, expected)
+        _write_manifest(df, staging, to)
         write_json(staging / FETCH_RECORD, {
             "dataset": "fgnet", "source": str(where), "archive_sha256": digest,
             "ageest_version": __version__, **summary})
@@ -168,6 +168,12 @@ def check_release(root: Path, expected: dict[str, int]) -> dict[str, Any]:
     """Check an unpacked release and summarise it: every image under FG-NET's name (the
     loader's checks), the counts ``expected``, and one parsable 68-point landmark file per
     image. A problem is a :class:`DataError` naming the file."""
+    return _checked(root, expected)[0]
+
+
+def _checked(root: Path, expected: dict[str, int]) -> tuple[dict[str, Any], Any]:
+    """:func:`check_release`'s summary and the dataset table it loaded (read once, so the
+    manifest is written from the same load)."""
     import warnings
 
     from PIL import Image
@@ -195,19 +201,14 @@ def check_release(root: Path, expected: dict[str, int]) -> dict[str, Any]:
     for path in df["path"]:
         with Image.open(path) as im:
             grayscale += im.mode in ("L", "LA", "I;16", "I")
-    return {**found, "n_points": len(df), "n_grayscale": grayscale}
+    return {**found, "n_points": len(df), "n_grayscale": grayscale}, df
 
 
-def _write_manifest(staging: Path, final: Path) -> None:
-    """The dataset manifest of the staged images, with their paths as they will be in ``final``."""
-    import warnings
-
+def _write_manifest(df, staging: Path, final: Path) -> None:
+    """The dataset manifest of the staged images (``df``, as :func:`_checked` loaded them), with
+    their paths as they will be in ``final``."""
     from ageest.data.integrity import write_dataset_manifest
-    from ageest.data.loaders import load_fgnet
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        df = load_fgnet(staging / "images", expected={})
     path = write_dataset_manifest(df, staging / MANIFEST, cache_path=staging / ".sha256-cache.json",
                                   extra={"dataset": "fgnet"})
     (staging / ".sha256-cache.json").unlink(missing_ok=True)
