@@ -9,6 +9,9 @@ training wall time. Test MAE is not printed: the test part is held out for the c
 Usage::
 
     python benchmarks/utkface_recipe.py split --utkface DEV --out results/recipe
+    python benchmarks/utkface_recipe.py subset --utkface DEV --out results/recipe \\
+        --n-train 700 --to DEV700      # FG-NET-sized training part; then run on DEV700 with
+        # --out results/recipe/DEV700
     python benchmarks/utkface_recipe.py run --utkface DEV --out results/recipe \\
         --candidates small64-8ep,small64-20ep-cos --losses amr,ce --seeds 0
     python benchmarks/utkface_recipe.py table --out results/recipe     # the Markdown table
@@ -69,6 +72,11 @@ CANDIDATES: dict[str, dict] = {
         "lite64-5ep-1cyc-noflip": {"tta_flip": False},
         # bf16 parity of the pretrained model: the same recipe in fp32 (NCHW, as amp fp32 runs)
         "lite64-5ep-1cyc-fp32": {"amp": "fp32"},
+        # for FG-NET-sized training sets (a fold trains on ~700 photos; `subset --n-train 700`):
+        # the utkface recipe as it is, and longer one-cycle schedules / a larger input
+        "lite96-8ep-1cyc": {"image_size": 96, "epochs": 8},
+        "lite96-15ep-1cyc": {"image_size": 96, "epochs": 15},
+        "lite128-8ep-1cyc": {"image_size": 128, "epochs": 8},
     }.items()},
 }
 SPLIT = "dev_split.csv"
@@ -86,8 +94,68 @@ def make_split(utkface: Path, out: Path) -> Path:
     return out / SPLIT
 
 
+def subset(utkface: Path, out: Path, n_train: int, to: Path, seed: int = 0) -> Path:
+    """A development folder with a smaller training part: ``n_train`` faces drawn (seeded,
+    age-stratified by decade) from the training part of ``OUT/dev_split.csv``, with its whole
+    valid and test parts, as hard links in ``to`` (copies where links are refused), and the
+    split CSV of that folder as ``OUT/dev_split.csv`` under ``to``'s name in ``out``. The same
+    validation faces as the full split, so candidates compare across training-set sizes."""
+    import os
+    import shutil
+
+    split = pd.read_csv(out / SPLIT, dtype=str)
+    train = split[split["split"] == "train"]
+    if not 0 < n_train <= len(train):
+        raise SystemExit(f"--n-train {n_train}: choose 1..{len(train)} (the training part)")
+    decade = train["image_id"].str.split("_").str[0].astype(int) // 10
+    share = n_train / len(train)
+    picked = (train.groupby(decade, group_keys=False)
+              .apply(lambda g: g.sample(n=max(1, round(len(g) * share)), random_state=seed)))
+    keep = pd.concat([picked, split[split["split"] != "train"]])
+    to.mkdir(parents=True, exist_ok=True)
+    for name in keep["image_id"]:
+        dest = to / name
+        if not dest.exists():
+            try:
+                os.link(utkface / name, dest)
+            except OSError:
+                shutil.copy2(utkface / name, dest)
+    out_dir = out / to.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keep.to_csv(out_dir / SPLIT, index=False)
+    print(f"{to}: {keep['split'].value_counts().to_dict()}; split {out_dir / SPLIT}")
+    return out_dir
+
+
+def pretrain_pool(utkface: Path, out: Path, subset_dir: Path, to: Path) -> Path:
+    """The pretraining pool of an age-pretraining measurement: the development faces that are
+    not in ``subset_dir``'s training part (its validation and test faces stay, in the same
+    parts, so a pretraining run selects its epoch on the same faces), as hard links in ``to``,
+    with its split CSV in ``out / to.name``. Fine-tuning on ``subset_dir`` from a run trained
+    here then never sees one of its training faces twice."""
+    import os
+    import shutil
+
+    split = pd.read_csv(out / SPLIT, dtype=str)
+    small = pd.read_csv(out / subset_dir.name / SPLIT, dtype=str)
+    taken = set(small.loc[small["split"] == "train", "image_id"])
+    keep = split[~split["image_id"].isin(taken)]
+    to.mkdir(parents=True, exist_ok=True)
+    for name in keep["image_id"]:
+        if not (to / name).exists():
+            try:
+                os.link(utkface / name, to / name)
+            except OSError:
+                shutil.copy2(utkface / name, to / name)
+    out_dir = out / to.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keep.to_csv(out_dir / SPLIT, index=False)
+    print(f"{to}: {keep['split'].value_counts().to_dict()}; split {out_dir / SPLIT}")
+    return out_dir
+
+
 def run(utkface: Path, out: Path, names: list[str], losses: list[str], seeds: list[int],
-        keep_checkpoints: str = "none") -> None:
+        keep_checkpoints: str = "none", init_from: Path | None = None) -> None:
     from ageest.engine.grids import run_grid
 
     unknown = sorted(set(names) - set(CANDIDATES))
@@ -96,9 +164,11 @@ def run(utkface: Path, out: Path, names: list[str], losses: list[str], seeds: li
     for name in names:
         grid = {**BASE, **CANDIDATES[name], "dataset": ["utkface"], "data_dir": str(utkface),
                 "split_csv": str(out / SPLIT), "protocol": ["holdout"], "losses": losses,
-                "seeds": seeds, "keep_checkpoints": keep_checkpoints}
+                "seeds": seeds, "keep_checkpoints": keep_checkpoints,
+                **({"init_from": str(init_from)} if init_from else {})}
         print(f"{name}: {CANDIDATES[name]}", flush=True)
-        summary = run_grid(grid, results_dir=out / name, aggregate_results=False)
+        where = out / (name + ("-init" if init_from else ""))
+        summary = run_grid(grid, results_dir=where, aggregate_results=False)
         for row in summary.itertuples():
             print(f"  {row.status} {Path(row.run_dir).parent.name} {row.wall_time_s:.0f} s",
                   flush=True)
@@ -108,7 +178,7 @@ def table(out: Path, test: bool = False) -> pd.DataFrame:
     from ageest.engine import store
 
     rows = []
-    for name in CANDIDATES:
+    for name in [c + tail for c in CANDIDATES for tail in ("", "-init")]:
         if not (out / name).is_dir():
             continue
         for run_dir in store.find_run_dirs(out / name):
@@ -189,7 +259,14 @@ def profile_mae(results: Path, out: Path, dev_names: Path) -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("split", "run", "table", "faces", "profile"))
+    parser.add_argument("command", choices=("split", "subset", "pool", "run", "table", "faces",
+                                            "profile"))
+    parser.add_argument("--subset", type=Path, help="pool: the subset folder to leave out")
+    parser.add_argument("--init-from", type=Path,
+                        help="run: start every candidate from this run (age pretraining); its "
+                        "runs go to OUT/<candidate>-init")
+    parser.add_argument("--n-train", type=int, help="subset: faces kept in the training part")
+    parser.add_argument("--to", type=Path, help="subset: the folder to write (hard links)")
     parser.add_argument("--results", type=Path,
                         help="profile: the results folder of `ageest reproduce --profile utkface`")
     parser.add_argument("--dev-names", type=Path, default=Path("../shared/utkface/dev_names.txt"),
@@ -206,15 +283,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--losses", default="amr,ce")
     parser.add_argument("--seeds", default="0")
     args = parser.parse_args(argv)
-    if args.command in ("split", "run", "faces") and args.utkface is None:
+    if args.command in ("split", "subset", "pool", "run", "faces") and args.utkface is None:
         parser.error(f"{args.command} needs --utkface DIR")
     if args.command == "split":
         make_split(args.utkface, args.out)
+    elif args.command == "subset":
+        if args.n_train is None or args.to is None:
+            parser.error("subset needs --n-train N and --to DIR")
+        subset(args.utkface, args.out, args.n_train, args.to)
+    elif args.command == "pool":
+        if args.subset is None or args.to is None:
+            parser.error("pool needs --subset DIR and --to DIR")
+        pretrain_pool(args.utkface, args.out, args.subset, args.to)
     elif args.command == "run":
         if not (args.out / SPLIT).is_file():
             parser.error(f"{args.out / SPLIT} is missing: run the split command first")
         run(args.utkface, args.out, args.candidates.split(","), args.losses.split(","),
-            [int(s) for s in args.seeds.split(",")], args.keep_checkpoints)
+            [int(s) for s in args.seeds.split(",")], args.keep_checkpoints, args.init_from)
     elif args.command == "profile":
         if args.results is None:
             parser.error("profile needs --results DIR")

@@ -26,6 +26,7 @@ TIERS = {
     "test_report_evaluation": "unit", "test_report_grids": "unit", "test_train": "unit",
     "test_official": "unit", "test_data_trust": "unit", "test_architecture": "unit",
     "test_finetune": "unit", "test_fetch": "pipeline", "test_parameters": "unit",
+    "test_init_from": "unit",
     "test_identical_images": "unit", "test_precision": "unit", "test_library_use": "unit", "test_trust_round3": "pipeline",
     "test_data_prepare": "pipeline", "test_cli": "pipeline",
     "test_runner": "pipeline", "test_notebooks": "pipeline", "test_paper_path": "pipeline",
@@ -36,6 +37,8 @@ TIERS = {
 }
 #: single tests whose module is unit but which train a model or generate a whole dataset
 TIER_OVERRIDES = {
+    "test_init_from.py::test_a_grid_records_the_file_and_a_new_pretraining_is_a_new_identity":
+        "pipeline",
     "test_data_synthetic.py::test_learnable_on_held_out_subjects": "pipeline",
     "test_data_synthetic.py::test_every_registered_dataset_loads": "pipeline",
     "test_illustrate.py::test_figures_build_and_save": "pipeline",

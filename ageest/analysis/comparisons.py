@@ -144,32 +144,91 @@ def _k_order(k: object) -> float:
 
 def add_published(table: pd.DataFrame, preds: pd.DataFrame, *, dataset: str, protocol: str,
                   metric: str) -> pd.DataFrame:
-    """Add ``published_<metric>`` and ``published_source`` beside the rows a published number
-    can be compared with: official-protocol runs on the real ``dataset`` under ``protocol``
-    (FG-NET: leave-one-person-out). Every other row gets NaN and the reason it is not
-    comparable (clean protocol, another protocol, synthetic data); comparable rows of a method
-    without a sourced number read "not available"."""
-    from ageest.pipeline.report import paper_value
+    """Add ``published_<metric>``, ``published_source`` and ``published_differs`` beside the
+    rows of the real ``dataset`` (FG-NET): the published number of the row's method with its
+    source, and what the row's runs did otherwise than the published setting (the official
+    code's: ResNet-50 at 227 px for 100 epochs, whole photos, leave-one-person-out, epoch chosen
+    on the test subject) — backbone, image size, epochs, face crop, protocol, epoch selection.
+    A row that differs in nothing recorded says so, and that the published number's readout,
+    fold aggregation and epoch selection are not known. Rows on other data (synthetic,
+    UTKFace) get NaN and the reason; a method without a sourced number reads "not available"
+    (fixed-K rows too: the located numbers are of the adaptive loss)."""
+    from ageest.pipeline.report import NOT_AVAILABLE, paper_value
 
-    values, sources = [], []
+    values, sources, differs = [], [], []
     for (loss, k, selection), group in _method_groups(preds):
-        datasets, protocols = set(group["dataset"]), set(group["protocol"])
-        if selection != OFFICIAL_SELECTION:
-            value, source = np.nan, "not comparable: clean protocol"
-        elif datasets != {dataset}:
-            value, source = np.nan, f"not comparable: data {', '.join(sorted(datasets))}"
-        elif protocols != {protocol}:
-            value, source = np.nan, f"not comparable: protocol {', '.join(sorted(protocols))}"
-        elif str(k) != "adaptive" and _has_topk(loss):
-            value, source = np.nan, "not available"
-        else:
+        datasets = set(group["dataset"])
+        value, source, diff = np.nan, NOT_AVAILABLE, ""
+        if datasets != {dataset}:
+            source = f"not comparable: data {', '.join(sorted(datasets))}"
+        elif not (str(k) != "adaptive" and _has_topk(loss)):
             value, source = paper_value(dataset, str(loss), metric)
+        if datasets == {dataset}:
+            diff = published_differences(group, selection, protocol=protocol)
         values.append(value)
         sources.append(source)
+        differs.append(diff)
     out = table.copy()
     out[f"published_{metric}"] = values
     out["published_source"] = sources
+    out["published_differs"] = differs
     return out
+
+
+#: the published FG-NET setting the ``published_differs`` column compares a row with: the
+#: official scripts' (ageest/resources/official_settings.yaml) with whole photos
+def _published_setting() -> dict[str, Any]:
+    from ageest.official import official_values
+
+    values = official_values("fgnet")
+    return {"model": values["model"], "image_size": values["image_size"],
+            "epochs": values["epochs"], "face_crop": "none"}
+
+
+def published_differences(group: pd.DataFrame, selection: str, *, protocol: str = "lopo"
+                          ) -> str:
+    """What one method's runs (its rows of the predictions frame) did otherwise than the
+    published FG-NET setting, as text for a table cell; settings a run did not record (older
+    runs) are left out.
+
+    >>> g = pd.DataFrame({"model": ["efficientnet_lite0"], "image_size": [96], "epochs": [8],
+    ...                   "face_crop": ["landmarks"], "protocol": ["group-kfold"],
+    ...                   "n_folds": [5]})
+    >>> published_differences(g, "val_best")  # doctest: +NORMALIZE_WHITESPACE
+    'backbone efficientnet_lite0 (published: resnet50); 96 px (227); 8 epochs (100); landmark
+    face crops (whole photos); subject-grouped 5-fold (leave-one-person-out); epoch chosen on
+    validation (on the test subject)'
+    """
+    paper = _published_setting()
+
+    def one(col: str) -> Any:
+        if col not in group.columns:
+            return None
+        seen = group[col].dropna().unique()
+        return seen[0] if len(seen) == 1 else (", ".join(map(str, seen)) if len(seen) else None)
+
+    parts = []
+    model, size, epochs, crop = one("model"), one("image_size"), one("epochs"), one("face_crop")
+    if model is not None and str(model) != paper["model"]:
+        parts.append(f"backbone {model} (published: {paper['model']})")
+    if size is not None and str(size) != str(paper["image_size"]):
+        parts.append(f"{size} px ({paper['image_size']})")
+    if epochs is not None and str(epochs) != str(paper["epochs"]):
+        parts.append(f"{epochs} epochs ({paper['epochs']})")
+    if crop is not None and str(crop) != paper["face_crop"]:
+        parts.append(f"{'landmark face crops' if crop == 'landmarks' else crop} (whole photos)")
+    protocols = set(group["protocol"].astype(str))
+    if protocols != {protocol}:
+        folds = one("n_folds")
+        named = ("subject-grouped " + (f"{folds}-fold" if folds is not None else "k-fold")
+                 if protocols == {"group-kfold"} else ", ".join(sorted(protocols)))
+        parts.append(f"{named} (leave-one-person-out)")
+    if selection != OFFICIAL_SELECTION:
+        parts.append("epoch chosen on validation (on the test subject)")
+    if not parts:
+        return ("none recorded; the published number's readout, fold aggregation and epoch "
+                "selection are not known")
+    return "; ".join(parts)
 
 
 def _method_groups(preds: pd.DataFrame):
@@ -317,6 +376,60 @@ def age_group_mae(preds: pd.DataFrame, *, bins: Sequence[float] | int = 10,
         t.insert(0, "method", method_label(loss, k, selection))
         frames.append(t)
     return pd.concat(frames, ignore_index=True)
+
+
+def subject_mae(preds: pd.DataFrame, *, readout: str = "expectation") -> pd.DataFrame:
+    """Per-subject MAE of every clean-protocol method (each photo's prediction averaged over
+    seeds first): one row per subject with ``n_images``, ``age_min``, ``age_max`` and one
+    ``mae_<method>`` column per method, subjects in id order. Data without subject ids (UTKFace)
+    give an empty table."""
+    preds = add_readouts(check_predictions(preds))
+    preds = preds[(preds["selection"] != OFFICIAL_SELECTION) & preds["subject"].notna()]
+    if preds.empty:
+        return pd.DataFrame(columns=["subject", "n_images", "age_min", "age_max"])
+    per = _per_photo(preds, readout)
+    base = (per.groupby("subject")["age"].agg(n_images="size", age_min="min", age_max="max")
+            .reset_index())
+    per = per.assign(abs_err=(per["predicted"] - per["age"]).abs())
+    wide = per.pivot_table(index="subject", columns="method", values="abs_err", aggfunc="mean")
+    wide = wide[[m for m in per["method"].drop_duplicates()]]
+    wide.columns = [f"mae_{m}" for m in wide.columns]
+    return base.merge(wide.reset_index(), on="subject")
+
+
+def _per_photo(preds: pd.DataFrame, readout: str) -> pd.DataFrame:
+    """One row per clean method and photo: the photo's prediction (``readout``) averaged over
+    seeds, with its subject and true age."""
+    frames = []
+    for (loss, k, selection), group in _method_groups(preds):
+        g = group.groupby("image_id", sort=False).agg(
+            subject=("subject", "first"), age=("age", "first"),
+            predicted=(f"pred_{readout}", "mean"))
+        frames.append(g.reset_index().assign(method=method_label(loss, k, selection)))
+    return pd.concat(frames, ignore_index=True)
+
+
+def subject_trajectories(preds: pd.DataFrame, *, readout: str = "expectation",
+                         n_subjects: int = 6) -> pd.DataFrame:
+    """Ageing trajectories of a few subjects: for the ``n_subjects`` subjects with the widest
+    age span (ties: more photos, then id), every clean method's prediction (averaged over
+    seeds) against the true age of each of their photos. Long format: ``subject``,
+    ``image_id``, ``age``, ``method``, ``predicted``, sorted by subject, method and age."""
+    preds = add_readouts(check_predictions(preds))
+    preds = preds[(preds["selection"] != OFFICIAL_SELECTION) & preds["subject"].notna()]
+    if preds.empty or n_subjects < 1:
+        return pd.DataFrame(columns=["subject", "image_id", "age", "method", "predicted"])
+    per = _per_photo(preds, readout)
+    photos = per.drop_duplicates("image_id")
+    rank = photos.groupby("subject")["age"].agg(span=lambda a: a.max() - a.min(), n="size")
+    rank = rank.reset_index().sort_values(["span", "n", "subject"],
+                                          ascending=[False, False, True])
+    chosen = rank["subject"].head(n_subjects).tolist()
+    out = per[per["subject"].isin(chosen)]
+    out = out.assign(subject=pd.Categorical(out["subject"], categories=chosen, ordered=True))
+    out = out.sort_values(["subject", "method", "age"], kind="stable")
+    return (out.assign(subject=out["subject"].astype(str))
+            [["subject", "image_id", "age", "method", "predicted"]].reset_index(drop=True))
 
 
 PAIRED_UNITS = ("subject", "image")
@@ -602,10 +715,43 @@ def mae_caption(preds: pd.DataFrame, *, data: str, readout: str, ci: float) -> s
     """
     unit = "subject" if preds["subject"].notna().any() else "image"
     text = f"{data} MAE (years), {readout} readout for clean rows; {ci:.0%} {unit}-bootstrap CIs."
+    evaluation = protocol_phrase(preds)
+    if evaluation:
+        text += f" Evaluation: {evaluation}."
     if has_official(preds):
         text += (" Official rows: epoch chosen on the test set's rounded MAE (test-selected), "
                  "rounded readout.")
     return text
+
+
+def protocol_phrase(preds: pd.DataFrame) -> str:
+    """How the FG-NET-format runs of ``preds`` tested their subjects, for captions and
+    REPORT.md: leave-one-person-out or a subject-grouped k-fold, with the folds the runs cover
+    ("" for data without subjects or without a recorded protocol).
+
+    >>> p = pd.DataFrame({"protocol": ["group-kfold"] * 2, "n_folds": [5, 5],
+    ...                   "fold": ["0", "1"], "subject": ["001", "002"]})
+    >>> protocol_phrase(p)
+    'subject-grouped 5-fold, 2 of 5 folds (each subject in one test fold)'
+    >>> protocol_phrase(p.assign(protocol="lopo", fold=["001", "002"]))
+    'leave-one-person-out, 2 folds of one subject each'
+    """
+    if "protocol" not in preds.columns or preds["subject"].isna().all():
+        return ""
+    parts = []
+    for protocol, group in preds.groupby(preds["protocol"].astype(str), sort=True):
+        n_run = group["fold"].astype(str).nunique() if "fold" in group.columns else None
+        if protocol == "lopo":
+            parts.append(f"leave-one-person-out, {n_run} folds of one subject each")
+        elif protocol == "group-kfold":
+            k = group["n_folds"].dropna().unique() if "n_folds" in group.columns else []
+            k = int(k[0]) if len(k) == 1 else None
+            name = f"subject-grouped {k}-fold" if k else "subject-grouped k-fold"
+            cover = (f"all {k} folds" if k and n_run == k else f"{n_run} of {k or '?'} folds")
+            parts.append(f"{name}, {cover} (each subject in one test fold)")
+        elif protocol != "holdout":
+            parts.append(protocol)
+    return "; ".join(parts)
 
 
 def has_official(preds: pd.DataFrame, loss: str | None = None) -> bool:

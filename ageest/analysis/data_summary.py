@@ -107,10 +107,12 @@ def utkface_split_csv(utkface_dir: str | os.PathLike, out: str | os.PathLike, *,
 def load_datasets(*, fgnet_dir: str = "", clap_dir: str = "", utkface_dir: str = "",
                   utkface_split: str = "", out: str | os.PathLike, size: int = 64,
                   on_bad: str = "raise", split_seed: int = 0, split_fractions=None,
-                  identical_images: str = "") -> dict[str, tuple[pd.DataFrame, Any]]:
+                  identical_images: str = "", clap: bool = True
+                  ) -> dict[str, tuple[pd.DataFrame, Any]]:
     """The pipeline's datasets by label: UTKFace alone (with its split, see
     :func:`utkface_split_csv`) when ``utkface_dir`` is given, else the FG-NET-format and the
-    CLAP2016-format dataset (real or synthetic, :func:`dataset_choice`). ``identical_images``:
+    CLAP2016-format dataset (real or synthetic, :func:`dataset_choice`; ``clap=False``: the
+    FG-NET-format one alone, as the fgnet profile trains no CLAP2016 runs). ``identical_images``:
     the identical-image policy ("" = each dataset's own, see :func:`ageest.data.get_dataset`),
     applied before any split."""
     policy = {"on_bad": on_bad, "identical_images": identical_images or None}
@@ -123,8 +125,13 @@ def load_datasets(*, fgnet_dir: str = "", clap_dir: str = "", utkface_dir: str =
         df = apply_split_csv(df, split)  # the loader's own split_csv step, on the loaded table
         df.attrs["split_csv"] = str(split)
         return {LABELS["utkface"]: (df, info)}
-    return {LABELS["fgnet"]: load("fgnet", fgnet_dir, out=out, size=size, **policy),
-            LABELS["clap"]: load("clap", clap_dir, out=out, size=size, **policy)}
+    if clap_dir and not clap:
+        raise ValueError("clap_dir is given but clap_losses is empty: name the CLAP2016-format "
+                         "losses, or leave clap_dir empty")
+    datasets = {LABELS["fgnet"]: load("fgnet", fgnet_dir, out=out, size=size, **policy)}
+    if clap:
+        datasets[LABELS["clap"]] = load("clap", clap_dir, out=out, size=size, **policy)
+    return datasets
 
 
 def dataset_folds(datasets: Mapping[str, tuple[pd.DataFrame, Any]], *, protocol: str,
@@ -175,7 +182,8 @@ def data_metrics(datasets: Mapping[str, tuple[pd.DataFrame, Any]],
 
 def data_summary(datasets: Mapping[str, tuple[pd.DataFrame, Any]]) -> pd.DataFrame:
     """One row per dataset: name, synthetic or real, images, subjects, age range and median,
-    images per split, annotators' σ (mean) where known, manifest check result, and what the
+    images per split, annotators' σ (mean) where known, manifest check result, grey
+    (single-channel) images, which the loader turns into RGB, and what the
     identical-image policy found and did (groups of identical images, their files, label
     conflicts, groups kept once, files dropped)."""
     rows = []
@@ -191,12 +199,29 @@ def data_summary(datasets: Mapping[str, tuple[pd.DataFrame, Any]]) -> pd.DataFra
             "splits": ", ".join(f"{k} {v}" for k, v in split.sort_index().items()),
             "sigma_mean": float(std.mean()) if std.notna().any() else np.nan,
             "manifest": info.extra.get("manifest_report", "written"),
+            "grey_images": grey_count(df),
             **identical_counts(df),
         })
         if "malformed_names" in df.attrs and info.name == "utkface":
             # UTKFace's few names with a field missing: kept (they carry the age), counted here
             rows[-1]["names_missing_a_field"] = len(df.attrs["malformed_names"])
     return pd.DataFrame(rows)
+
+
+#: PIL modes of single-channel (grey) images: decoded to RGB by repeating the channel
+GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+
+
+def grey_count(df: pd.DataFrame) -> int:
+    """How many of the table's images are stored single-channel (grey scans: FG-NET has 175);
+    the loader converts them to RGB. Reads each file's header only."""
+    from PIL import Image
+
+    n = 0
+    for path in df["path"]:
+        with Image.open(path) as im:
+            n += im.mode in GREY_MODES
+    return n
 
 
 def identical_counts(df: pd.DataFrame) -> dict[str, Any]:

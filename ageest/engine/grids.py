@@ -46,7 +46,7 @@ import argparse
 import dataclasses
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -346,6 +346,7 @@ def expand_grid(grid: dict[str, Any], results_dir: str | os.PathLike | None = No
         "seed", "loss", "loss_kwargs", "selection", "threads", "quiet", "augment",
         *WEIGHT_SETTINGS}  # a run holds only the weights its loss takes
     amp, channels_last = resolve_amp(g["amp"], g["device"], g["channels_last"], g["model"])
+    init = _init_record(g)
     tasks: list[dict[str, Any]] = []
     for dataset in g["dataset"]:
         base = {"dataset": dataset, "on_bad": g["on_bad"],
@@ -407,12 +408,29 @@ def expand_grid(grid: dict[str, Any], results_dir: str | os.PathLike | None = No
                                 else int(g["workers"]) > 1,
                                 "threads": g["threads"],
                                 "ageest_version": __version__,
+                                **init,
                             }
                             params = plain(params)
                             params["params_hash"] = params_hash(params)
                             tasks.append({"run_dir": str(run_dir_for(results_dir, params)),
                                           "params": params, "device": params["device"]})
     return tasks
+
+
+def _init_record(g: Mapping[str, Any]) -> dict[str, Any]:
+    """``init_from`` as the runs hold it: the checkpoint's absolute path and its SHA-256 (part
+    of each run's identity, so runs started from another pretraining are never reused); {}
+    without ``init_from``."""
+    if not g.get("init_from"):
+        return {}
+    from ageest.engine.train import resolve_init
+    from ageest.files import file_sha256
+
+    ckpt, src = resolve_init(g["init_from"])
+    if src.get("model") != g["model"]:
+        raise ValueError(f"init_from {g['init_from']}: a {src.get('model')} run; the grid trains "
+                         f"{g['model']}: pretrain the same model")
+    return {"init_from": str(ckpt), "init_sha256": file_sha256(ckpt)}
 
 
 def check_stale(tasks: Sequence[dict[str, Any]]) -> None:

@@ -177,7 +177,7 @@ def train_run(params: dict[str, Any], run_dir: str | os.PathLike) -> dict[str, A
     result = train(config, df, fold, start_age=int(info.start_age), end_age=int(info.end_age),
                    ckpt_dir=run_dir / store.CHECKPOINTS, resume=True,
                    on_epoch=_epoch_reporter(run_dir, config.epochs),
-                   run_id=str(params["params_hash"]))
+                   run_id=str(params["params_hash"]), init_sha256=params.get("init_sha256"))
     out = {"status": "done", "run": run_name(params), "fold": str(params["fold"]),
            "seed": int(params["seed"]), "params_hash": params["params_hash"],
            "selection": config.selection, "selected_by": result.selected_by,
@@ -186,6 +186,8 @@ def train_run(params: dict[str, Any], run_dir: str | os.PathLike) -> dict[str, A
            "numerics": result.numerics,
            # the weights it started from (file, SHA-256) and the input scaling its model applies
            "weights": weights_record(config.model, config.pretrained),
+           # init_from: the run whose weights this one started from (file, SHA-256, ages)
+           **({"init": result.init} if result.init else {}),
            "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(fold.test),
            **test_metrics(result.predictions), "wall_time_s": None}
     if result.test_selected:

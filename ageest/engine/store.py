@@ -45,6 +45,9 @@ CHECKPOINTS = "checkpoints"
 
 #: run parameters copied onto every row by :func:`load_predictions`
 RUN_COLUMNS = ("dataset", "protocol", "loss", "k", "selection", "start_age", "end_age", "model")
+#: run parameters added to the predictions frame too: what a table states when it sets a row
+#: beside a published number (``None`` in runs that predate a setting)
+SETUP_COLUMNS = ("image_size", "epochs", "n_folds", "face_crop")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,7 +222,8 @@ def load_predictions(root: str | os.PathLike, *, finished_only: bool = True) -> 
 
     Columns: ``run`` (the run directory), ``dataset``, ``protocol``, ``loss``, ``k`` (text:
     ``"adaptive"`` for the adaptive loss and for losses without K, else the integer), ``seed``,
-    ``fold``, ``selection``, ``start_age``, ``end_age``, ``model``, ``image_id``, ``subject``,
+    ``fold``, ``selection``, ``start_age``, ``end_age``, ``model``, ``image_size``, ``epochs``,
+    ``n_folds``, ``face_crop`` (``None`` where a run predates it), ``image_id``, ``subject``,
     ``age``, ``age_mean``, ``std``, ``expected_age``, ``test_selected`` and ``probs`` (one float32
     vector per row) — the predictions frame of :mod:`ageest.analysis.comparisons`.
 
@@ -236,7 +240,8 @@ def load_predictions(root: str | os.PathLike, *, finished_only: bool = True) -> 
             if finished_only:
                 continue
             raise FileNotFoundError(f"{run_dir} has no {METRICS}: the run did not finish")
-        frames.append(_with_run_columns(read_predictions(run_dir), run_dir, RUN_COLUMNS))
+        frames.append(_with_run_columns(read_predictions(run_dir), run_dir,
+                                        RUN_COLUMNS + SETUP_COLUMNS))
     if not frames:
         raise ValueError(f"no finished runs under {root} (no run folder with {METRICS}); "
                          "train them first with `ageest run`")

@@ -155,6 +155,12 @@ class TrainConfig:
     pretrained: bool = _option(False, "ImageNet weights: torchvision's from the local torch hub "
                                "cache, efficientnet_lite0's from its installed package (never "
                                "downloaded)")
+    init_from: str = _option("", "a finished run (its folder, or its checkpoints/best.pt) "
+                             "whose weights start this one: its backbone, and its age head's "
+                             "rows for the ages both runs cover (the others start fresh); the "
+                             "same model. An age-pretraining stage (as DEX pretrains on "
+                             "IMDB-WIKI): a clean-protocol option, recorded with the file's "
+                             "SHA-256. '' = the model's own start")
     loss: str = _option("amr", "a name of ageest.losses.list_losses()", grid=False)
     loss_kwargs: dict[str, Any] = _option(
         help='extra loss arguments beside the weights; in a grid, per loss: {"amr": {"eps": '
@@ -307,6 +313,7 @@ class TrainResult:
     wall_time_s: float
     resumed_from_epoch: int | None = None
     numerics: dict[str, Any] = field(default_factory=dict)
+    init: dict[str, Any] | None = None  # what init_from loaded (file, SHA-256, source run)
 
 
 def seed_everything(seed: int) -> None:
@@ -720,6 +727,75 @@ def _make_model(cfg: TrainConfig, num_classes: int, device: str,
     return dist.wrap_model(model, device)
 
 
+def resolve_init(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    """``init_from``'s checkpoint and the parameters of the run that wrote it: ``path`` is a
+    run folder (``params.yaml`` and ``checkpoints/best.pt``) or a checkpoint file inside one.
+    One line naming the path and the fix when it is neither."""
+    from ageest.engine import store
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        run_dir, ckpt = path, path / store.CHECKPOINTS / "best.pt"
+    else:
+        run_dir, ckpt = path.parent.parent, path
+    if not (run_dir / store.PARAMS).is_file() or not ckpt.is_file():
+        raise InitError(f"init_from {path}: not a finished run's folder or checkpoint (needs "
+                        f"{store.PARAMS} and {store.CHECKPOINTS}/best.pt); give the fold folder "
+                        "of a run trained with keep_checkpoints best")
+    if not store.is_finished(run_dir):
+        raise InitError(f"init_from {path}: the run has not finished; train it first")
+    return ckpt.resolve(), store.read_params(run_dir)
+
+
+class InitError(UserError, ValueError):
+    """``init_from`` names no usable run, or one that does not fit this run."""
+
+
+def init_from_run(model: torch.nn.Module, cfg: TrainConfig, start_age: int, end_age: int,
+                  sha256: str | None = None) -> dict[str, Any]:
+    """Load ``cfg.init_from``'s weights into ``model`` (a fresh model of this run): every
+    tensor but the age head as trained there, and the head's rows of the ages both runs cover
+    (a UTKFace 0-116 head gives an FG-NET 0-69 run its rows 0-69); rows of other ages keep
+    their fresh start. ``sha256`` (the grid's record) must match the file. Returns what was
+    loaded: file, SHA-256, source run and ages, head rows copied."""
+    from ageest.engine.models import head
+    from ageest.files import file_sha256
+
+    ckpt, src = resolve_init(cfg.init_from)
+    digest = file_sha256(ckpt)
+    if sha256 is not None and digest != sha256:
+        raise InitError(f"init_from {ckpt}: the file changed since the grid recorded it "
+                        f"(SHA-256 {digest[:12]}, recorded {sha256[:12]}); rerun the grid")
+    if src.get("model") != cfg.model:
+        raise InitError(f"init_from {ckpt}: a {src.get('model')} run; this run trains "
+                        f"{cfg.model}: pretrain the same model")
+    state = load_checkpoint(ckpt, fix="retrain the run it names")["model"]
+    target = getattr(model, "module", model)
+    head_module = head(target)
+    prefix = next(name for name, m in target.named_modules() if m is head_module)
+    own = target.state_dict()
+    s_start, s_end = int(src["start_age"]), int(src["end_age"])
+    lo, hi = max(start_age, s_start), min(end_age, s_end)
+    rows = 0
+    for key, value in own.items():
+        if key not in state:
+            raise InitError(f"init_from {ckpt}: no tensor {key}; the checkpoint comes from "
+                            "another ageest version")
+        if key.startswith(prefix + "."):  # the head: rows of the shared ages
+            if lo <= hi:
+                src_rows = state[key][lo - s_start: hi - s_start + 1]
+                value[lo - start_age: hi - start_age + 1] = src_rows.to(value.dtype)
+                rows = hi - lo + 1
+        elif state[key].shape != value.shape:
+            raise InitError(f"init_from {ckpt}: {key} has shape {tuple(state[key].shape)}, "
+                            f"this model {tuple(value.shape)}")
+        else:
+            value.copy_(state[key])
+    target.load_state_dict(own)
+    return {"file": str(ckpt), "sha256": digest, "run": src.get("params_hash"),
+            "dataset": src.get("dataset"), "ages": [s_start, s_end], "head_rows_copied": rows}
+
+
 def _make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     """AdamW (weight decay 0.01 unless set) or SGD with momentum (1e-4 unless set). With
     ``backbone_lr_scale`` below 1, two parameter groups: the age head at lr, the rest at
@@ -949,17 +1025,20 @@ def _predict_test(cfg: TrainConfig, model, data: _Data, sel: _Selection, device:
 
 def train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_age: int,
           ckpt_dir: str | os.PathLike | None = None, resume: bool = True,
-          on_epoch=None, run_id: str | None = None) -> TrainResult:
+          on_epoch=None, run_id: str | None = None, init_sha256: str | None = None
+          ) -> TrainResult:
     """:func:`_train` with the process-wide CUDA numerics it sets restored when it returns or
     fails (:func:`numerics_scope`); see :func:`_train` for the parameters."""
     with numerics_scope():
         return _train(config, df, fold, start_age=start_age, end_age=end_age,
-                      ckpt_dir=ckpt_dir, resume=resume, on_epoch=on_epoch, run_id=run_id)
+                      ckpt_dir=ckpt_dir, resume=resume, on_epoch=on_epoch, run_id=run_id,
+                      init_sha256=init_sha256)
 
 
 def _train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_age: int,
            ckpt_dir: str | os.PathLike | None = None, resume: bool = True,
-           on_epoch=None, run_id: str | None = None) -> TrainResult:
+           on_epoch=None, run_id: str | None = None, init_sha256: str | None = None
+           ) -> TrainResult:
     """Train ``config.model`` with ``config.loss`` on one fold and predict its test images.
 
     Parameters
@@ -983,6 +1062,9 @@ def _train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_a
     run_id : str, optional
         The run's identity (its parameter hash), stored in every checkpoint; resuming from a
         checkpoint that holds another one is refused (:class:`CheckpointMismatchError`).
+    init_sha256 : str, optional
+        The SHA-256 the grid recorded for ``config.init_from``'s checkpoint; a file that no
+        longer matches is refused (:class:`InitError`).
 
     Raises :class:`NonFiniteLossError` when the loss, the logits or the weights become NaN/inf
     (naming the epoch and batch; ``last.pt`` of the last completed epoch is kept).
@@ -998,6 +1080,8 @@ def _train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_a
 
     model = _make_model(cfg, end_age - start_age + 1, device, dtype)
     raw_model = dist.unwrap_model(model)
+    init = (init_from_run(raw_model, cfg, start_age, end_age, init_sha256)
+            if cfg.init_from else None)
     weights = loss_weights(cfg.loss, {w: getattr(cfg, w) for w in WEIGHT_SETTINGS})
     loss_fn = get_loss(cfg.loss, start_age=start_age, end_age=end_age, **weights,
                        **cfg.loss_kwargs)
@@ -1042,4 +1126,5 @@ def _train(config: TrainConfig, df: pd.DataFrame, fold, *, start_age: int, end_a
     return TrainResult(history=hist, predictions=predictions, best_epoch=int(state.best_epoch),
                        selected_by=sel.selected_by, test_selected=sel.split == "test",
                        wall_time_s=time.perf_counter() - t_start,
-                       resumed_from_epoch=state.resumed_from, numerics=numerics(cfg, device))
+                       resumed_from_epoch=state.resumed_from, numerics=numerics(cfg, device),
+                       init=init)

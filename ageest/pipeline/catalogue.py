@@ -119,6 +119,15 @@ SECTIONS: tuple[Section, ...] = (
                 Artefact(T, "paired_tests", "Paired tests, AMR against each baseline", BEYOND,
                          finite=("mean_diff", "p_value")),
             )),
+    Section("Single subjects", "03_evaluation",
+            "FG-NET-format data hold several photos of each person across their life: the MAE "
+            "of every subject (each tested once, in its fold) and, for the subjects with the "
+            "widest age span, each loss's predictions along their ageing trajectory.", (
+                Artefact(T, "subject_mae", "MAE per subject", BEYOND,
+                         finite=("n_images", "age_min", "age_max")),
+                Artefact(F, "subject_trajectories", "Ageing trajectories of single subjects",
+                         BEYOND),
+            )),
     Section("Dual protocol: official against clean", "03_evaluation",
             "The same AMR configuration under the official code's protocol (epoch selected on the "
             "test set, MAE from the rounded expectation, CS from the argmax) and under the clean "

@@ -41,7 +41,7 @@ from ageest.parameters import (
     parse_text,
 )
 
-PROFILES = ("smoke", "default", "paper", "utkface")
+PROFILES = ("smoke", "default", "paper", "utkface", "fgnet")
 KERNEL_NAME = "ageest"
 NOTEBOOK_PATTERN = re.compile(r"^\d{2}_[A-Za-z0-9_]+\.ipynb$")
 PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
@@ -544,6 +544,14 @@ def _check_data_dirs(profile: str, fgnet: str | None, clap: str | None,
             "profile 'utkface' trains on real UTKFace faces; pass --utkface DIR (the folder of "
             "{age}_{gender}_{race}_{datetime}.jpg crops, e.g. UTKFace's 'Aligned&Cropped "
             "Faces'). Use --profile default for the synthetic stand-ins.")
+    if profile == "fgnet" and not fgnet:
+        raise ReproduceError(
+            "profile 'fgnet' trains on the real FG-NET release; pass --fgnet DIR (the folder of "
+            "1,002 NNNAxx.JPG photos with points/ beside it: `ageest fetch fgnet` writes one). "
+            "Use --profile default for the synthetic stand-ins.")
+    if profile == "fgnet" and clap:
+        raise ReproduceError("profile 'fgnet' runs FG-NET alone; give --clap DIR to the paper "
+                             "profile (or another --results-dir)")
     if profile == "paper" and not (fgnet and clap):
         missing = [f for f, v in (("--fgnet DIR", fgnet), ("--clap DIR", clap)) if not v]
         raise ReproduceError(

@@ -26,6 +26,7 @@ from ageest.plots.results import (
     dual_protocol,
     k_ablation,
     learning_curves,
+    subject_trajectories,
 )
 
 __all__ = [
@@ -33,5 +34,5 @@ __all__ = [
     "age_histograms", "ambiguity_calibration", "cs_curves", "distributions_figure",
     "dual_protocol", "explorer_figure", "face_grid", "gradients_figure", "k_ablation",
     "k_sweep_figure", "learning_curves", "loss_response_figure", "prediction_figure",
-    "synthetic_faces",
+    "subject_trajectories", "synthetic_faces",
 ]

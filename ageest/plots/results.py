@@ -288,3 +288,32 @@ def adaptive_k_distribution(history: pd.DataFrame, *, column: str = "train_k_mea
     ax.boxplot(data, positions=range(len(epochs)), widths=0.6)
     ax.set_xticks(range(len(epochs)), [str(e) for e in epochs])
     return _finish(fig, ax, "Adaptive K over training", synthetic, xlabel="epoch", ylabel="mean adaptive K of a run")
+
+
+def subject_trajectories(table: pd.DataFrame, *, synthetic: bool = False) -> plt.Figure:
+    """One panel per subject of :func:`ageest.analysis.comparisons.subject_trajectories`: each
+    method's predicted age against the true age across that person's photos, with the
+    identity line (a perfect prediction)."""
+    subjects = list(dict.fromkeys(table["subject"]))
+    n = max(len(subjects), 1)
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.2 * rows), squeeze=False)
+    methods = list(dict.fromkeys(table["method"]))
+    for ax, subject in zip(axes.flat, subjects, strict=False):
+        mine = table[table["subject"] == subject]
+        top = float(max(mine["age"].max(), mine["predicted"].max())) + 2
+        ax.plot([0, top], [0, top], color="0.7", lw=1, ls="--", label="true age")
+        for method in methods:
+            m = mine[mine["method"] == method]
+            ax.plot(m["age"], m["predicted"], marker="o", ms=3, lw=1.2, label=method)
+        ax.set_title(f"subject {subject} ({mine['image_id'].nunique()} photos)", fontsize=9)
+        ax.set_xlabel("true age")
+        ax.set_ylabel("predicted age")
+    for ax in list(axes.flat)[len(subjects):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(_title("Ageing trajectories of single subjects (test folds, mean over seeds)",
+                        synthetic), fontsize=11)
+    fig.tight_layout()
+    return fig
