@@ -39,6 +39,7 @@ TIERS = {
 TIER_OVERRIDES = {
     "test_init_from.py::test_a_grid_records_the_file_and_a_new_pretraining_is_a_new_identity":
         "pipeline",
+    "test_init_from.py::test_the_pipeline_pretraining_stage_feeds_the_fgnet_grids": "pipeline",
     "test_data_synthetic.py::test_learnable_on_held_out_subjects": "pipeline",
     "test_data_synthetic.py::test_every_registered_dataset_loads": "pipeline",
     "test_illustrate.py::test_figures_build_and_save": "pipeline",

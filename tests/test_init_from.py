@@ -16,7 +16,8 @@ from ageest.files import file_sha256, write_json
 from tests.helpers import tiny_config
 
 pytestmark = [pytest.mark.usefixtures("two_threads"),
-              pytest.mark.filterwarnings("ignore:FG-NET .* differs from the release manifest")]
+              pytest.mark.filterwarnings("ignore:FG-NET .* differs from the release manifest"),
+              pytest.mark.filterwarnings("ignore:UTKFace .* do not follow")]
 
 
 def _fake_run(root: Path, *, model: str = "small_cnn", start: int = 0, end: int = 116,
@@ -125,3 +126,61 @@ def test_the_official_twin_starts_from_imagenet_not_from_the_pretraining():
     twin = official_grid({"init_from": "/some/run", "losses": ["amr"], "selection": ["val_best"],
                           "face_crop": "landmarks", "tta_flip": True}, "fgnet", ["amr"])
     assert twin["init_from"] == "" and twin["face_crop"] == "none" and twin["tta_flip"] is False
+
+
+def test_the_pipeline_pretraining_stage_feeds_the_fgnet_grids(tmp_path):
+    """Notebook 02/04's stage: one UTKFace run (whole faces, first seed, best checkpoint), kept
+    under pretraining/ (never runs/, whose predictions notebook 03 reads), skipped when
+    finished, and the settings it returns start the FG-NET-format grids from it."""
+    from ageest.analysis import training_grids
+    from ageest.data.synthetic import write_fgnet_like
+    from tests.helpers import write_utkface_fixture
+
+    utk = write_utkface_fixture(tmp_path / "utk", n_images=60)
+    settings = {"model": "small_cnn", "pretrained": False, "optimizer": "adamw", "lr": 1e-3,
+                "milestones": [], "lr_schedule": "multistep", "epochs": 1, "batch_size": 16,
+                "image_size": 32, "transforms": "light", "normalize": False,
+                "grad_clip": None, "seeds": [3, 4], "device": "cpu", "workers": 1,
+                "executor": "local", "address": None, "synthetic_size": 32,
+                "val_fraction": 0.15, "split_seed": 0, "amp": "fp32", "identical_images": None,
+                "quiet": True, "face_crop": "landmarks", "threads": 1}
+    assert training_grids.pretraining(settings, pretrain_dir="", out=tmp_path / "o", epochs=1,
+                                      fractions=[0.6, 0.2, 0.2]) == {"settings": settings,
+                                                                    "run": {}}
+    stage = training_grids.pretraining(settings, pretrain_dir=str(utk), out=tmp_path / "o",
+                                       epochs=1, fractions=[0.6, 0.2, 0.2])
+    run = Path(stage["run"]["run_dir"])
+    assert run.is_relative_to(tmp_path / "o" / training_grids.PRETRAINING)
+    assert (run / store.CHECKPOINTS / "best.pt").is_file()
+    params = store.read_params(run)
+    assert params["seed"] == 3 and params["face_crop"] == "none" and params["loss"] == "ce"
+    assert stage["settings"]["init_from"] == str(run)
+    assert stage["settings"]["face_crop"] == "landmarks"  # the FG-NET runs keep their own
+    again = training_grids.pretraining(settings, pretrain_dir=str(utk), out=tmp_path / "o",
+                                       epochs=1, fractions=[0.6, 0.2, 0.2])
+    assert again["run"]["run_dir"] == str(run)  # finished: skipped, the same run
+    fg = write_fgnet_like(tmp_path / "fg", seed=0, size=32, n_subjects=12, n_images=120)
+    grids_ = training_grids.comparison_grids(
+        {**stage["settings"], "face_crop": "none"}, fgnet_dir=str(fg), clap_dir="",
+        protocol="group-kfold", n_folds=3, folds=[0], losses=["ce"], official=True,
+        clap_losses=[])
+    tasks = {name: grids.expand_grid(dict(g), tmp_path / "res")[0]["params"]
+             for name, g in grids_.items()}
+    assert tasks["fgnet"]["init_sha256"] == file_sha256(run / store.CHECKPOINTS / "best.pt")
+    assert tasks["fgnet_official"]["init_from"] == ""  # the official twin: ImageNet start
+    assert "init_sha256" not in tasks["fgnet_official"]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"profile": "fgnet"}, "profile 'fgnet' trains on the real FG-NET release; pass --fgnet"),
+    ({"profile": "fgnet", "fgnet": ".", "clap": "."}, "profile 'fgnet' runs FG-NET alone"),
+    ({"profile": "utkface", "utkface": ".", "pretrain": "."}, "--pretrain pretrains the "),
+    ({"profile": "fgnet", "fgnet": ".", "pretrain": "/no/such"}, "--pretrain /no/such: no such"),
+])
+def test_reproduce_refuses_a_wrong_fgnet_or_pretrain_folder_in_one_line(kwargs, message):
+    from ageest.pipeline.reproduce import ReproduceError, _check_data_dirs
+
+    args = {"fgnet": None, "clap": None, "utkface": None, "pretrain": None, **kwargs}
+    with pytest.raises(ReproduceError, match=message) as err:
+        _check_data_dirs(args.pop("profile"), **args)
+    assert "\n" not in str(err.value)

@@ -61,23 +61,44 @@ def _published_preds(dataset: str, protocol: str) -> pd.DataFrame:
 @pytest.mark.parametrize("dataset,protocol,reason", [
     ("fgnet", "lopo", None),
     ("synthetic-fgnet", "lopo", "not comparable: data synthetic-fgnet"),
-    ("fgnet", "group-kfold", "not comparable: protocol group-kfold"),
+    ("fgnet", "group-kfold", None),
 ])
-def test_published_numbers_only_beside_official_fgnet_lopo_rows(dataset, protocol, reason):
+def test_published_numbers_sit_beside_real_fgnet_rows_with_what_differs(dataset, protocol,
+                                                                        reason):
+    """Every row on real FG-NET gets the published number of its method and, in its own cell,
+    what its runs did otherwise than the published setting; other data get none."""
     from ageest.analysis.comparisons import mae_comparison
 
     t = mae_comparison(_published_preds(dataset, protocol), n_boot=10).set_index("method")
     clean = t.loc["amr"]
-    assert math.isnan(clean.published_mae)
-    assert clean.published_source == "not comparable: clean protocol"
     official = t.loc["amr [official (test-selected epoch)]"]
     mv = t.loc["mean_variance [official (test-selected epoch)]"]
-    if reason is None:
-        assert official.published_mae == 3.61 and official.published_source.startswith(CITATION)
-        assert mv.published_mae == 4.1
+    if reason is not None:
+        for row in (clean, official, mv):
+            assert math.isnan(row.published_mae) and row.published_source == reason
+            assert row.published_differs == ""
+        return
+    assert clean.published_mae == official.published_mae == 3.61 and mv.published_mae == 4.1
+    assert official.published_source.startswith(CITATION)
+    assert "epoch chosen on validation" in clean.published_differs
+    assert "epoch chosen on validation" not in official.published_differs
+    if protocol == "lopo":  # the official LOPO rows differ in nothing these runs recorded
+        assert official.published_differs.startswith("none recorded")
     else:
-        assert math.isnan(official.published_mae) and official.published_source == reason
-        assert math.isnan(mv.published_mae)
+        assert "subject-grouped k-fold (leave-one-person-out)" in official.published_differs
+
+
+def test_published_differs_names_backbone_size_epochs_crop_and_pretraining():
+    from ageest.analysis.comparisons import mae_comparison
+
+    preds = _published_preds("fgnet", "group-kfold").assign(
+        model="efficientnet_lite0", image_size=96, epochs=8, n_folds=5, face_crop="landmarks",
+        init_from="/r/pretraining/fold-holdout")
+    text = mae_comparison(preds, n_boot=10).set_index("method").loc["amr", "published_differs"]
+    for part in ("backbone efficientnet_lite0 (published: resnet50)", "96 px (227)",
+                 "8 epochs (100)", "landmark face crops (whole photos)", "age-pretrained",
+                 "subject-grouped 5-fold (leave-one-person-out)"):
+        assert part in text, part
 
 
 def _fake_results(out, *, synthetic: bool):

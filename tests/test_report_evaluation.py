@@ -84,8 +84,8 @@ def test_mae_comparison_known_values():
     assert amr.mae_subject_mean == pytest.approx(0.625, abs=1e-3)
     assert amr.n_images == 3 and amr.n_subjects == 2 and amr.protocol == "clean (best_val_mae)"
     assert amr.mae_pooled_low <= amr.mae_pooled <= amr.mae_pooled_high
-    # a clean row never sits beside a published number
-    assert np.isnan(amr.published_mae) and amr.published_source == "not comparable: clean protocol"
+    # data other than the real FG-NET never sit beside a published number
+    assert np.isnan(amr.published_mae) and amr.published_source == "not comparable: data d"
     official = t.loc["amr [official (test-selected epoch)]"]
     assert official.readout == "rounded" and official.protocol == "official (test-selected epoch)"
     assert official.mae_pooled == pytest.approx(2 / 3)
@@ -177,7 +177,7 @@ def test_epsilon_comparison_known_values():
     assert t.loc["amr", "epsilon"] == pytest.approx(expected, abs=1e-9)
     assert t.loc["amr", "epsilon_official"] == pytest.approx(expected, abs=1e-4)
     assert np.isnan(t.loc["amr", "published_epsilon_error"])
-    assert t.loc["amr", "published_source"] == "not comparable: clean protocol"
+    assert t.loc["amr", "published_source"] == "not comparable: data c"
     assert t.loc["amr", "n_sigma_zero"] == 0
     with pytest.raises(ValueError, match="annotators' std"):
         ev.epsilon_comparison(grid())

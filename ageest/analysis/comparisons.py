@@ -163,7 +163,7 @@ def add_published(table: pd.DataFrame, preds: pd.DataFrame, *, dataset: str, pro
             source = f"not comparable: data {', '.join(sorted(datasets))}"
         elif not (str(k) != "adaptive" and _has_topk(loss)):
             value, source = paper_value(dataset, str(loss), metric)
-        if datasets == {dataset}:
+        if datasets == {dataset} and dataset == "fgnet":  # the published FG-NET setting
             diff = published_differences(group, selection, protocol=protocol)
         values.append(value)
         sources.append(source)
@@ -217,6 +217,8 @@ def published_differences(group: pd.DataFrame, selection: str, *, protocol: str 
         parts.append(f"{epochs} epochs ({paper['epochs']})")
     if crop is not None and str(crop) != paper["face_crop"]:
         parts.append(f"{'landmark face crops' if crop == 'landmarks' else crop} (whole photos)")
+    if one("init_from"):
+        parts.append("age-pretrained (init_from) before the folds (ImageNet only)")
     protocols = set(group["protocol"].astype(str))
     if protocols != {protocol}:
         folds = one("n_folds")

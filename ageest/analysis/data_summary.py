@@ -168,6 +168,7 @@ def data_metrics(datasets: Mapping[str, tuple[pd.DataFrame, Any]],
                                                for k, v in identical_counts(df).items()}}
         if kind == "fgnet":
             entry["protocol"] = protocol
+            entry["grey_images"] = grey_count(df)
         if kind == "clap":
             entry.update(sigma_mean=float(df["std"].mean()),
                          filters=[] if filters is None else filters.to_dict("records"))

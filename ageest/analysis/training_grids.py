@@ -163,6 +163,43 @@ def k_ablation_grid(settings: Mapping[str, Any], *, fgnet_dir: str, protocol: st
                            "selection": ["val_best"], **runs}}
 
 
+#: where a results folder keeps its age-pretraining run (beside runs/, so the tables of
+#: notebook 03, read from runs/, never mix the pretraining's UTKFace predictions in)
+PRETRAINING = "pretraining"
+
+
+def pretraining(settings: Mapping[str, Any], *, pretrain_dir: str, out: str | os.PathLike,
+                loss: str = "ce", epochs: int, fractions: list[float] | str,
+                split_seed: int = 0) -> dict[str, Any]:
+    """The age-pretraining stage of the FG-NET-format runs (the fgnet profile with
+    ``--pretrain DIR``): one run of ``loss`` on the UTKFace faces of ``pretrain_dir``
+    (a seeded age-stratified split with ``fractions``: train, valid (selects its epoch),
+    test (its UTKFace MAE)), with the notebook's training settings but whole faces (UTKFace's
+    crops have no landmarks), the first seed, and its best checkpoint kept. Finished, it is
+    skipped (notebooks 02 and 04 both call this). Returns ``settings`` with ``init_from``
+    set to that run, and what the run did (folder, epoch, UTKFace MAE) for the notebook's
+    metrics. Without ``pretrain_dir``: ``settings`` unchanged and ``{}``."""
+    from ageest.analysis.data_summary import utkface_split_csv
+    from ageest.engine import store
+
+    if not pretrain_dir:
+        return {"settings": dict(settings), "run": {}}
+    where = Path(out) / PRETRAINING
+    split = utkface_split_csv(pretrain_dir, where, seed=split_seed,
+                              fractions=[float(f) for f in as_list(fractions)])
+    grid = {**_utkface_grid(settings, pretrain_dir, split), "losses": [loss],
+            "epochs": epochs, "seeds": as_list(settings["seeds"])[:1], "face_crop": "none",
+            "init_from": "", "keep_checkpoints": "best"}
+    summary = run_grids({"pretraining": grid}, where)
+    run_dir = str(summary["run_dir"].iloc[0])
+    metrics = store.read_metrics(run_dir)
+    record = {"run_dir": run_dir, "loss": loss, "epochs": int(epochs),
+              "best_epoch": metrics.get("best_epoch"), "utkface_test_mae": metrics.get("mae"),
+              "n_train": metrics.get("n_train"), "n_val": metrics.get("n_val"),
+              "n_test": metrics.get("n_test"), "wall_time_s": metrics.get("wall_time_s")}
+    return {"settings": {**settings, "init_from": run_dir}, "run": record}
+
+
 def run_grids(grids: Mapping[str, Mapping[str, Any]], results_dir: str | os.PathLike
               ) -> pd.DataFrame:
     """Run every grid (finished runs are skipped) and return one summary row per run with a

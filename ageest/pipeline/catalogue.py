@@ -82,7 +82,8 @@ SECTIONS: tuple[Section, ...] = (
             "Mean absolute error on the profile's MAE dataset (FG-NET-format data, or UTKFace), "
             "pooled over images and, where subjects are known, averaged over subjects, with "
             "subject-level (else image-level) bootstrap confidence intervals. A published number "
-            "is shown only beside official-protocol leave-one-person-out rows on real FG-NET.", (
+            "is shown beside rows on real FG-NET, with what each row did otherwise than the "
+            "published setting (`published_differs`).", (
                 Artefact(T, "mae_comparison", "MAE comparison",
                          "the paper reports FG-NET MAE; this is the corresponding comparison",
                          finite=("mae_pooled", "mae_pooled_low", "mae_pooled_high", "cs5")),

@@ -6,8 +6,9 @@ Published numbers live in one data file, ``ageest/resources/paper_results.csv``,
 "Data Augmentation Using a Convolutional Autoencoder for Age Estimation from Facial Images",
 *Journal of Multimedia Information System* 12(3):95 (2025), Table 3 (FG-NET
 leave-one-person-out MAE, values extracted from existing studies): AMR 3.61, mean-variance 4.1,
-DEX 4.63, cited "as quoted by" that table. They are shown only beside official-protocol FG-NET
-leave-one-person-out rows (:func:`ageest.analysis.comparisons.add_published`); every other published value
+DEX 4.63, cited "as quoted by" that table. They are shown beside the rows on real FG-NET, each
+with what its runs did otherwise than the published setting
+(:func:`ageest.analysis.comparisons.add_published`); every other published value
 reads "not available", never filled in. When the data are synthetic, the report says so at the
 top and in every table caption.
 """
@@ -173,6 +174,7 @@ def build_report(out: str | Path, *, profile: str | None = None) -> str:
     elif synthetic is None:
         lines += ["> The data-preparation notebook did not record which data were used.", ""]
     lines += _utkface_note(out)
+    lines += _fgnet_note(out)
     answer = summary_lines(out)
     if answer:
         lines += ["## Summary", "", *answer]
@@ -187,9 +189,13 @@ def build_report(out: str | Path, *, profile: str | None = None) -> str:
         "## Published numbers", "",
         "The paper's own tables are not available here. These are the only located numbers, "
         "with their source; which readout, fold aggregation and epoch selection produced them "
-        "is unknown. They appear in the tables' `published_*` column only beside "
-        f"official-protocol rows (*{OFFICIAL_LABEL}*) on real FG-NET under "
-        "leave-one-person-out; every other row says why it is not comparable.", "",
+        "is unknown. They appear in the tables' `published_*` columns beside the rows on "
+        "real FG-NET, each with `published_differs`: what that row's runs did otherwise than "
+        "the published setting (the official code's ResNet-50 at 227 px for 100 epochs on "
+        "whole photos, leave-one-person-out, epoch chosen on the test subject: backbone, "
+        "image size, epochs, face crop, age pretraining, protocol, selection), so no row "
+        f"reads as equal to it; official-protocol rows are labelled *{OFFICIAL_LABEL}*. Rows "
+        "on other data say why they are not comparable.", "",
         "| dataset | protocol | method | metric | published | source |",
         "|---|---|---|---|---:|---|",
         *[f"| {r.dataset} | {r.protocol} | {r.method} | {r.metric} | {r.value:g} | {r.source} |"
@@ -347,6 +353,35 @@ def _utkface_note(out: Path) -> list[str]:
         f"`{utk.get('split_csv')}` ({split}; a seeded, age-stratified train/valid/test split "
         "unless a split CSV was given). UTKFace is **not one of the paper's datasets** (FG-NET, "
         "CLAP2016): no published number applies, and the tables name the data as UTKFace.", ""]
+
+
+def _fgnet_note(out: Path) -> list[str]:
+    """The report's opening for runs on the real FG-NET release: the photos, how the subjects
+    were tested (named, since the CPU profile's is not the paper's leave-one-person-out), and
+    the age-pretraining stage when there was one."""
+    path = out / "metrics" / "00_data_prep.json"
+    fg = read_json(path).get("fgnet") if path.is_file() else None
+    if not fg or fg.get("dataset") != "fgnet":
+        return []
+    ev_path, tr_path = out / "metrics" / "03_evaluation.json", out / "metrics" / "02_training.json"
+    evaluation = read_json(ev_path).get("evaluation") if ev_path.is_file() else None
+    pre = read_json(tr_path).get("pretraining") if tr_path.is_file() else None
+    text = (f"> **Real data: the FG-NET release** ({fg['images']:,} photos of {fg['subjects']} "
+            f"subjects, {fg.get('grey_images', '?')} of them grey scans, turned into RGB). "
+            f"Evaluation: {evaluation or fg.get('protocol', '?')}.")
+    if pre:
+        mae = pre.get("utkface_test_mae")
+        text += (f" Every clean run started from an age-pretraining run on UTKFace faces "
+                 f"(`{pre.get('loss')}`, {pre.get('epochs')} epochs, {pre.get('n_train')} "
+                 f"training faces; its UTKFace test MAE "
+                 f"{mae:.2f}); the official-protocol runs started from ImageNet, as the "
+                 "official code does." if isinstance(mae, (int, float)) else
+                 " Every clean run started from an age-pretraining run on UTKFace faces.")
+    else:
+        text += " Every run started from the backbone's ImageNet weights (no age pretraining)."
+    text += (" FG-NET chose nothing here (recipe, epochs, crop: all chosen on UTKFace's "
+             "development faces or beforehand); its numbers are the evaluation.")
+    return [text, ""]
 
 
 def _last_section_of(notebook: str):

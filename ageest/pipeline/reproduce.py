@@ -264,6 +264,7 @@ NOTEBOOK_LIMITS: dict[str, dict[str, Any]] = {
     # 00 data prep
     "grid_rows": {"minimum": 1}, "grid_cols": {"minimum": 1},
     "split_fractions": {"minimum": 0.0, "maximum": 1.0},
+    "pretrain_fractions": {"minimum": 0.0, "maximum": 1.0},
     # 01 loss illustration
     "true_age": {"minimum": 0}, "num_classes": {"minimum": 2}, "start_age": {"minimum": 0},
     "base_sigma": {"minimum": 0.0, "above": True}, "noise": {"minimum": 0.0},
@@ -279,6 +280,7 @@ NOTEBOOK_LIMITS: dict[str, dict[str, Any]] = {
     "calibration_bins": {"minimum": 1}, "seed": {"minimum": 0}, "ks": {"minimum": 1},
     # notebook switches and folders: their type is all there is to check
     "fgnet_dir": {}, "clap_dir": {}, "utkface_dir": {}, "utkface_split": {}, "official": {},
+    "pretrain_dir": {},
     "train_options": {},
 }
 
@@ -448,7 +450,8 @@ def _check_shared(shared: Mapping[str, Any], path: Path, notebooks: list[Path]) 
 _AS_GRID_KEY = {"clap_losses": "losses", "official_losses": "losses", "clap_optimizer": "optimizer",
                 "clap_epochs": "epochs", "clap_grad_clip": "grad_clip",
                 "clap_transforms": "transforms", "clap_normalize": "normalize",
-                "clap_seeds": "seeds", "clap_label_rounding": "label_rounding"}
+                "clap_seeds": "seeds", "clap_label_rounding": "label_rounding",
+                "pretrain_loss": "losses", "pretrain_epochs": "epochs"}
 
 
 def check_devices(plan: list[tuple[Path, dict[str, Any]]]) -> None:
@@ -532,10 +535,14 @@ def _select(notebooks: list[Path], only: str | None) -> list[Path]:
 
 
 def _check_data_dirs(profile: str, fgnet: str | None, clap: str | None,
-                     utkface: str | None = None) -> None:
-    for flag, value in (("--fgnet", fgnet), ("--clap", clap), ("--utkface", utkface)):
+                     utkface: str | None = None, pretrain: str | None = None) -> None:
+    for flag, value in (("--fgnet", fgnet), ("--clap", clap), ("--utkface", utkface),
+                        ("--pretrain", pretrain)):
         if value and not Path(value).expanduser().is_dir():
             raise ReproduceError(f"{flag} {value}: no such folder")
+    if pretrain and (utkface or profile == "utkface"):
+        raise ReproduceError("--pretrain pretrains the FG-NET-format runs on UTKFace faces; the "
+                             "UTKFace runs need no such stage: leave --pretrain out")
     if utkface and (fgnet or clap):
         raise ReproduceError("--utkface runs the pipeline on UTKFace alone; give it without "
                              "--fgnet and --clap (use another --results-dir for those)")
@@ -563,7 +570,8 @@ def _check_data_dirs(profile: str, fgnet: str | None, clap: str | None,
 
 
 def reproduce(profile: str, *, fgnet: str | None = None, clap: str | None = None,
-              utkface: str | None = None, device: str | None = None, workers: int | None = None,
+              utkface: str | None = None, pretrain: str | None = None,
+              device: str | None = None, workers: int | None = None,
               results_dir: str | Path | None = None, only: str | None = None,
               notebooks_dir: str | Path | None = None, params_dir: str | Path | None = None,
               kernel_name: str = KERNEL_NAME, html: bool = True, report: bool = True,
@@ -583,7 +591,7 @@ def reproduce(profile: str, *, fgnet: str | None = None, clap: str | None = None
     if profile not in PROFILES and not (Path(params_dir or paths.PARAMS) / profile).is_dir():
         raise ReproduceError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}"
                              + (f" or a folder of {params_dir}" if params_dir else ""))
-    _check_data_dirs(profile, fgnet, clap, utkface)
+    _check_data_dirs(profile, fgnet, clap, utkface, pretrain)
     out = paths.output_root(profile, results_dir)
     notebooks = list_notebooks(notebooks_dir)
     check_profile(profile, notebooks, params_dir)
@@ -592,6 +600,7 @@ def reproduce(profile: str, *, fgnet: str | None = None, clap: str | None = None
         "fgnet_dir": str(Path(fgnet).expanduser().resolve()) if fgnet else None,
         "clap_dir": str(Path(clap).expanduser().resolve()) if clap else None,
         "utkface_dir": str(Path(utkface).expanduser().resolve()) if utkface else None,
+        "pretrain_dir": str(Path(pretrain).expanduser().resolve()) if pretrain else None,
         "device": device, "workers": workers,
     }
     parameters = dict(parameters or {})
@@ -700,6 +709,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--utkface", metavar="DIR", help="real UTKFace image folder (the "
                         "{age}_{gender}_{race}_{datetime}.jpg crops); required by --profile "
                         "utkface, which then uses only it")
+    parser.add_argument("--pretrain", metavar="DIR", help="UTKFace folder of an age-pretraining "
+                        "stage: the clean FG-NET-format runs start from a model trained there "
+                        "(train only on faces you may tune on: the development names)")
     parser.add_argument("--device", help="training device, e.g. cpu, cuda, cuda:1 "
                         "(default: the profile's)")
     parser.add_argument("--workers", type=int, help="parallel training runs "
@@ -728,6 +740,7 @@ def run(args: argparse.Namespace) -> int:
             dup = next(n for n in names if names.count(n) > 1)
             raise ReproduceError(f"-p {dup} is given twice; give each parameter once")
         reproduce(args.profile, fgnet=args.fgnet, clap=args.clap, utkface=args.utkface,
+                  pretrain=args.pretrain,
                   device=args.device,
                   workers=args.workers, results_dir=args.results_dir, only=args.only,
                   kernel_name=args.kernel, html=not args.no_html,
