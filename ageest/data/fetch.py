@@ -71,8 +71,8 @@ def fetch_fgnet(source: str | Path | None = None, to: str | Path | None = None, 
     if (to / FETCH_RECORD).is_file():
         summary = check_release(to, expected)
         record = read_json(to / FETCH_RECORD)
-        log(f"FG-NET is already in {to} (from {record.get('source')}, archive sha256 "
-            f"{record.get('archive_sha256')}): {_describe(summary)}")
+        log(f"FG-NET is already in {to} (from {record.get('source')}, "
+            f"{_archive(record.get('archive_sha256'))}): {_describe(summary)}")
         return to
     if to.exists() and (not to.is_dir() or any(to.iterdir())):
         raise DataError(f"--to {to}: exists and was not written by ageest fetch; choose another "
@@ -89,8 +89,15 @@ def fetch_fgnet(source: str | Path | None = None, to: str | Path | None = None, 
         if to.exists():
             to.rmdir()  # empty (checked above)
         staging.rename(to)  # one step: the folder is there whole or not at all
-    log(f"FG-NET from {where}: {_describe(summary)}; archive sha256 {digest} -> {to}")
+    log(f"FG-NET from {where}: {_describe(summary)}; {_archive(digest)} -> {to}")
     return to
+
+
+def _archive(digest: str | None) -> str:
+    """How a fetch line names its source's digest: an archive's SHA-256, or that a folder was
+    copied (each photo's SHA-256 is in the dataset manifest either way)."""
+    return f"archive sha256 {digest}" if digest else "a folder, no archive (sha256 per file " \
+        "in manifest.json)"
 
 
 def _describe(summary: dict[str, Any]) -> str:
