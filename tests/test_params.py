@@ -380,3 +380,68 @@ def test_every_notebook_parameter_is_checked_up_front_from_its_declaration(tmp_p
     with pytest.raises(ReproduceError, match=r"'ci' in the command line: 1.5"):
         notebook_parameters("mine", by_stem["03_evaluation"], out=tmp_path,
                             params_dir=tmp_path, text_overrides={"ci": "1.5"})
+
+
+def test_a_training_setting_reaches_the_runs_from_its_declaration_alone(tmp_path, monkeypatch):
+    """A training setting is forwarded because the grid schema declares it, not because a list
+    names it: a setting no notebook declares (tta_flip; and one added in this test, as a new
+    TrainConfig field would be) goes from a profile's training.yaml and from `-p` into notebooks
+    02/04's train_options and on to their grids; an undeclared name is refused naming its
+    source; a setting given twice (train_options and plain) is refused."""
+    import dataclasses as dc
+
+    from ageest.analysis import training_grids
+    from ageest.engine import grids as grids_module
+    from ageest.engine.grids import normalize_grid
+
+    # a new setting, declared once (in the schema, as a TrainConfig field would put it there)
+    extra = dc.replace(grids_module.SCHEMA["warmup_fraction"], name="label_smoothing",
+                       default=0.0, minimum=0.0, maximum=1.0, above=False)
+    monkeypatch.setitem(grids_module.SCHEMA, "label_smoothing", extra)
+    monkeypatch.setitem(grids_module.GRID_DEFAULTS, "label_smoothing", 0.0)
+    assert "label_smoothing" in training_grids.training_keys()
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / SHARED_FILE).write_text("epochs: 1\ntta_flip: true\n")
+    by_stem = {nb.stem: nb for nb in NOTEBOOKS}
+    for stem in ("02_training", "04_ablation_k"):
+        values = notebook_parameters("p", by_stem[stem], out=tmp_path, params_dir=tmp_path,
+                                     text_overrides={"label_smoothing": "0.1"})
+        assert values["train_options"] == {"tta_flip": True, "label_smoothing": 0.1}, stem
+        params = {name: ast.literal_eval(spec["default"])
+                  for name, spec in declared_parameters(by_stem[stem]).items()}
+        grid = normalize_grid(training_grids.training_settings({**params, **values}))
+        assert grid["tta_flip"] is True and grid["label_smoothing"] == 0.1
+    # notebooks without train_options do not receive it, and the profile check passes
+    assert "train_options" not in notebook_parameters("p", by_stem["00_data_prep"],
+                                                      out=tmp_path, params_dir=tmp_path)
+    assert check_profile("p", NOTEBOOKS, params_dir=tmp_path)
+    with pytest.raises(ReproduceError, match="label_smoothing: 2.0 is above the maximum"):
+        notebook_parameters("p", by_stem["02_training"], out=tmp_path, params_dir=tmp_path,
+                            text_overrides={"label_smoothing": "2"})
+    (tmp_path / "p" / SHARED_FILE).write_text("tta_flip: 3\n")
+    with pytest.raises(ReproduceError, match="train_options in .*training.yaml.*tta_flip"):
+        check_profile("p", NOTEBOOKS, params_dir=tmp_path)
+    (tmp_path / "p" / SHARED_FILE).write_text("tta_flip: true\ntrain_options: {tta_flip: true}\n")
+    with pytest.raises(ReproduceError, match="tta_flip in .*training.yaml is also in "
+                                             "train_options; give it once"):
+        notebook_parameters("p", by_stem["02_training"], out=tmp_path, params_dir=tmp_path)
+    (tmp_path / "p" / SHARED_FILE).write_text("label_smoothin: 0.1\n")
+    with pytest.raises(ReproduceError, match="'label_smoothin' in .*training.yaml: no notebook "
+                                             "declares"):
+        check_profile("p", NOTEBOOKS, params_dir=tmp_path)
+
+
+def test_the_forwarded_settings_are_derived_from_the_schema():
+    """Every TrainConfig field a grid sets is forwarded when a notebook holds it; the keys the
+    grid builders set (data, split, selection, axes) never are."""
+    import dataclasses as dc
+
+    from ageest.analysis.training_grids import GRID_BUILT, training_keys, training_settings
+    from ageest.engine.train import TrainConfig
+
+    keys = set(training_keys())
+    fields = {f.name for f in dc.fields(TrainConfig) if f.metadata.get("grid", True)}
+    assert fields <= keys and not keys & set(GRID_BUILT)
+    got = training_settings({"tta_flip": True, "split_csv": "x.csv", "dataset": ["a"],
+                             "workers": 1, "unrelated": 3})
+    assert got == {"tta_flip": True, "quiet": True, "workers": 1}

@@ -26,34 +26,39 @@ class RunsFailed(RuntimeError):
     """Some runs of a grid failed; the message lists them with the last line of each error."""
 
 
-#: the notebook parameters :func:`training_settings` passes to the runner as grid keys of the
-#: same name (notebooks 02 and 04 declare them all); each is checked once, by the grid schema
-TRAINING_PARAMETERS = (
-    "model", "pretrained", "optimizer", "lr", "milestones", "lr_schedule", "epochs",
-    "batch_size", "image_size", "transforms", "normalize", "grad_clip", "seeds", "device",
-    "workers", "executor", "address", "synthetic_size", "val_fraction", "split_seed", "amp",
-    "identical_images")
-
-
 #: grid keys whose values notebooks 02/04 set from parameters of their own meaning (a notebook's
 #: `losses`, `k` ...), so `train_options` may not set them
 NOTEBOOK_AXES = ("dataset", "protocol", "losses", "k", "folds")
+#: grid keys the notebooks' grid builders set themselves (the data, the split, the selection,
+#: the CLAP2016 loader's rules, where the runs go): never forwarded from a notebook variable
+GRID_BUILT = (*NOTEBOOK_AXES, "selection", "n_folds", "data_dir", "csv", "json", "image_root",
+              "split_csv", "results_dir", "ignore_list", "ignore_splits", "min_pixels",
+              "label_rounding", "age_range", "allow_outside_root")
+
+
+def training_keys() -> tuple[str, ...]:
+    """The grid settings a notebook forwards to its runs when it declares a parameter of that
+    name: every grid key (:data:`ageest.engine.grids.SCHEMA`, whose training keys are
+    :class:`~ageest.engine.train.TrainConfig`'s fields) but those the grid builders set
+    (:data:`GRID_BUILT`). Derived, never listed: a new ``TrainConfig`` field is forwarded as
+    soon as a notebook declares it, and reaches the runs through ``train_options`` (from a
+    profile or ``-p``) when none does."""
+    from ageest.engine.grids import SCHEMA
+
+    return tuple(name for name in SCHEMA if name not in GRID_BUILT)
 
 
 def training_settings(params: Mapping[str, Any]) -> dict[str, Any]:
     """Runner grid keys shared by every grid of a notebook, from its parameters (a notebook
-    passes ``globals()``). A missing parameter is an error naming it; ``train_options`` (a dict)
-    adds any other grid setting by its name (``{weight_decay: 0.05}``); the loss weights
+    passes ``globals()``): every :func:`training_keys` name it holds (an undeclared one keeps
+    the grid's default); ``train_options`` (a dict) adds any other grid setting by its name
+    (``{weight_decay: 0.05}``); the loss weights
     (``lambda_mean`` ...) are passed when the notebook declares them (each loss's runs take the
     ones it uses; an undeclared one keeps its one default). Values are not converted here: the
     grid schema checks each one (:func:`ageest.engine.grids.normalize_grid`)."""
     from ageest.losses import WEIGHT_SETTINGS
 
-    missing = [name for name in TRAINING_PARAMETERS if name not in params]
-    if missing:
-        raise ValueError(f"training parameters {missing} are not set; declare them in the "
-                         "notebook's parameters cell (see notebooks/02_training.ipynb)")
-    p = {name: params[name] for name in TRAINING_PARAMETERS}
+    p = {name: params[name] for name in training_keys() if name in params}
     p.update({w: params[w] for w in WEIGHT_SETTINGS if w in params})
     # train_options: any other grid setting by its name, so a new TrainConfig field is set from a
     # profile without a notebook parameter of its own (the grid schema checks the names)
@@ -65,10 +70,11 @@ def training_settings(params: Mapping[str, Any]) -> dict[str, Any]:
     p.update(options)
     # the notebooks' "none" spellings: grad_clip 0, an empty address or policy
     for name in ("grad_clip", "address", "identical_images"):
-        p[name] = p[name] or None
+        if name in p:
+            p[name] = p[name] or None
     # several workers: one line per finished run (the runner silences their epoch bars);
     # one worker would print a progress bar per epoch into the executed notebook
-    p["quiet"] = None if int(p["workers"]) > 1 else True
+    p["quiet"] = None if int(p.get("workers", 1)) > 1 else True
     return p
 
 

@@ -369,6 +369,8 @@ def notebook_parameters(profile: str, notebook: str | Path, *, out: Path,
     source = params_file(profile, notebook, params_dir)
     shared = shared_parameters(profile, params_dir)
     values: dict[str, Any] = {k: v for k, v in shared.items() if k in declared}
+    # a training setting the notebook has no parameter for travels in its train_options
+    routed = {k: v for k, v in shared.items() if k not in declared and routes(k, declared)}
     own = read_params_file(source) if source.is_file() else {}
     for key in PIPELINE_PARAMETERS:
         if key in own:
@@ -378,9 +380,11 @@ def notebook_parameters(profile: str, notebook: str | Path, *, out: Path,
                      source=shared_file(profile, params_dir))
     check_parameters(own, declared, notebook=notebook, source=source)
     values.update(own)
+    _route(values, routed, notebook=notebook, source=shared_file(profile, params_dir))
     # the command line's values, checked once here (the files' were checked above)
     given = {key: value for key, value in (overrides or {}).items()
              if value is not None and key in declared}
+    routed_cli: dict[str, Any] = {}
     for key, text in (text_overrides or {}).items():
         if key in PIPELINE_PARAMETERS:
             raise ReproduceError(f"-p {key}: set by `ageest reproduce` itself "
@@ -388,11 +392,44 @@ def notebook_parameters(profile: str, notebook: str | Path, *, out: Path,
         if key in declared:
             given[key] = convert_parameter(key, text, declared[key].get("inferred_type_name"),
                                            notebook.name)
+        elif routes(key, declared):
+            from ageest.engine.grids import SCHEMA
+
+            try:
+                routed_cli[key] = parse_text(SCHEMA[key], text, where="-p")
+            except ValueError as exc:
+                raise ReproduceError(f"{exc} (a training setting, passed to notebook "
+                                     f"{notebook.name} in train_options)") from None
     check_parameters(given, declared, notebook=notebook, source="the command line")
     values.update(given)
+    _route(values, routed_cli, notebook=notebook, source="the command line")
     values["profile"] = profile
     values["results_dir"] = str(out)
     return values
+
+
+def routes(name: str, declared: Mapping[str, Any]) -> bool:
+    """Whether ``name``, which the notebook does not declare, reaches its runs anyway: a
+    training setting (:func:`ageest.analysis.training_grids.training_keys`, derived from the
+    grid schema) given to a notebook that declares ``train_options`` (notebooks 02 and 04)."""
+    from ageest.analysis.training_grids import training_keys
+
+    return "train_options" in declared and name in training_keys()
+
+
+def _route(values: dict[str, Any], routed: Mapping[str, Any], *, notebook: Path,
+           source: str | Path) -> None:
+    """Put the undeclared training settings of ``source`` into ``values["train_options"]``,
+    each checked by its declaration; one also in the profile's ``train_options`` is an error
+    (one value per setting)."""
+    if not routed:
+        return
+    options = dict(values.get("train_options") or {})
+    twice = sorted(set(options) & set(routed))
+    if twice:
+        raise ReproduceError(f"{twice[0]} in {source} is also in train_options; give it once")
+    check_declared("train_options", dict(routed), source=source, notebook=notebook.name)
+    values["train_options"] = {**options, **routed}
 
 
 def check_profile(profile: str, notebooks: list[Path] | None = None,
@@ -433,6 +470,10 @@ def _check_shared(shared: Mapping[str, Any], path: Path, notebooks: list[Path]) 
     """Every shared key is declared by some notebook, with a type each declaring one accepts."""
     for key, value in shared.items():
         owners = [nb for nb in notebooks if key in declared_parameters(nb)]
+        takers = [nb for nb in notebooks if routes(key, declared_parameters(nb))]
+        if not owners and takers:  # a training setting without a parameter: train_options
+            check_declared("train_options", {key: value}, source=path, notebook=takers[0].name)
+            continue
         if not owners:
             raise ReproduceError(f"unknown parameter {key!r} in {path}: no notebook declares it; "
                                  "remove the key or add it to a notebook's parameters cell")
@@ -605,7 +646,8 @@ def reproduce(profile: str, *, fgnet: str | None = None, clap: str | None = None
     }
     parameters = dict(parameters or {})
     undeclared = [name for name in parameters
-                  if not any(name in declared_parameters(nb) for nb in notebooks)]
+                  if not any(name in declared_parameters(nb)
+                             or routes(name, declared_parameters(nb)) for nb in notebooks)]
     if undeclared:
         raise ReproduceError(
             f"-p {undeclared[0]}: no notebook of profile {profile!r} declares a parameter "
