@@ -1,6 +1,7 @@
-"""The ``ageest`` command line. Each sub-command lives in the module that does the work and
-registers itself here through ``SUBCOMMANDS``: a name, a function that adds its arguments to a
-parser, and a function that runs it and returns an exit status."""
+"""The ``ageest`` command line. Each sub-command is a module of :mod:`ageest.commands` (the top
+layer: it parses its arguments and calls the library) registered here through ``SUBCOMMANDS``:
+a name, a function that adds its arguments to a parser, and a function that runs it and
+returns an exit status."""
 
 from __future__ import annotations
 
@@ -15,13 +16,13 @@ from ageest.errors import USER_ERRORS, format_os_error, format_user_error
 # name -> (module, help); the module defines add_arguments(parser) and run(args). A module is
 # imported only when its command is used (or its --help asked for), so `ageest --help` stays fast.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "info": ("ageest.envinfo", "Print versions, device and paths of this installation."),
-    "data": ("ageest.data.prepare", "Load or generate a dataset, check it, write its manifest."),
-    "fetch": ("ageest.data.fetch", "Download (or take a local copy of) the FG-NET release, check it, unpack it."),
-    "run": ("ageest.engine.grids", "Train a grid of runs (dataset x protocol x loss x k x seed x fold); resumable."),
-    "reproduce": ("ageest.pipeline.reproduce", "Execute the notebooks of a profile with papermill; write REPORT.md."),
-    "predict": ("ageest.inference.predict", "Predict the age of photos with a finished run (files or folders)."),
-    "export": ("ageest.inference.export", "Export a finished run's network to ONNX, checked against PyTorch."),
+    "info": ("ageest.commands.info", "Print versions, device and paths of this installation."),
+    "data": ("ageest.commands.data", "Load or generate a dataset, check it, write its manifest."),
+    "fetch": ("ageest.commands.fetch", "Download (or take a local copy of) the FG-NET release, check it, unpack it."),
+    "run": ("ageest.commands.run", "Train a grid of runs (dataset x protocol x loss x k x seed x fold); resumable."),
+    "reproduce": ("ageest.commands.reproduce", "Execute the notebooks of a profile with papermill; write REPORT.md."),
+    "predict": ("ageest.commands.predict", "Predict the age of photos with a finished run (files or folders)."),
+    "export": ("ageest.commands.export", "Export a finished run's network to ONNX, checked against PyTorch."),
 }
 
 

@@ -3,8 +3,6 @@ the notebooks' setup cells."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import subprocess
 from importlib import metadata
@@ -69,22 +67,3 @@ def environment_report() -> dict[str, object]:
         "device": device_report(),
         "paths": {"root": str(paths.ROOT), "data": str(paths.DATA), "results": str(paths.RESULTS)},
     }
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print as JSON")
-
-
-def run(args: argparse.Namespace) -> int:
-    report = environment_report()
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        for section, values in report.items():
-            print(f"{section}:")
-            if isinstance(values, dict):
-                for k, v in values.items():
-                    print(f"  {k}: {v}")
-            else:
-                print(f"  {values}")
-    return 0

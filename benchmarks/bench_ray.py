@@ -41,6 +41,7 @@ import time
 import warnings
 from pathlib import Path
 
+from ageest.commands.run import format_summary
 from ageest.data.synthetic import write_fgnet_like
 from ageest.engine import grids
 from ageest.engine.executors import LocalExecutor, available_cpus
@@ -57,10 +58,10 @@ def empty_task(task: dict) -> dict:
 def timed_grid(grid: dict, results: Path, executor) -> float:
     t0 = time.perf_counter()
     summary = grids.run_grid({**grid, "results_dir": str(results)}, executor=executor,
-                              aggregate_results=False, on_event=lambda event: None)
+                              on_event=lambda event: None)
     wall = time.perf_counter() - t0
     if not (summary["status"] == "done").all():
-        raise RuntimeError("not every run finished:\n" + grids.format_summary(summary))
+        raise RuntimeError("not every run finished:\n" + format_summary(summary))
     return wall
 
 

@@ -25,6 +25,7 @@ import time
 import warnings
 from pathlib import Path
 
+from ageest.commands.run import format_summary
 from ageest.engine import grids
 
 
@@ -36,11 +37,11 @@ def timed_grid(results: Path, workers: int, args: argparse.Namespace,
             "workers": workers, "threads": threads, "quiet": True,
             "results_dir": str(results)}
     t0 = time.perf_counter()
-    summary = grids.run_grid(grid, aggregate_results=False)
+    summary = grids.run_grid(grid)
     wall = time.perf_counter() - t0
     if not (summary["status"] == "done").all():
         raise RuntimeError(f"workers={workers}: not every run finished:\n"
-                           + grids.format_summary(summary))
+                           + format_summary(summary))
     return wall
 
 

@@ -168,7 +168,7 @@ def run(utkface: Path, out: Path, names: list[str], losses: list[str], seeds: li
                 **({"init_from": str(init_from)} if init_from else {})}
         print(f"{name}: {CANDIDATES[name]}", flush=True)
         where = out / (name + ("-init" if init_from else ""))
-        summary = run_grid(grid, results_dir=where, aggregate_results=False)
+        summary = run_grid(grid, results_dir=where)
         for row in summary.itertuples():
             print(f"  {row.status} {Path(row.run_dir).parent.name} {row.wall_time_s:.0f} s",
                   flush=True)

@@ -14,8 +14,9 @@ import torch
 from matplotlib.figure import Figure
 
 from ageest import losses, paths, plots
-from ageest.analysis import loss_explorer, loss_illustration
+from ageest.analysis import loss_illustration
 from ageest.pipeline import artefacts
+from ageest.plots import loss_explorer
 
 TRUE_AGE = 30
 #: the settings the tests share (the notebook's noise; the paper's weights by default)

@@ -94,7 +94,7 @@ def test_a_grid_records_the_file_and_a_new_pretraining_is_a_new_identity(tmp_pat
     from ageest.data.synthetic import write_fgnet_like
 
     data = write_fgnet_like(tmp_path / "fg", seed=0, size=32, n_subjects=12, n_images=120)
-    pre = grids.run_grid(_grid(data, tmp_path / "pre"), aggregate_results=False)
+    pre = grids.run_grid(_grid(data, tmp_path / "pre"))
     pre_dir = Path(pre["run_dir"].iloc[0])
     plain = grids.expand_grid(_grid(data, tmp_path / "res"))[0]["params"]
     started = grids.expand_grid(_grid(data, tmp_path / "res", init_from=str(pre_dir)))
@@ -104,8 +104,7 @@ def test_a_grid_records_the_file_and_a_new_pretraining_is_a_new_identity(tmp_pat
     assert params["init_sha256"] == file_sha256(ckpt)
     assert "init_sha256" not in plain and plain["params_hash"] != params["params_hash"]
     # the run trains from it and says so in metrics.json
-    summary = grids.run_grid(_grid(data, tmp_path / "res", init_from=str(pre_dir)),
-                             aggregate_results=False)
+    summary = grids.run_grid(_grid(data, tmp_path / "res", init_from=str(pre_dir)))
     metrics = store.read_metrics(summary["run_dir"].iloc[0])
     assert metrics["init"]["sha256"] == params["init_sha256"]
     # another pretraining (other weights, same path): another identity, so the finished run

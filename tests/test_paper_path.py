@@ -143,7 +143,7 @@ def test_run_flags_read_their_text_by_the_declaration(capsys):
     by argparse with the setting's name, a mapping flag takes YAML or JSON."""
     import argparse
 
-    from ageest.engine.grids import add_arguments, grid_from_args
+    from ageest.commands.run import add_arguments, grid_from_args
 
     parser = argparse.ArgumentParser(prog="ageest run")
     add_arguments(parser)

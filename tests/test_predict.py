@@ -28,7 +28,7 @@ def run_dir(tmp_path_factory) -> Path:
     grid = {"dataset": "fgnet", "data_dir": str(data), "protocol": "group-kfold", "n_folds": 3,
             "folds": [0], "losses": ["amr"], "epochs": 2, "batch_size": 16, "image_size": 32,
             "results_dir": str(root / "res"), "quiet": True, "threads": 1}
-    summary = grids.run_grid(grid, aggregate_results=False)
+    summary = grids.run_grid(grid)
     assert (summary["status"] == "done").all()
     return Path(summary["run_dir"].iloc[0])
 

@@ -197,13 +197,13 @@ def test_ray_grid_survives_a_killed_worker_and_matches_local(ray_head, data_dir,
     from ageest.engine.ray_executor import RayExecutor
 
     local = grids.run_grid(_grid(data_dir, tmp_path / "local"),
-                            executor=LocalExecutor(workers=1, threads=1), aggregate_results=False)
+                            executor=LocalExecutor(workers=1, threads=1))
     assert (local["status"] == "done").all(), local
 
     killer = _KillOneWorker()
     ray_ex = RayExecutor(address=ray_head, poll_s=0.1, retries=2)
     summary = grids.run_grid(_grid(data_dir, tmp_path / "ray"), executor=ray_ex,
-                              on_event=killer, aggregate_results=False)
+                              on_event=killer)
     assert killer.killed is not None, "no run was seen running, so no worker was killed"
     assert (summary["status"] == "done").all(), summary.to_string()
     # the kill was noticed as a lost worker and that run was submitted again

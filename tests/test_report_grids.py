@@ -98,7 +98,7 @@ def test_k_ablation_reuses_the_adaptive_runs_of_the_comparison(tmp_path):
 
 
 def test_failed_runs_are_listed(monkeypatch, tmp_path):
-    def fake_run_grid(grid, results_dir, aggregate_results):
+    def fake_run_grid(grid, results_dir):
         return pd.DataFrame([
             {"run_dir": "runs/a/fold-0", "status": "done", "wall_time_s": 1.0, "mae": 3.0,
              "error": None},

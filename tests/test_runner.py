@@ -18,10 +18,12 @@ import pytest
 import yaml
 
 from ageest.cli import main as cli_main
+from ageest.commands.run import add_arguments, format_summary, grid_from_args
 from ageest.data.synthetic import write_fgnet_like
 from ageest.engine import grids, store
 from ageest.engine.executors import EXECUTORS, Executor, LocalExecutor, get_executor
 from ageest.engine.run import StaleRunError, execute_run, fold_digest
+from ageest.pipeline.aggregate import aggregate
 
 pytestmark = pytest.mark.filterwarnings("ignore:FG-NET .* differs from the release manifest")
 
@@ -192,7 +194,7 @@ def test_cli_end_to_end_store_resume_and_stale(data_dir, tmp_path, capsys):
     comparisons.check_predictions(preds)
     assert preds.groupby("run")["image_id"].count().min() > 0
     assert set(preds["k"]) == {"adaptive"} and set(preds["loss"]) == {"amr", "ce"}
-    table = grids.aggregate(res, n_boot=200)
+    table = aggregate(res, n_boot=200)
     assert len(table) == 4  # (amr, ce) x (val_best, official)
     assert table.loc[table["selection"] == "test_best_epoch_official", "test_selected"].all()
     assert (table["mae_pooled_low"] <= table["mae_pooled"]).all()
@@ -243,8 +245,7 @@ def test_failed_run_is_recorded_and_others_continue(data_dir, tmp_path, monkeypa
 
     res = tmp_path / "res"
     monkeypatch.setattr(ageest.losses, "get_loss", broken_for_ce)
-    summary = grids.run_grid(_grid(data_dir, res, losses=["ce", "amr"]),
-                              aggregate_results=True)
+    summary = grids.run_grid(_grid(data_dir, res, losses=["ce", "amr"]))
     monkeypatch.setattr(ageest.losses, "get_loss", real_get_loss)
     by_loss = {Path(r).parent.name.split("-")[3]: s
                for r, s in zip(summary["run_dir"], summary["status"], strict=True)}
@@ -252,7 +253,7 @@ def test_failed_run_is_recorded_and_others_continue(data_dir, tmp_path, monkeypa
     failed = Path(summary.loc[summary["status"] == "failed", "run_dir"].iloc[0])
     assert "does not take lambda_mean" in (failed / "error.txt").read_text()
     assert not (failed / "metrics.json").exists() and store.run_status(failed) == "failed"
-    assert "FAILED" in grids.format_summary(summary)
+    assert "FAILED" in format_summary(summary)
     # fixing the configuration reruns it (the old hash's partial folder is cleared)
     summary = grids.run_grid(_grid(data_dir, res, losses=["ce", "amr"]))
     assert sorted(summary["status"]) == ["done", "skipped"]
@@ -475,7 +476,7 @@ def test_official_split_with_std_and_unknown_subjects(data_dir, tmp_path):
     assert 0.0 <= m["epsilon"] <= 1.0 and m["selected_by"] == "validation epsilon"
     preds = store.read_predictions(run_dir)
     assert preds["subject"].isna().all() and preds["std"].notna().all()
-    table = grids.aggregate(res, n_boot=100)
+    table = aggregate(res, n_boot=100)
     row = table.iloc[0]
     assert row["epsilon_low"] <= row["epsilon"] <= row["epsilon_high"]
     assert row["n_subjects"] == row["n_images"]  # each image its own bootstrap cluster
@@ -499,7 +500,7 @@ def test_grid_schema_is_trainconfig_and_the_cli_is_the_schema():
             else f.default
         assert key.default == default and key.help == f.metadata["help"], f.name
     parser = argparse.ArgumentParser()
-    grids.add_arguments(parser)
+    add_arguments(parser)
     flags = {a.dest: a for a in parser._actions}
     for name, key in grids.SCHEMA.items():
         assert name in flags, f"--{name.replace('_', '-')} is missing"
@@ -508,7 +509,7 @@ def test_grid_schema_is_trainconfig_and_the_cli_is_the_schema():
     assert flags["optimizer"].choices == ["adamw", "sgd"]
     args = parser.parse_args(["--epochs", "3", "--losses", "amr,ce", "--no-pretrained",
                               "--loss-kwargs", '{"amr": {"eps": 0.01}}', "--lambda-mean", "0.1"])
-    grid = grids.grid_from_args(args)
+    grid = grid_from_args(args)
     assert grid == {"epochs": 3, "losses": ["amr", "ce"], "pretrained": False,
                     "loss_kwargs": {"amr": {"eps": 0.01}}, "lambda_mean": 0.1}
     g = grids.normalize_grid(grid)
@@ -558,21 +559,21 @@ def test_a_lock_whose_process_id_was_reused_is_taken_over(data_dir, tmp_path):
                      result["error"])
     summary = pd.DataFrame([{"run_dir": str(run_dir), "status": "failed", "wall_time_s": 0.0,
                              "mae": None, "error": result["error"]}])
-    assert "error.txt" not in grids.format_summary(summary)
+    assert "error.txt" not in format_summary(summary)
 
 
 def test_a_run_missing_one_of_its_files_is_redone_not_skipped(data_dir, tmp_path):
     """Its predictions.parquet deleted, a finished run used to be skipped (metrics.json was
     there) and every table then failed asking to "rerun it"."""
-    summary = grids.run_grid(_grid(data_dir, tmp_path), aggregate_results=False)
+    summary = grids.run_grid(_grid(data_dir, tmp_path))
     run_dir = Path(summary["run_dir"].iloc[0])
     assert summary["status"].tolist() == ["done"]
     (run_dir / store.PREDICTIONS).unlink()
     assert not store.is_finished(run_dir) and store.missing_files(run_dir) == [store.PREDICTIONS]
-    again = grids.run_grid(_grid(data_dir, tmp_path), aggregate_results=False)
+    again = grids.run_grid(_grid(data_dir, tmp_path))
     assert again["status"].tolist() == ["done"] and store.is_finished(run_dir)
     assert len(store.read_predictions(run_dir)) > 0
-    assert grids.run_grid(_grid(data_dir, tmp_path), aggregate_results=False)[
+    assert grids.run_grid(_grid(data_dir, tmp_path))[
         "status"].tolist() == ["skipped"]
 
 
@@ -596,13 +597,18 @@ def test_the_workers_of_a_grid_share_the_cores_by_default(monkeypatch):
 def test_two_grids_in_one_results_folder_both_stay_in_the_aggregate_table(data_dir, tmp_path):
     """tables/aggregate.md used to hold only the grid that finished last. Each grid keeps its
     own block of rows, so runs of different settings (here: epochs) never pool."""
+    from ageest.pipeline.aggregate import write_aggregate
+
+    def run_and_tabulate(grid):  # what `ageest run` does after a grid
+        write_aggregate(res, grids.run_grid(grid)["run_dir"])
+
     res = tmp_path / "res"
-    grids.run_grid(_grid(data_dir, res, losses=["amr"]))
-    grids.run_grid(_grid(data_dir, res, losses=["ce"], epochs=2))
+    run_and_tabulate(_grid(data_dir, res, losses=["amr"]))
+    run_and_tabulate(_grid(data_dir, res, losses=["ce"], epochs=2))
     table = pd.read_csv(res / "tables" / "aggregate.csv")
     assert table["grid"].nunique() == 2
     assert set(table["loss"]) == {"amr", "ce"}
     assert "2 grid(s)" in (res / "tables" / "aggregate.md").read_text().splitlines()[0]
     # the same grid again replaces its own block, it does not add one
-    grids.run_grid(_grid(data_dir, res, losses=["amr"]))
+    run_and_tabulate(_grid(data_dir, res, losses=["amr"]))
     assert pd.read_csv(res / "tables" / "aggregate.csv")["grid"].nunique() == 2

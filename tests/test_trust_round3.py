@@ -33,7 +33,7 @@ def runs(tmp_path_factory) -> list[Path]:
     grid = {"dataset": "fgnet", "data_dir": str(data), "protocol": "group-kfold", "n_folds": 3,
             "folds": [0], "losses": ["ce"], "seeds": [0, 1], "epochs": 1, "batch_size": 16,
             "image_size": 32, "results_dir": str(root / "res"), "quiet": True, "threads": 1}
-    summary = grids.run_grid(grid, aggregate_results=False)
+    summary = grids.run_grid(grid)
     assert (summary["status"] == "done").all()
     return [Path(d) for d in summary["run_dir"]]
 

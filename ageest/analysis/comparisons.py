@@ -153,7 +153,7 @@ def add_published(table: pd.DataFrame, preds: pd.DataFrame, *, dataset: str, pro
     fold aggregation and epoch selection are not known. Rows on other data (synthetic,
     UTKFace) get NaN and the reason; a method without a sourced number reads "not available"
     (fixed-K rows too: the located numbers are of the adaptive loss)."""
-    from ageest.pipeline.report import NOT_AVAILABLE, paper_value
+    from ageest.published import NOT_AVAILABLE, paper_value
 
     values, sources, differs = [], [], []
     for (loss, k, selection), group in _method_groups(preds):

@@ -2,7 +2,7 @@
 responds to them, the gradient of each term with respect to the logits, how the adaptive top-K
 size moves as a distribution sharpens, and the state of the interactive explorer: the numbers.
 The figures are drawn by :mod:`ageest.plots` (``distributions_figure`` ...), the explorer widget
-is :mod:`ageest.analysis.loss_explorer`.
+is :mod:`ageest.plots.loss_explorer`.
 
 Everything here works on hand-made logits, never on a trained model, so it runs in a second on a
 CPU and the figures are exact pictures of the loss definitions in :mod:`ageest.losses`.
@@ -547,7 +547,7 @@ def summary_metrics(terms: pd.DataFrame, response: pd.DataFrame, gradients: pd.D
 
 
 # ---------------------------------------------------------------------------------------------
-# the explorer's numbers (its widget: ageest.analysis.loss_explorer; its figure: ageest.plots)
+# the explorer's numbers (its widget: ageest.plots.loss_explorer; its figure: ageest.plots)
 
 
 def explorer_state(

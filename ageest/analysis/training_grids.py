@@ -217,7 +217,7 @@ def run_grids(grids: Mapping[str, Mapping[str, Any]], results_dir: str | os.Path
         check_grid(dict(grid))   # official CLAP2016 grid without its ignore list, say
     frames = []
     for name, grid in grids.items():
-        summary = run_grid(dict(grid), results_dir=results_dir, aggregate_results=False)
+        summary = run_grid(dict(grid), results_dir=results_dir)
         frames.append(summary.assign(grid=name))
     summary = pd.concat(frames, ignore_index=True)
     failed = summary[summary["status"] == "failed"]

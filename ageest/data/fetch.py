@@ -21,7 +21,6 @@ Any problem is one line naming the URL or the file and the fix.
 
 from __future__ import annotations
 
-import argparse
 import math
 import shutil
 import tempfile
@@ -43,20 +42,6 @@ FGNET_RELEASE = {"n_images": 1002, "n_subjects": 82, "age_min": 0, "age_max": 69
 FETCH_RECORD = "fetch.json"
 MANIFEST = "manifest.json"
 DATASETS = ("fgnet",)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dataset", choices=DATASETS, help="the release to fetch")
-    parser.add_argument("--to", type=Path, default=None,
-                        help="the folder to create (default: <data folder>/FGNET)")
-    parser.add_argument("--from", dest="source", default=None,
-                        help=f"a local FGNET.zip, an unpacked copy (a folder with images/ and "
-                             f"points/), or a URL (default: {FGNET_URL})")
-
-
-def run(args: argparse.Namespace) -> int:
-    fetch_fgnet(args.source, args.to)
-    return 0
 
 
 def fetch_fgnet(source: str | Path | None = None, to: str | Path | None = None, *,

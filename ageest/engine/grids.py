@@ -1,15 +1,14 @@
-"""Grids of training runs: the grid schema, expansion into runs, resume, parallel execution and
-the ``ageest run`` command (one run into one folder is :mod:`ageest.engine.run`; the aggregate table's
-statistics are :func:`ageest.analysis.comparisons.aggregate`).
+"""Grids of training runs: the grid schema, expansion into runs, resume and parallel execution
+(one run into one folder is :mod:`ageest.engine.run`; the ``ageest run`` command on top is
+:mod:`ageest.commands.run`, the aggregate table it prints :mod:`ageest.pipeline.aggregate`).
 
-``ageest run`` (and :func:`run_grid` from notebooks) expands a grid
+:func:`run_grid` (behind ``ageest run`` and the notebooks) expands a grid
 
     dataset x protocol x loss x k x seed x fold
 
 into run specifications, skips those already finished, runs the rest through an executor
-(:mod:`ageest.engine.executors`: ``local`` process pool or ``ray``), prints a summary of done / skipped /
-failed / pending runs, and aggregates every finished fold into one table per
-(dataset, protocol, loss, k, selection).
+(:mod:`ageest.engine.executors`: ``local`` process pool or ``ray``) and returns a summary of
+done / skipped / failed / pending runs.
 
 Run directories
 ---------------
@@ -42,7 +41,6 @@ invalidate finished work).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -75,10 +73,10 @@ from ageest.engine.run import (
     stale_reason,
 )
 from ageest.engine.train import TrainConfig, precision_label, resolve_amp
-from ageest.files import plain, read_json, write_json
+from ageest.files import plain
 from ageest.losses import WEIGHT_SETTINGS, loss_weights
 from ageest.official import OFFICIAL_SELECTION, SELECTIONS
-from ageest.parameters import Setting, check_value, parse_text, settings_of
+from ageest.parameters import Setting, check_value, settings_of
 
 # ---------------------------------------------------------------------------------------------
 # the grid: one schema (keys, defaults, types, ranges, help), its validation and its CLI flags
@@ -511,7 +509,7 @@ def make_executor(g: dict[str, Any]):
 
 def run_grid(grid: dict[str, Any] | None = None, *, results_dir: str | os.PathLike | None = None,
              executor=None, on_event: Callable[[dict], None] | None = None,
-             aggregate_results: bool = True, **overrides: Any) -> pd.DataFrame:
+             **overrides: Any) -> pd.DataFrame:
     """Expand ``grid`` (plus keyword ``overrides``), run what is not finished, return a summary.
 
     Parameters
@@ -524,9 +522,6 @@ def run_grid(grid: dict[str, Any] | None = None, *, results_dir: str | os.PathLi
         Default: built from the grid's ``executor``/``workers``/``threads``/``retries``.
     on_event : callable, optional
         Progress callback (default: one printed line per finished run unless ``quiet``).
-    aggregate_results : bool
-        Rewrite ``tables/aggregate.*`` at the end: every grid run into the folder, a block of
-        rows each (:func:`write_aggregate`).
 
     Returns
     -------
@@ -567,159 +562,7 @@ def run_grid(grid: dict[str, Any] | None = None, *, results_dir: str | os.PathLi
                      "error": err.strip().splitlines()[-1] if err else None})
     # the columns even when no row: an empty grid (a run's filter matching nothing) reads alike
     summary = pd.DataFrame(rows, columns=["run_dir", "status", "wall_time_s", "mae", "error"])
-    if aggregate_results and (summary["status"].isin(["done", "skipped"])).any():
-        summary.attrs["aggregate"] = str(write_aggregate(results_dir, [t["run_dir"]
-                                                                       for t in tasks]))
+    summary.attrs["results_dir"] = str(results_dir)
     return summary
 
-
-def format_summary(summary: pd.DataFrame) -> str:
-    """A table of run groups (rows) by status (done / skipped / failed / pending counts), the
-    totals line, then each failed run with the last line of its error.
-
-    >>> s = pd.DataFrame({"run_dir": ["r/runs/a/fold-0", "r/runs/a/fold-1"],
-    ...                   "status": ["done", "failed"], "error": [None, "ValueError: bad"]})
-    >>> print(format_summary(s).splitlines()[-2])
-    runs: done 1, skipped 0, failed 1, pending 0 (total 2)
-    """
-    statuses = ["done", "skipped", "failed", "pending"]
-    group = summary["run_dir"].map(lambda d: Path(d).parent.name)
-    table = (pd.crosstab(group.rename("run"), summary["status"])
-             .reindex(columns=statuses, fill_value=0))
-    counts = summary["status"].value_counts()
-    lines = [table.to_markdown(), "",
-             "runs: " + ", ".join(f"{s} {int(counts.get(s, 0))}" for s in statuses)
-             + f" (total {len(summary)})"]
-    for _, row in summary[summary["status"] == "failed"].iterrows():
-        # a run refused before it started (a live lock) wrote no error.txt: point only at one
-        # that exists
-        where = Path(row["run_dir"]) / store.ERROR
-        lines.append(f"  FAILED {row['run_dir']}: {row['error']}"
-                     + (f" (see {where})" if where.is_file() else ""))
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------
-# aggregation
-
-
-def write_aggregate(results_dir: Path, runs: Sequence[str | os.PathLike]) -> Path:
-    """Record this grid's runs (``tables/.grids/<id>.json``) and rewrite ``tables/aggregate``
-    from every grid recorded in the folder, one block of rows per grid (column ``grid``), so
-    grids run into one folder at once all appear, and runs of different settings never pool.
-    A file lock makes the rewrites take turns: the last one includes every grid. Returns the
-    Markdown table's path."""
-    import fcntl
-    import hashlib
-
-    from ageest.pipeline.artefacts import save_table
-
-    tables = results_dir / "tables"
-    recorded = tables / ".grids"
-    recorded.mkdir(parents=True, exist_ok=True)
-    runs = sorted(str(r) for r in runs)
-    grid_id = hashlib.sha256("\n".join(runs).encode("utf-8")).hexdigest()[:8]
-    write_json(recorded / f"{grid_id}.json", {"runs": runs})
-    with open(tables / ".aggregate.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        frames = []
-        for record in sorted(recorded.glob("*.json")):
-            finished = [r for r in read_json(record)["runs"] if store.is_finished(r)]
-            if finished:
-                frames.append(aggregate(results_dir, runs=finished).assign(grid=record.stem))
-        table = pd.concat(frames, ignore_index=True)
-        table = table[["grid", *[c for c in table.columns if c != "grid"]]]
-        save_table(table, results_dir, "aggregate",
-                   f"Test metrics aggregated over folds, one block of rows per grid run into "
-                   f"this folder ({len(frames)} grid(s); column grid). Rows with "
-                   "test_selected=True chose their epoch on the test set (official protocol) "
-                   "and are optimistic.")
-    return tables / "aggregate.md"
-
-
-def aggregate(results_dir: str | os.PathLike, *, runs: Sequence[str | os.PathLike] | None = None,
-              **options: Any) -> pd.DataFrame:
-    """:func:`ageest.analysis.comparisons.aggregate` of the stored predictions of ``results_dir`` (or of
-    the run folders ``runs``); ``options`` are its bootstrap and CS options."""
-    from ageest.analysis.comparisons import aggregate as aggregate_predictions
-
-    preds = (pd.concat([store.load_predictions(r) for r in runs], ignore_index=True)
-             if runs is not None else store.load_predictions(results_dir))
-    return aggregate_predictions(preds, **options)
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI: ageest run
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``ageest run``: one per grid key of :data:`SCHEMA` (``n_folds`` ->
-    ``--n-folds``), its help and default from the schema, plus ``--config``, ``--dry-run`` and
-    ``--no-aggregate``."""
-    parser.add_argument("--config", help="grid YAML (keys as these flags with underscores); "
-                        "flags override it")
-    for key in SCHEMA.values():
-        flag = "--" + key.name.replace("_", "-")
-        default = key.default if key.default not in (None, [], {}) else None
-        shown = ",".join(map(str, default)) if isinstance(default, list) else default
-        text = key.help + (f" (default {shown})" if default is not None else "")
-        kw: dict[str, Any] = {"help": text.replace("%", "%%"), "default": None}
-        if key.kind == "bool":
-            kw["action"] = argparse.BooleanOptionalAction
-        else:
-            kw["type"] = _flag_reader(key)
-        if key.kind == "list":
-            kw["metavar"] = "A,B"
-            kw["help"] = kw["help"] + "; comma-separated"
-        if key.choices and key.kind != "list":
-            kw["choices"] = list(key.choices)
-        parser.add_argument(flag, **kw)
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the runs and their status; train nothing")
-    parser.add_argument("--no-aggregate", action="store_true", help="skip the aggregate table")
-
-
-def _flag_reader(setting: Setting):
-    """argparse's ``type`` for a flag: the setting's text read by its declaration
-    (:func:`ageest.parameters.parse_text`, the reader of ``-p`` too)."""
-    def read(text: str) -> Any:
-        try:
-            return parse_text(setting, text, where="")
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    read.__name__ = setting.kind
-    return read
-
-
-def grid_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The grid of ``ageest run``: the ``--config`` YAML, then the flags given on top (a dict
-    key such as ``--loss-kwargs`` is a YAML flow mapping, JSON included)."""
-    grid = load_grid_config(args.config) if args.config else {}
-    for name in SCHEMA:
-        value = getattr(args, name, None)
-        if value is not None:
-            grid[name] = value
-    return grid
-
-
-def run(args: argparse.Namespace) -> int:
-    grid = grid_from_args(args)
-    if args.dry_run:
-        tasks = expand_grid(grid, args.results_dir)
-        check_stale(tasks)
-        for t in tasks:
-            print(f"{store.run_status(t['run_dir']):8s} {t['run_dir']}  "
-                  f"(params_hash {t['params']['params_hash']})")
-        print(f"{len(tasks)} runs")
-        return 0
-    summary = run_grid(grid, aggregate_results=not args.no_aggregate)
-    print(format_summary(summary))
-    # the table this grid wrote, never an older one left in the folder by another grid
-    written = summary.attrs.get("aggregate")
-    if written:
-        print(Path(written).read_text(encoding="utf-8"))
-    elif not args.no_aggregate:
-        print("no aggregate table: no run of this grid finished")
-    return 1 if (summary["status"] == "failed").any() else 0
 

@@ -10,9 +10,7 @@ Needs the extra ``onnx`` (onnx, onnxruntime, onnxscript).
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -124,32 +122,3 @@ def parity(head, onnx_path: Path, run: LoadedRun, *, max_images: int | None = No
             "max_abs_diff_expected_age": float(np.max(np.abs(age_o - age_t))) if paths else 0.0,
             "max_abs_diff_probs": float(np.max(np.abs(probs_o - probs_t))) if paths else 0.0,
             "tolerance_expected_age": PARITY_TOLERANCE}
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI: ageest export
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, metavar="RUN_DIR",
-                        help="a finished run folder: results/<profile>/runs/<run>/fold-<id>")
-    parser.add_argument("--onnx", required=True, metavar="FILE",
-                        help="the ONNX file to write (its preprocessing goes to FILE's .json)")
-    parser.add_argument("--checkpoint", choices=["best", "last"], default="best")
-    parser.add_argument("--no-check", action="store_true",
-                        help="skip the onnxruntime-against-PyTorch check on the test images")
-
-
-def run(args: argparse.Namespace) -> int:
-    info = export_onnx(args.run, args.onnx, checkpoint=args.checkpoint, check=not args.no_check)
-    print(f"wrote {args.onnx} and {Path(args.onnx).with_suffix('.json')}")
-    if "parity" in info:
-        p = info["parity"]
-        print(f"onnxruntime against PyTorch on {p['n_images']} test images: max |Δ expected "
-              f"age| {p['max_abs_diff_expected_age']:.2e} years, max |Δ p| "
-              f"{p['max_abs_diff_probs']:.2e}")
-        if p["max_abs_diff_expected_age"] > PARITY_TOLERANCE:
-            print(f"ageest export: error: the difference exceeds {PARITY_TOLERANCE} years",
-                  file=sys.stderr)
-            return 1
-    return 0

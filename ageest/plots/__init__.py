@@ -4,6 +4,8 @@
 - :mod:`ageest.plots.results`: the pipeline's results, drawn from its tables (learning curves,
   CS curves, the K ablation, the dual protocol ...);
 - :mod:`ageest.plots.loss`: notebook 01's loss illustration and the explorer's picture;
+- :mod:`ageest.plots.loss_explorer`: notebook 01's interactive explorer (ipywidgets; imported
+  on its own, not here);
 - :mod:`ageest.plots.faces`: a dataset's faces across ages, and the synthetic generator's.
 """
 

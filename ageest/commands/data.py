@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         for fold in make_folds(df, args.protocol, seed=args.seed)[:10]:
             print(f"  fold {fold.fold_id}: {fold.sizes()}")
     if args.figure is not None:
-        from ageest.pipeline.artefacts import save_figure
+        from ageest.pipeline.artefacts import save_figure  # the figure, only when asked
         from ageest.plots import synthetic_faces
 
         out = save_figure(synthetic_faces(seed=args.seed), args.figure, "synthetic_faces",
