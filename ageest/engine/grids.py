@@ -338,48 +338,15 @@ def expand_grid(grid: dict[str, Any], results_dir: str | os.PathLike | None = No
     """
     g = normalize_grid(grid)
     results_dir = Path(results_dir or g["results_dir"] or "results")
-    # augment: a run's params.yaml may set it (python -m ageest.engine.run); not a grid key, so the
-    # parameter hashes of existing runs stay valid
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {
-        "seed", "loss", "loss_kwargs", "selection", "threads", "quiet", "augment",
-        *WEIGHT_SETTINGS}  # a run holds only the weights its loss takes
-    amp, channels_last = resolve_amp(g["amp"], g["device"], g["channels_last"], g["model"])
-    init = _init_record(g)
+    shared = _shared_run_params(g)
     tasks: list[dict[str, Any]] = []
     for dataset in g["dataset"]:
-        base = {"dataset": dataset, "on_bad": g["on_bad"],
-                "identical_images": g["identical_images"],
-                **{k: g[k] for k in ("data_dir", "csv", "json", "image_root", "synthetic_size")}}
-        # only the dataset's own loader options change its data (and the run's identity)
-        base.update({k: g[k] for k in loader_keys(dataset)})
-        _check_ignore_list(dataset, g)
-        df, info = load_data(base)
-        # --on-bad skip: never silent; the loader's warning listed each file once already
-        bad = [r for r in df.attrs.get("skipped", []) if not is_identical_record(r)]
-        if bad:
-            print(f"{dataset}: {len(bad)} bad file(s) skipped (listed above; every run's "
-                  "skipped.json records them)", file=sys.stderr)
-        if df.attrs.get("identical", {}).get("dropped"):  # each copy is in skipped.json
-            print(f"{dataset}: {identical_line(df.attrs['identical'])}", file=sys.stderr)
-        data_digest = df.attrs.get("content_digest")
-        protocols = g["protocol"] or [info.default_protocol]
-        for protocol in protocols:
-            has_split = info.has_own_split or (
-                "split" in df.columns and bool(df["split"].notna().any()))  # e.g. csv's column
-            if protocol == "holdout" and not has_split:
-                raise ValueError(f"dataset {dataset!r} has no train/valid/test split (no split column); "
-                                 "use protocol lopo or group-kfold" + (
-                                     ", or give --split-csv (image_id,split; ageest.data.splits"
-                                     ".stratified_split writes one)" if dataset == "utkface"
-                                     else ""))
+        base, df, info = _grid_dataset(g, dataset)
+        for protocol in g["protocol"] or [info.default_protocol]:
             split = {"protocol": protocol, "n_folds": int(g["n_folds"]),
                      "val_fraction": float(g["val_fraction"]), "split_seed": int(g["split_seed"])}
-            folds = build_folds(df, split)
+            folds = _protocol_folds(g, df, info, dataset, split)
             chosen = range(len(folds)) if g["folds"] is None else g["folds"]
-            for i in chosen:
-                if not 0 <= i < len(folds):
-                    raise ValueError(f"--folds {i}: {dataset}/{protocol} has {len(folds)} "
-                                     f"folds (positions 0..{len(folds) - 1})")
             for loss, k in _loss_runs(g["losses"], g["k"]):
                 loss_kwargs = dict(g["loss_kwargs"].get(loss, {}) or {})
                 if k is not None:
@@ -387,32 +354,75 @@ def expand_grid(grid: dict[str, Any], results_dir: str | os.PathLike | None = No
                 for seed in g["seeds"]:
                     for selection in g["selection"]:
                         for i in chosen:
-                            params: dict[str, Any] = {
+                            params: dict[str, Any] = plain({
                                 **base, **split, "loss": loss, "k": k, "seed": seed,
                                 "selection": selection,
                                 "test_selected": selection == OFFICIAL_SELECTION,
                                 "fold": folds[i].fold_id, "fold_index": int(i),
-                                "data_digest": data_digest,
+                                "data_digest": df.attrs.get("content_digest"),
                                 "split_digest": fold_digest(df, folds[i]),
                                 "start_age": int(info.start_age), "end_age": int(info.end_age),
-                                **{f: g[f] for f in sorted(train_fields)},
-                                **loss_weights(loss, g),
-                                # what amp auto resolved to on this machine: part of the
-                                # run's identity, so a bf16 run is never reused as fp32
-                                "amp": amp, "channels_last": channels_last,
-                                "loss_kwargs": loss_kwargs,
-                                "keep_checkpoints": g["keep_checkpoints"],
-                                "quiet": bool(g["quiet"]) if g["quiet"] is not None
-                                else int(g["workers"]) > 1,
-                                "threads": g["threads"],
-                                "ageest_version": __version__,
-                                **init,
-                            }
-                            params = plain(params)
+                                **shared, **loss_weights(loss, g), "loss_kwargs": loss_kwargs})
                             params["params_hash"] = params_hash(params)
                             tasks.append({"run_dir": str(run_dir_for(results_dir, params)),
                                           "params": params, "device": params["device"]})
     return tasks
+
+
+def _shared_run_params(g: Mapping[str, Any]) -> dict[str, Any]:
+    """What every run of the grid holds alike: its training settings (``TrainConfig``'s fields
+    the grid sets; a run holds only the weights its loss takes, added per loss), the precision
+    ``amp: auto`` resolved to on this machine (part of a run's identity, so a bf16 run is never
+    reused as fp32), an ``init_from`` checkpoint's record, and the execution keys."""
+    # augment: a run's params.yaml may set it (python -m ageest.engine.run); not a grid key, so
+    # the parameter hashes of existing runs stay valid
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - {
+        "seed", "loss", "loss_kwargs", "selection", "threads", "quiet", "augment",
+        *WEIGHT_SETTINGS}
+    amp, channels_last = resolve_amp(g["amp"], g["device"], g["channels_last"], g["model"])
+    return {**{f: g[f] for f in sorted(train_fields)}, "amp": amp,
+            "channels_last": channels_last, "keep_checkpoints": g["keep_checkpoints"],
+            "quiet": bool(g["quiet"]) if g["quiet"] is not None else int(g["workers"]) > 1,
+            "threads": g["threads"], "ageest_version": __version__, **_init_record(g)}
+
+
+def _grid_dataset(g: Mapping[str, Any], dataset: str) -> tuple[dict[str, Any], Any, Any]:
+    """``(base, table, info)`` of one dataset of the grid: the run keys that name it and its
+    loader options (only the dataset's own options change its data, and a run's identity),
+    and the loaded table, whose skipped and dropped files are said once."""
+    base = {"dataset": dataset, "on_bad": g["on_bad"], "identical_images": g["identical_images"],
+            **{k: g[k] for k in ("data_dir", "csv", "json", "image_root", "synthetic_size")}}
+    base.update({k: g[k] for k in loader_keys(dataset)})
+    _check_ignore_list(dataset, g)
+    df, info = load_data(base)
+    # --on-bad skip: never silent; the loader's warning listed each file once already
+    bad = [r for r in df.attrs.get("skipped", []) if not is_identical_record(r)]
+    if bad:
+        print(f"{dataset}: {len(bad)} bad file(s) skipped (listed above; every run's "
+              "skipped.json records them)", file=sys.stderr)
+    if df.attrs.get("identical", {}).get("dropped"):  # each copy is in skipped.json
+        print(f"{dataset}: {identical_line(df.attrs['identical'])}", file=sys.stderr)
+    return base, df, info
+
+
+def _protocol_folds(g: Mapping[str, Any], df, info, dataset: str,
+                    split: Mapping[str, Any]) -> list:
+    """The folds of ``dataset`` under ``split``'s protocol, after checking that the protocol
+    applies (holdout needs a split) and that the grid's fold positions exist."""
+    protocol = split["protocol"]
+    has_split = info.has_own_split or (
+        "split" in df.columns and bool(df["split"].notna().any()))  # e.g. csv's column
+    if protocol == "holdout" and not has_split:
+        raise ValueError(f"dataset {dataset!r} has no train/valid/test split (no split column); "
+                         "use protocol lopo or group-kfold" + (
+                             ", or give --split-csv (image_id,split; ageest.data.splits"
+                             ".stratified_split writes one)" if dataset == "utkface" else ""))
+    folds = build_folds(df, dict(split))
+    for i in [] if g["folds"] is None else g["folds"]:
+        if not 0 <= i < len(folds):
+            raise ValueError(f"--folds {i}: {dataset}/{protocol} has {len(folds)} "
+                             f"folds (positions 0..{len(folds) - 1})")
+    return folds
 
 
 def _init_record(g: Mapping[str, Any]) -> dict[str, Any]:
