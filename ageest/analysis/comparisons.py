@@ -537,8 +537,12 @@ def dual_protocol(preds: pd.DataFrame, *, loss: str = "amr",
     for both), and the optimism gap (official − clean).
 
     Columns: ``protocol``, ``selection``, ``mae_readout``, ``cs_readout``, ``seeds``,
-    ``n_images``, ``mae_pooled``, ``mae_subject_mean``, ``cs<θ>`` per θ. Raises when either
-    protocol has no runs of ``loss``.
+    ``n_images``, ``mae_pooled``, ``mae_subject_mean``, ``cs<θ>`` per θ, and ``setup``: the
+    run settings beside the selection in which the two differ (an official twin reads whole
+    photos, starts from ImageNet and predicts each photo once, whatever its clean runs do:
+    ``face_crop``, ``init_from``, ``tta_flip``). When they differ, the last row is the
+    difference (official − clean) of protocol *and* setup, not the optimism of test-set
+    selection alone, and says so. Raises when either protocol has no runs of ``loss``.
     """
     preds = add_readouts(check_predictions(preds))
     preds = preds[(preds["loss"] == loss) & (preds["k"].astype(str) == "adaptive")]
@@ -563,13 +567,35 @@ def dual_protocol(preds: pd.DataFrame, *, loss: str = "amr",
                "mae_subject_mean": agg["mae_subject_mean"]}
         row.update({f"cs{t}": float(v) for t, v in cs.items()})
         rows.append(row)
-    gap = {"protocol": "optimism gap (official − clean)", "selection": "", "mae_readout": "",
-           "cs_readout": "", "seeds": np.nan, "n_images": np.nan}
+    setups = [_setup(official), _setup(clean)]
+    differs = [f"{k} {setups[0][k]} (clean: {setups[1][k]})" for k in setups[0]
+               if setups[0][k] != setups[1].get(k)]
+    rows[0]["setup"] = "; ".join(differs)
+    rows[1]["setup"] = ""
+    label = ("difference (official − clean): protocol and setup" if differs
+             else "optimism gap (official − clean)")
+    gap = {"protocol": label, "selection": "", "mae_readout": "",
+           "cs_readout": "", "seeds": np.nan, "n_images": np.nan, "setup": ""}
     for col in [c for c in rows[0] if c.startswith(("mae_pooled", "mae_subject", "cs"))
                 and c not in ("cs_readout",)]:
         gap[col] = rows[0][col] - rows[1][col]
     rows.append(gap)
     return pd.DataFrame(rows)
+
+
+def _setup(group: pd.DataFrame) -> dict[str, str]:
+    """The input settings of a group of runs that an official twin may not share with its
+    clean runs (recorded runs only; several values joined)."""
+    out = {}
+    for col, name in (("face_crop", "face crop"), ("init_from", "start"),
+                      ("tta_flip", "flip averaging")):
+        if col not in group.columns:
+            continue
+        values = group[col].dropna().astype(str).unique()
+        if col == "init_from":
+            values = ["age-pretrained" if v else "ImageNet" for v in values]
+        out[name] = ", ".join(sorted(set(values))) or "none"
+    return out
 
 
 def protocol_sensitivity(preds: pd.DataFrame, *,

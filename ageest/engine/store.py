@@ -47,7 +47,7 @@ CHECKPOINTS = "checkpoints"
 RUN_COLUMNS = ("dataset", "protocol", "loss", "k", "selection", "start_age", "end_age", "model")
 #: run parameters added to the predictions frame too: what a table states when it sets a row
 #: beside a published number (``None`` in runs that predate a setting)
-SETUP_COLUMNS = ("image_size", "epochs", "n_folds", "face_crop", "init_from")
+SETUP_COLUMNS = ("image_size", "epochs", "n_folds", "face_crop", "init_from", "tta_flip")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,7 +223,8 @@ def load_predictions(root: str | os.PathLike, *, finished_only: bool = True) -> 
     Columns: ``run`` (the run directory), ``dataset``, ``protocol``, ``loss``, ``k`` (text:
     ``"adaptive"`` for the adaptive loss and for losses without K, else the integer), ``seed``,
     ``fold``, ``selection``, ``start_age``, ``end_age``, ``model``, ``image_size``, ``epochs``,
-    ``n_folds``, ``face_crop``, ``init_from`` (``None`` where a run predates it), ``image_id``,
+    ``n_folds``, ``face_crop``, ``init_from``, ``tta_flip`` (``None`` where a run predates it),
+    ``image_id``,
     ``subject``,
     ``age``, ``age_mean``, ``std``, ``expected_age``, ``test_selected`` and ``probs`` (one float32
     vector per row) — the predictions frame of :mod:`ageest.analysis.comparisons`.

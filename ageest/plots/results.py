@@ -213,7 +213,7 @@ def age_group_mae(table: pd.DataFrame, *, synthetic: bool = False) -> plt.Figure
 
 def dual_protocol(table: pd.DataFrame, *, synthetic: bool = False) -> plt.Figure:
     """Bars of MAE (pooled, per-subject mean) under the official and the clean protocol."""
-    rows = table[~table["protocol"].str.startswith("optimism")]
+    rows = table[~table["protocol"].str.startswith(("optimism", "difference"))]
     metrics_ = [c for c in ("mae_pooled", "mae_subject_mean") if c in rows]
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     x = _grouped_bars(ax, [(row["protocol"], [row[m] for m in metrics_])
