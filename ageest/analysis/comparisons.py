@@ -707,8 +707,8 @@ def k_ablation(preds: pd.DataFrame, *, readout: str = "expectation", n_boot: int
     if chosen.empty:
         raise ValueError("no mean_residue / amr runs with a clean selection in these predictions")
     table = mae_comparison(chosen, readout=readout, n_boot=n_boot, ci=ci, seed=seed)
-    table = table.drop(columns=["published_mae", "published_source", "published_differs", "readout", "protocol",
-                                "method"])
+    table = table.drop(columns=["published_mae", "published_source", "published_differs",
+                                "readout", "protocol", "method"])
     table["k"] = table["k"].astype(str)
     table["k_value"] = pd.to_numeric(table["k"], errors="coerce")
     adaptive = table.loc[table["k"] == "adaptive", "mae_pooled"]
