@@ -182,7 +182,7 @@ def settings_markdown(profiles: Mapping[str, Mapping[str, Mapping[str, Any]]]) -
     clean run's params, "fgnet_official": ..., "clap": ..., "clap_official": ...}``)."""
 
     def show(v: Any) -> str:
-        if v is None:
+        if v is None or v == "":  # init_from "": no run to start from
             return "none"
         if isinstance(v, list):
             return ",".join(str(x) for x in v)

@@ -156,13 +156,16 @@ def test_failing_notebook_names_cell_and_error(tmp_path):
 def test_training_and_evaluation_run_with_a_single_loss(loss, tmp_path):
     """Notebooks 02 and 03 with one loss, the reference alone (amr: nothing to pair with) or
     without it (ce: no reference runs, no dual-protocol table); 03 used to stop with
-    KeyError 'baseline'."""
+    KeyError 'baseline'. FG-NET format alone (clap_losses empty: no CLAP2016-format data or
+    runs, as the fgnet profile), which is where the pairing happens."""
     out = tmp_path / "one"
     reproduce("smoke", results_dir=out, log=lambda s: None, html=False, only="00,02,03",
-              parameters={"losses": loss, "clap_losses": loss, "official_losses": loss})
+              parameters={"losses": loss, "clap_losses": "", "official_losses": loss})
     metrics = read_json(out / "metrics" / "03_evaluation.json")
     assert metrics["paired_p_values"] == {}
     # one loss: its clean row, and its official row when the official runs train it too
     assert len(metrics["fgnet_mae"]) == 2
     assert all(math.isfinite(v) for v in metrics["fgnet_mae"].values())
     assert (out / "tables" / "dual_protocol.csv").is_file() == (loss == "amr")
+    assert not (out / "tables" / "clap_epsilon_comparison.csv").exists()
+    assert read_json(out / "metrics" / "00_data_prep.json").get("clap") is None

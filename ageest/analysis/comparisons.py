@@ -428,8 +428,10 @@ def subject_trajectories(preds: pd.DataFrame, *, readout: str = "expectation",
                                           ascending=[False, False, True])
     chosen = rank["subject"].head(n_subjects).tolist()
     out = per[per["subject"].isin(chosen)]
-    out = out.assign(subject=pd.Categorical(out["subject"], categories=chosen, ordered=True))
-    out = out.sort_values(["subject", "method", "age"], kind="stable")
+    methods = list(dict.fromkeys(per["method"]))  # the registry's loss order
+    out = out.assign(subject=pd.Categorical(out["subject"], categories=chosen, ordered=True),
+                     order=out["method"].map({m: i for i, m in enumerate(methods)}))
+    out = out.sort_values(["subject", "order", "age"], kind="stable")
     return (out.assign(subject=out["subject"].astype(str))
             [["subject", "image_id", "age", "method", "predicted"]].reset_index(drop=True))
 
