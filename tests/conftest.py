@@ -26,7 +26,7 @@ TIERS = {
     "test_report_evaluation": "unit", "test_report_grids": "unit", "test_train": "unit",
     "test_official": "unit", "test_data_trust": "unit", "test_architecture": "unit",
     "test_finetune": "unit", "test_fetch": "pipeline", "test_parameters": "unit",
-    "test_init_from": "unit",
+    "test_init_from": "unit", "test_fgnet_profile": "pipeline",
     "test_identical_images": "unit", "test_precision": "unit", "test_library_use": "unit", "test_trust_round3": "pipeline",
     "test_data_prepare": "pipeline", "test_cli": "pipeline",
     "test_runner": "pipeline", "test_notebooks": "pipeline", "test_paper_path": "pipeline",

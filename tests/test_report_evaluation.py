@@ -375,3 +375,18 @@ def test_the_official_clap_row_heads_with_the_official_epsilon():
     assert clean["epsilon"] == pytest.approx(clean["epsilon_exact"], abs=1e-12)
     assert off["epsilon_official"] != pytest.approx(off["epsilon_exact"], abs=1e-6)
     assert off["epsilon_low"] <= off["epsilon"] <= off["epsilon_high"]
+
+
+def test_subject_mae_counts_photos_once_and_trajectories_follow_the_widest_span():
+    """Per subject: its photos counted once however many methods (it once counted a photo per
+    method), each clean method's MAE, official rows left out; the trajectories pick the
+    subjects with the widest age span and list every clean method per photo."""
+    t = ev.subject_mae(grid()).set_index("subject")
+    assert t.loc["a", "n_images"] == 2 and t.loc["b", "n_images"] == 1
+    assert (t.loc["a", "age_min"], t.loc["a", "age_max"]) == (2, 4)
+    assert t.loc["a", "mae_amr"] == pytest.approx(0.25, abs=1e-3)  # errors 0.5 and 0
+    assert t.loc["b", "mae_ce"] == pytest.approx(2.0, abs=1e-3)
+    assert not any("official" in c for c in t.columns)
+    traj = ev.subject_trajectories(grid(), n_subjects=1)
+    assert set(traj["subject"]) == {"a"}  # span 2 years against 0
+    assert len(traj) == 2 * traj["method"].nunique()

@@ -390,7 +390,8 @@ def subject_mae(preds: pd.DataFrame, *, readout: str = "expectation") -> pd.Data
     if preds.empty:
         return pd.DataFrame(columns=["subject", "n_images", "age_min", "age_max"])
     per = _per_photo(preds, readout)
-    base = (per.groupby("subject")["age"].agg(n_images="size", age_min="min", age_max="max")
+    photos = per.drop_duplicates("image_id")  # one row per photo, whatever the methods
+    base = (photos.groupby("subject")["age"].agg(n_images="size", age_min="min", age_max="max")
             .reset_index())
     per = per.assign(abs_err=(per["predicted"] - per["age"]).abs())
     wide = per.pivot_table(index="subject", columns="method", values="abs_err", aggfunc="mean")
