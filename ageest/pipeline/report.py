@@ -109,7 +109,9 @@ def _notebook_table(out: Path) -> str:
 
 
 def build_report(out: str | Path, *, profile: str | None = None) -> str:
-    """The Markdown text of ``REPORT.md`` for the results folder ``out``."""
+    """The Markdown text of ``REPORT.md`` for the results folder ``out``: the data note, the
+    summary, the official runs' departures, the published numbers, the notebooks, then every
+    section of the catalogue and any artefact it does not declare."""
     out = Path(out)
     profile = profile or out.name
     synthetic = data_is_synthetic(out)
@@ -133,9 +135,20 @@ def build_report(out: str | Path, *, profile: str | None = None) -> str:
     if answer:
         lines += ["## Summary", "", *answer]
     lines += departure_lines(out)
+    lines += _published_lines()
+    lines += ["## Notebooks", "", _notebook_table(out), ""]
+    for section in SECTIONS:
+        lines += _section_lines(out, section, tables, figures, bool(synthetic), placed)
+    lines += _leftover_lines(out, tables, figures, bool(synthetic), placed)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _published_lines() -> list[str]:
+    """The paper, and the only located published numbers with their source and how the
+    tables place them."""
     paper = paper_results()
     sourced = paper[paper.value.notna()]
-    lines += [
+    return [
         "Adaptive Mean-Residue Loss for Robust Facial Age Estimation (Zhao, Qian, Hou, Zeng; "
         "ICME 2022, arXiv 2203.17156). The paper reports FG-NET and CLAP2016 results; the "
         "sections below produce the corresponding tables and figures, then what ageest adds.",
@@ -155,37 +168,46 @@ def build_report(out: str | Path, *, profile: str | None = None) -> str:
         *[f"| {r.dataset} | {r.protocol} | {r.method} | {r.metric} | {r.value:g} | {r.source} |"
           for r in sourced.itertuples()],
         "", f"Every other published value is *{NOT_AVAILABLE}*.", "",
-        "## Notebooks", "", _notebook_table(out), "",
     ]
-    for section in SECTIONS:
-        marked = bool(synthetic) and section.data
-        where = f"*Notebook `{section.notebook}`.* " if section.notebook else ""
-        present = [a for a in section.artefacts
-                   if a.name in (tables if a.kind == T else figures)]
-        if section.notebook is None and not present:
-            continue  # a command's artefacts: shown only when that command wrote them
-        lines += [f"## {section.title}", "", f"{where}{section.text}", ""]
-        for art in section.artefacts:
-            files = tables if art.kind == T else figures
-            lines += [f"### {art.title}", "", f"Corresponds to: {art.paper}.", ""]
-            if art.name not in files:
-                lines += [f"*Not produced in this run* (`{art.kind}s/{art.name}` is missing).", ""]
-                continue
-            placed.add((art.kind, art.name))
-            lines += [_block(out, art.kind, files[art.name], art.title, marked), ""]
-        summary = _metrics_summary(out, section.notebook) if section.notebook else ""
-        if summary and section is _last_section_of(section.notebook):
-            lines += [f"Numbers recorded in `metrics/{section.notebook}.json`:", "", summary, ""]
+
+
+def _section_lines(out: Path, section, tables: dict, figures: dict, synthetic: bool,
+                   placed: set[tuple[str, str]]) -> list[str]:
+    """One catalogue section: its text, each artefact (or that it was not produced), and the
+    notebook's recorded numbers after its last section; adds what it placed to ``placed``."""
+    marked = synthetic and section.data
+    where = f"*Notebook `{section.notebook}`.* " if section.notebook else ""
+    present = [a for a in section.artefacts if a.name in (tables if a.kind == T else figures)]
+    if section.notebook is None and not present:
+        return []  # a command's artefacts: shown only when that command wrote them
+    lines = [f"## {section.title}", "", f"{where}{section.text}", ""]
+    for art in section.artefacts:
+        files = tables if art.kind == T else figures
+        lines += [f"### {art.title}", "", f"Corresponds to: {art.paper}.", ""]
+        if art.name not in files:
+            lines += [f"*Not produced in this run* (`{art.kind}s/{art.name}` is missing).", ""]
+            continue
+        placed.add((art.kind, art.name))
+        lines += [_block(out, art.kind, files[art.name], art.title, marked), ""]
+    summary = _metrics_summary(out, section.notebook) if section.notebook else ""
+    if summary and section is _last_section_of(section.notebook):
+        lines += [f"Numbers recorded in `metrics/{section.notebook}.json`:", "", summary, ""]
+    return lines
+
+
+def _leftover_lines(out: Path, tables: dict, figures: dict, synthetic: bool,
+                    placed: set[tuple[str, str]]) -> list[str]:
+    """Artefacts in the folder that no catalogue section placed, at the end."""
     leftovers = [(T, n) for n in tables if (T, n) not in placed] + \
         [(F, n) for n in figures if (F, n) not in placed]
-    if leftovers:
-        lines += ["## Other artefacts", ""]
-        for kind, name in leftovers:
-            files = tables if kind == T else figures
-            title = name.replace("_", " ")
-            lines += [f"### {title}", "", _block(out, kind, files[name], title, bool(synthetic)),
-                      ""]
-    return "\n".join(lines).rstrip() + "\n"
+    if not leftovers:
+        return []
+    lines = ["## Other artefacts", ""]
+    for kind, name in leftovers:
+        files = tables if kind == T else figures
+        title = name.replace("_", " ")
+        lines += [f"### {title}", "", _block(out, kind, files[name], title, synthetic), ""]
+    return lines
 
 
 def _ci(value: float, low: float, high: float, digits: int) -> str:
