@@ -100,9 +100,6 @@ def subset(utkface: Path, out: Path, n_train: int, to: Path, seed: int = 0) -> P
     valid and test parts, as hard links in ``to`` (copies where links are refused), and the
     split CSV of that folder as ``OUT/dev_split.csv`` under ``to``'s name in ``out``. The same
     validation faces as the full split, so candidates compare across training-set sizes."""
-    import os
-    import shutil
-
     split = pd.read_csv(out / SPLIT, dtype=str)
     train = split[split["split"] == "train"]
     if not 0 < n_train <= len(train):
@@ -112,19 +109,7 @@ def subset(utkface: Path, out: Path, n_train: int, to: Path, seed: int = 0) -> P
     picked = (train.groupby(decade, group_keys=False)
               .apply(lambda g: g.sample(n=max(1, round(len(g) * share)), random_state=seed)))
     keep = pd.concat([picked, split[split["split"] != "train"]])
-    to.mkdir(parents=True, exist_ok=True)
-    for name in keep["image_id"]:
-        dest = to / name
-        if not dest.exists():
-            try:
-                os.link(utkface / name, dest)
-            except OSError:
-                shutil.copy2(utkface / name, dest)
-    out_dir = out / to.name
-    out_dir.mkdir(parents=True, exist_ok=True)
-    keep.to_csv(out_dir / SPLIT, index=False)
-    print(f"{to}: {keep['split'].value_counts().to_dict()}; split {out_dir / SPLIT}")
-    return out_dir
+    return _link_folder(utkface, keep, to, out)
 
 
 def pretrain_pool(utkface: Path, out: Path, subset_dir: Path, to: Path) -> Path:
@@ -133,13 +118,20 @@ def pretrain_pool(utkface: Path, out: Path, subset_dir: Path, to: Path) -> Path:
     parts, so a pretraining run selects its epoch on the same faces), as hard links in ``to``,
     with its split CSV in ``out / to.name``. Fine-tuning on ``subset_dir`` from a run trained
     here then never sees one of its training faces twice."""
-    import os
-    import shutil
-
     split = pd.read_csv(out / SPLIT, dtype=str)
     small = pd.read_csv(out / subset_dir.name / SPLIT, dtype=str)
     taken = set(small.loc[small["split"] == "train", "image_id"])
     keep = split[~split["image_id"].isin(taken)]
+    return _link_folder(utkface, keep, to, out)
+
+
+def _link_folder(utkface: Path, keep: pd.DataFrame, to: Path, out: Path) -> Path:
+    """The faces of the split table ``keep`` as hard links in ``to`` (copies where links are
+    refused; a face already there is left), and ``keep`` as that folder's split CSV in
+    ``out / to.name``, which ``run --out`` takes."""
+    import os
+    import shutil
+
     to.mkdir(parents=True, exist_ok=True)
     for name in keep["image_id"]:
         if not (to / name).exists():

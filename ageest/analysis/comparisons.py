@@ -202,9 +202,7 @@ def published_differences(group: pd.DataFrame, selection: str, *, protocol: str 
     paper = _published_setting()
 
     def one(col: str) -> Any:
-        if col not in group.columns:
-            return None
-        seen = group[col].dropna().unique()
+        seen = _recorded(group, col) or []
         return seen[0] if len(seen) == 1 else (", ".join(map(str, seen)) if len(seen) else None)
 
     parts = []
@@ -586,15 +584,22 @@ def dual_protocol(preds: pd.DataFrame, *, loss: str = "amr",
     return pd.DataFrame(rows)
 
 
+def _recorded(group: pd.DataFrame, col: str) -> list | None:
+    """The distinct values a group of runs recorded for setting ``col`` (None: no run recorded
+    it, an older predictions frame), shared by the published and the dual-protocol notes."""
+    return None if col not in group.columns else list(group[col].dropna().unique())
+
+
 def _setup(group: pd.DataFrame) -> dict[str, str]:
     """The input settings of a group of runs that an official twin may not share with its
     clean runs (recorded runs only; several values joined)."""
     out = {}
     for col, name in (("face_crop", "face crop"), ("init_from", "start"),
                       ("tta_flip", "flip averaging")):
-        if col not in group.columns:
+        values = _recorded(group, col)
+        if values is None:
             continue
-        values = group[col].dropna().astype(str).unique()
+        values = [str(v) for v in values]
         if col == "init_from":
             values = ["age-pretrained" if v else "ImageNet" for v in values]
         out[name] = ", ".join(sorted(set(values))) or "none"

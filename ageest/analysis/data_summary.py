@@ -215,14 +215,17 @@ GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", 
 
 def grey_count(df: pd.DataFrame) -> int:
     """How many of the table's images are stored single-channel (grey scans: FG-NET has 175);
-    the loader converts them to RGB. Reads each file's header only."""
+    the loader converts them to RGB. Reads each file's header only, once per table: the count
+    is kept in ``df.attrs`` (the data summary and notebook 00's metrics both ask)."""
     from PIL import Image
 
-    n = 0
-    for path in df["path"]:
-        with Image.open(path) as im:
-            n += im.mode in GREY_MODES
-    return n
+    if "grey_images" not in df.attrs:
+        n = 0
+        for path in df["path"]:
+            with Image.open(path) as im:
+                n += im.mode in GREY_MODES
+        df.attrs["grey_images"] = n
+    return df.attrs["grey_images"]
 
 
 def identical_counts(df: pd.DataFrame) -> dict[str, Any]:
