@@ -220,7 +220,10 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "ageest", "run", "--dataset", "synthetic-fgnet", "--losses", "ce",
          "--folds", "0", "--epochs", "50", "--results-dir", str(tmp_path / "res"), "--workers",
-         "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+         "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        # as from a terminal: a shell's background job (`make test &`) starts with SIGINT
+        # ignored, the command inherits that, and Python then never raises KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # wait on an event: the grid line is printed once the runs are about to start
     line = ""
     deadline = time.monotonic() + 300
