@@ -612,3 +612,40 @@ def test_two_grids_in_one_results_folder_both_stay_in_the_aggregate_table(data_d
     # the same grid again replaces its own block, it does not add one
     run_and_tabulate(_grid(data_dir, res, losses=["amr"]))
     assert pd.read_csv(res / "tables" / "aggregate.csv")["grid"].nunique() == 2
+
+
+def test_the_grids_of_a_notebook_run_in_one_executor_and_are_checked_once(data_dir, tmp_path,
+                                                                          monkeypatch):
+    """Notebook 02's grids used to start one pool of worker processes each (every worker
+    importing torch again) and normalise each grid three times; now each value is checked once
+    (check_grid) and every grid's unfinished runs go to one executor."""
+    from collections import Counter
+
+    from ageest.analysis import training_grids
+
+    checked: Counter = Counter()
+    real_check = grids.check_value
+
+    def counting_check(setting, value, *args):
+        checked[setting.name] += 1
+        return real_check(setting, value, *args)
+
+    class Recording(Executor):
+        calls: list[list[str]] = []
+
+        def run(self, tasks, fn, *, on_event=None):
+            self.calls.append([t["run_dir"] for t in tasks])
+            return [execute_run(t) for t in tasks]
+
+    monkeypatch.setattr(grids, "check_value", counting_check)
+    monkeypatch.setattr(grids, "make_executor", lambda g: Recording())
+    two = {"clean": _grid(data_dir, tmp_path, losses=["ce"]),
+           "other": _grid(data_dir, tmp_path, losses=["amr"], seeds=[1])}
+    summary = training_grids.run_grids(two, tmp_path)
+    assert len(Recording.calls) == 1 and len(Recording.calls[0]) == 2  # one executor, both
+    assert summary["grid"].tolist() == ["clean", "other"]
+    assert (summary["status"] == "done").all()
+    assert checked["epochs"] == 2 and checked["losses"] == 2  # once per grid
+    # a second call: both finished, nothing goes to an executor
+    assert (training_grids.run_grids(two, tmp_path)["status"] == "skipped").all()
+    assert len(Recording.calls) == 1

@@ -211,15 +211,12 @@ def run_grids(grids: Mapping[str, Mapping[str, Any]], results_dir: str | os.Path
     """Run every grid (finished runs are skipped) and return one summary row per run with a
     ``grid`` column. Raises :class:`RunsFailed` listing the failed runs and their errors (each
     run's full traceback is in its ``error.txt``); the other runs are finished first."""
-    from ageest.engine.grids import check_grid, run_grid
+    from ageest.engine import grids as engine
 
-    for grid in grids.values():  # every grid's own checks before the first run trains: an
-        check_grid(dict(grid))   # official CLAP2016 grid without its ignore list, say
-    frames = []
-    for name, grid in grids.items():
-        summary = run_grid(dict(grid), results_dir=results_dir)
-        frames.append(summary.assign(grid=name))
-    summary = pd.concat(frames, ignore_index=True)
+    # every grid's own checks before the first run trains (an official CLAP2016 grid without
+    # its ignore list, say); the grids then run as one (one pool of workers for all)
+    checked = {name: engine.check_grid(grid) for name, grid in grids.items()}
+    summary = engine.run_grids(checked, results_dir=results_dir)
     failed = summary[summary["status"] == "failed"]
     if len(failed):
         lines = [f"  {r.run_dir}: {r.error}" for r in failed.itertuples()]

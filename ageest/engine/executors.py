@@ -225,84 +225,108 @@ class LocalExecutor(Executor):
 
     def _run_pool(self, tasks: list[dict], fn: Callable[[dict], dict],
                   progress: _Progress) -> list[dict]:
-        import multiprocessing as mp
-        from multiprocessing.connection import wait
-
-        ctx = mp.get_context(self.start_method)
-        gpus = self._gpu_list()
-        results: list[dict | None] = [None] * len(tasks)
-        attempts = [0] * len(tasks)
-        todo = list(range(len(tasks)))[::-1]  # a stack: pop() gives task order
-        workers: dict[int, _Worker] = {}
-
-        def start_worker(slot: int) -> None:
-            parent_conn, child_conn = ctx.Pipe(duplex=True)
-            proc = ctx.Process(
-                target=_worker_main, name=f"ageest-worker-{slot}", daemon=True,
-                args=(self._worker_env(slot, gpus), self.threads, fn, child_conn),
-            )
-            proc.start()
-            child_conn.close()  # the parent keeps only its end, so EOF means the worker died
-            workers[slot] = _Worker(proc, parent_conn)
-
-        def dispatch(slot: int) -> None:
-            w = workers[slot]
-            if todo and w.index is None:
-                w.index, w.t0 = todo.pop(), time.perf_counter()
-                attempts[w.index] += 1
-                w.conn.send((w.index, tasks[w.index]))
-                progress.started()
-
-        def worker_died(slot: int) -> None:
-            w = workers.pop(slot)
-            w.proc.join(timeout=5)
-            index, w.index = w.index, None
-            if attempts[index] <= self.retries:
-                progress.running -= 1
-                todo.append(index)
-            else:
-                results[index] = failed_result(
-                    tasks[index],
-                    f"worker process {w.proc.name} (pid {w.proc.pid}) died with exit code "
-                    f"{w.proc.exitcode} while running this task (a negative code is the signal "
-                    f"number: -9 = SIGKILL, often the out-of-memory killer)",
-                    time.perf_counter() - w.t0,
-                )
-                progress.finished(results[index])
-            if todo:
-                start_worker(slot)
-
+        pool = _Pool(self, tasks, fn, progress)
         try:
             for slot in range(min(self.workers, len(tasks))):
-                start_worker(slot)
-                dispatch(slot)
-            while any(w.index is not None for w in workers.values()):
-                by_conn = {w.conn: slot for slot, w in workers.items() if w.index is not None}
-                for conn in wait(list(by_conn), timeout=1.0):
-                    slot = by_conn[conn]
-                    try:
-                        index, result = conn.recv()
-                    except (EOFError, OSError):
-                        worker_died(slot)
-                        continue
-                    workers[slot].index = None
-                    results[index] = result
-                    progress.finished(result)
-                for slot in list(workers):
-                    dispatch(slot)
+                pool.start_worker(slot)
+                pool.dispatch(slot)
+            while pool.busy():
+                pool.collect()
         finally:
-            for w in workers.values():
-                try:
-                    w.conn.send(None)
-                except OSError:
-                    pass
-            for w in workers.values():
-                w.proc.join(timeout=10)
-                if w.proc.is_alive():
-                    w.proc.terminate()
-                    w.proc.join(timeout=5)
-                w.conn.close()
-        return [r for r in results if r is not None]
+            pool.close()
+        return [r for r in pool.results if r is not None]
+
+
+class _Pool:
+    """The worker processes of one :meth:`LocalExecutor.run`: which task each runs, the tasks
+    left (a stack: ``pop()`` gives task order), the attempts per task and the results."""
+
+    def __init__(self, executor: LocalExecutor, tasks: list[dict],
+                 fn: Callable[[dict], dict], progress: _Progress) -> None:
+        import multiprocessing as mp
+
+        self.ex, self.tasks, self.fn, self.progress = executor, tasks, fn, progress
+        self.ctx = mp.get_context(executor.start_method)
+        self.gpus = executor._gpu_list()
+        self.results: list[dict | None] = [None] * len(tasks)
+        self.attempts = [0] * len(tasks)
+        self.todo = list(range(len(tasks)))[::-1]
+        self.workers: dict[int, _Worker] = {}
+
+    def start_worker(self, slot: int) -> None:
+        parent_conn, child_conn = self.ctx.Pipe(duplex=True)
+        proc = self.ctx.Process(
+            target=_worker_main, name=f"ageest-worker-{slot}", daemon=True,
+            args=(self.ex._worker_env(slot, self.gpus), self.ex.threads, self.fn, child_conn),
+        )
+        proc.start()
+        child_conn.close()  # the parent keeps only its end, so EOF means the worker died
+        self.workers[slot] = _Worker(proc, parent_conn)
+
+    def dispatch(self, slot: int) -> None:
+        """Give the worker in ``slot`` the next task when it is idle and one is left."""
+        w = self.workers[slot]
+        if self.todo and w.index is None:
+            w.index, w.t0 = self.todo.pop(), time.perf_counter()
+            self.attempts[w.index] += 1
+            w.conn.send((w.index, self.tasks[w.index]))
+            self.progress.started()
+
+    def busy(self) -> bool:
+        return any(w.index is not None for w in self.workers.values())
+
+    def collect(self) -> None:
+        """Wait (up to a second) for results, record them, and hand out the next tasks."""
+        from multiprocessing.connection import wait
+
+        by_conn = {w.conn: slot for slot, w in self.workers.items() if w.index is not None}
+        for conn in wait(list(by_conn), timeout=1.0):
+            slot = by_conn[conn]
+            try:
+                index, result = conn.recv()
+            except (EOFError, OSError):
+                self.worker_died(slot)
+                continue
+            self.workers[slot].index = None
+            self.results[index] = result
+            self.progress.finished(result)
+        for slot in list(self.workers):
+            self.dispatch(slot)
+
+    def worker_died(self, slot: int) -> None:
+        """Retry the dead worker's task (within ``retries``) or record it as failed, and start
+        a new worker in its slot while tasks are left."""
+        w = self.workers.pop(slot)
+        w.proc.join(timeout=5)
+        index, w.index = w.index, None
+        if self.attempts[index] <= self.ex.retries:
+            self.progress.running -= 1
+            self.todo.append(index)
+        else:
+            self.results[index] = failed_result(
+                self.tasks[index],
+                f"worker process {w.proc.name} (pid {w.proc.pid}) died with exit code "
+                f"{w.proc.exitcode} while running this task (a negative code is the signal "
+                f"number: -9 = SIGKILL, often the out-of-memory killer)",
+                time.perf_counter() - w.t0,
+            )
+            self.progress.finished(self.results[index])
+        if self.todo:
+            self.start_worker(slot)
+
+    def close(self) -> None:
+        """Ask every worker to stop, then end those that do not."""
+        for w in self.workers.values():
+            try:
+                w.conn.send(None)
+            except OSError:
+                pass
+        for w in self.workers.values():
+            w.proc.join(timeout=10)
+            if w.proc.is_alive():
+                w.proc.terminate()
+                w.proc.join(timeout=5)
+            w.conn.close()
 
 
 class _Worker:

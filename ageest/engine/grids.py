@@ -177,10 +177,18 @@ def load_grid_config(path: str | os.PathLike) -> dict[str, Any]:
     return values
 
 
-def normalize_grid(grid: dict[str, Any]) -> dict[str, Any]:
+class CheckedGrid(dict):
+    """A grid :func:`normalize_grid` returned: every key present, every value checked. The
+    functions of this module take it as it is (values are parsed once, where they enter); a
+    copy with other keys (``{**grid, "epochs": 2}``) is a plain dict again and is checked."""
+
+
+def normalize_grid(grid: Mapping[str, Any]) -> CheckedGrid:
     """Fill defaults, turn comma strings into lists and check every value's type, range and
     choice against :data:`SCHEMA` before any run starts (an error names the key); unknown keys
-    are errors."""
+    are errors. A :class:`CheckedGrid` is returned as it is."""
+    if isinstance(grid, CheckedGrid):
+        return grid
     unknown = sorted(set(grid) - set(SCHEMA))
     if unknown:
         raise ValueError(f"unknown grid key(s) {unknown}; valid keys: {sorted(SCHEMA)}")
@@ -215,7 +223,7 @@ def normalize_grid(grid: dict[str, Any]) -> dict[str, Any]:
     g["k"] = ks
     g["folds"] = g["folds"] or None  # empty: every fold
     g["ignore_splits"] = [str(x) for x in g["ignore_splits"]]
-    return g
+    return CheckedGrid(g)
 
 
 def check_setting(name: str, value: Any) -> Any:
@@ -277,7 +285,7 @@ def check_device(device: str) -> None:
                          f"{torch.__version__}); use --device cpu")
 
 
-def check_grid(grid: dict[str, Any]) -> dict[str, Any]:
+def check_grid(grid: Mapping[str, Any]) -> CheckedGrid:
     """The checks of a grid that need no data loaded and no run started (the schema, the
     registries, real CLAP2016's ignore list for official runs), so a pipeline can check all of
     its grids before the first one trains; returns the normalised grid."""
@@ -517,6 +525,11 @@ def make_executor(g: dict[str, Any]):
     return get_executor(g["executor"])
 
 
+#: the grid keys that say how runs execute (not what they compute): grids that agree on them
+#: share one executor in :func:`run_grids`
+EXECUTION_KEYS = ("executor", "workers", "threads", "retries", "address")
+
+
 def run_grid(grid: dict[str, Any] | None = None, *, results_dir: str | os.PathLike | None = None,
              executor=None, on_event: Callable[[dict], None] | None = None,
              **overrides: Any) -> pd.DataFrame:
@@ -539,40 +552,82 @@ def run_grid(grid: dict[str, Any] | None = None, *, results_dir: str | os.PathLi
         One row per run: ``run_dir``, ``status`` (done / skipped / failed / pending),
         ``wall_time_s``, ``mae``, ``error`` (last line of the traceback).
     """
-    g = normalize_grid({**(grid or {}), **overrides})
-    results_dir = Path(results_dir or g["results_dir"] or "results")
-    preflight(g, results_dir)
-    tasks = expand_grid(g, results_dir)
-    check_stale(tasks)
-    todo = [t for t in tasks if not store.is_finished(t["run_dir"])]
-    quiet = bool(g["quiet"]) if g["quiet"] is not None else False
-    if not quiet:
-        amp, channels_last = resolve_amp(g["amp"], g["device"], g["channels_last"], g["model"])
-        print(f"{len(tasks)} runs in the grid, {len(tasks) - len(todo)} already finished, "
-              f"{len(todo)} to run with executor {g['executor']!r} "
-              f"(workers={g['workers']}; {precision_label(amp, channels_last, g['amp'])}) -> "
-              f"{results_dir / 'runs'}", flush=True)
+    g = {**grid, **overrides} if overrides else grid  # a CheckedGrid stays one
+    summary = run_grids({"": g}, results_dir=results_dir, executor=executor, on_event=on_event)
+    return _with_attrs(summary.drop(columns="grid"), summary.attrs)
+
+
+def run_grids(grids: Mapping[str, Mapping[str, Any]], *,
+              results_dir: str | os.PathLike | None = None, executor=None,
+              on_event: Callable[[dict], None] | None = None) -> pd.DataFrame:
+    """Run several grids as one: every grid is checked, expanded and checked for stale runs
+    before the first run starts, then the unfinished runs of all grids that execute alike
+    (:data:`EXECUTION_KEYS`) go to one executor, so its worker processes start once and a
+    grid's last run shares the cores with the next grid's first. Returns :func:`run_grid`'s
+    summary with a ``grid`` column (the grid's name)."""
+    checked = {name: normalize_grid(grid or {}) for name, grid in grids.items()}
+    plans = []  # (name, grid, results folder, tasks)
+    for name, g in checked.items():
+        where = Path(results_dir or g["results_dir"] or "results")
+        preflight(g, where)
+        tasks = expand_grid(g, where)
+        check_stale(tasks)
+        plans.append((name, g, where, tasks))
     results: dict[str, dict] = {}
-    if todo:
-        ex = executor or make_executor(g)
-        for r in ex.run(todo, execute_run, on_event=on_event or _progress_printer()):
-            results[str(r["run_dir"])] = r
-    rows = []
-    for t in tasks:
-        r = results.get(t["run_dir"])
-        if r is None:
-            status = "skipped" if store.is_finished(t["run_dir"]) else "pending"
-            r = {"status": status, "wall_time_s": None, "error": None}
-        mae = r.get("mae")
-        if mae is None and store.is_finished(t["run_dir"]):
-            mae = store.read_metrics(t["run_dir"]).get("mae")
-        err = r.get("error")
-        rows.append({"run_dir": t["run_dir"], "status": r["status"],
-                     "wall_time_s": r.get("wall_time_s"), "mae": mae,
-                     "error": err.strip().splitlines()[-1] if err else None})
+    for group in _execution_groups(plans):
+        todo = []
+        for name, g, where, tasks in group:
+            pending = [t for t in tasks if not store.is_finished(t["run_dir"])]
+            _announce(name, g, where, tasks, pending)
+            todo += pending
+        if todo:
+            ex = executor or make_executor(group[0][1])
+            for r in ex.run(todo, execute_run, on_event=on_event or _progress_printer()):
+                results[str(r["run_dir"])] = r
+    rows = [{"grid": name, **_summary_row(t, results.get(t["run_dir"]))}
+            for name, _, _, tasks in plans for t in tasks]
     # the columns even when no row: an empty grid (a run's filter matching nothing) reads alike
-    summary = pd.DataFrame(rows, columns=["run_dir", "status", "wall_time_s", "mae", "error"])
-    summary.attrs["results_dir"] = str(results_dir)
+    summary = pd.DataFrame(rows, columns=["grid", "run_dir", "status", "wall_time_s", "mae",
+                                          "error"])
+    summary.attrs["results_dir"] = str(plans[0][2]) if plans else str(results_dir or "results")
     return summary
 
 
+def _with_attrs(frame: pd.DataFrame, attrs: Mapping[str, Any]) -> pd.DataFrame:
+    frame.attrs.update(attrs)
+    return frame
+
+
+def _execution_groups(plans: list) -> list[list]:
+    """``plans`` grouped by their grids' :data:`EXECUTION_KEYS`, in first-seen order."""
+    groups: dict[tuple, list] = {}
+    for plan in plans:
+        groups.setdefault(tuple(str(plan[1][k]) for k in EXECUTION_KEYS), []).append(plan)
+    return list(groups.values())
+
+
+def _announce(name: str, g: Mapping[str, Any], where: Path, tasks: list, todo: list) -> None:
+    """The grid's opening line (unless ``quiet``): its runs, those finished, how the rest run."""
+    if g["quiet"]:
+        return
+    amp, channels_last = resolve_amp(g["amp"], g["device"], g["channels_last"], g["model"])
+    label = f"grid {name}: " if name else ""
+    print(f"{label}{len(tasks)} runs in the grid, {len(tasks) - len(todo)} already finished, "
+          f"{len(todo)} to run with executor {g['executor']!r} "
+          f"(workers={g['workers']}; {precision_label(amp, channels_last, g['amp'])}) -> "
+          f"{where / 'runs'}", flush=True)
+
+
+def _summary_row(task: Mapping[str, Any], result: Mapping[str, Any] | None) -> dict[str, Any]:
+    """One run's row of the summary: this call's result, else what its folder holds."""
+    run_dir = task["run_dir"]
+    if result is None:
+        status = "skipped" if store.is_finished(run_dir) else "pending"
+        result = {"status": status, "wall_time_s": None, "error": None}
+    mae = result.get("mae")
+    if mae is None and store.is_finished(run_dir):
+        mae = store.read_metrics(run_dir).get("mae")
+    err = result.get("error")
+    return {"run_dir": run_dir, "status": result["status"],
+            "wall_time_s": result.get("wall_time_s"), "mae": mae,
+            "error": err.strip().splitlines()[-1] if err else None}
