@@ -1,7 +1,8 @@
 """Test tiers and the closing report of what did not run.
 
-Every test belongs to one tier, given by its module (a module missing from :data:`TIERS` is a
-collection error, so a new test file must choose one):
+Every test belongs to one tier, given by its module's path under ``tests/`` (a module missing
+from :data:`TIERS` is a collection error, so a new test file must choose one). The folders mirror
+the package: ``tests/engine/test_train.py`` tests ``ageest/engine/train.py``.
 
 - ``unit``: losses, metrics, data, store, models, the trainer on tiny data: seconds each
   (``make test-fast`` runs this tier, doctests included);
@@ -19,46 +20,61 @@ from pathlib import Path
 import pytest
 
 TIERS = {
-    "test_artifacts": "unit", "test_data_dataset": "unit", "test_data_integrity": "unit",
-    "test_data_loaders": "unit", "test_data_splits": "unit", "test_data_synthetic": "unit",
-    "test_illustrate": "unit", "test_losses": "unit", "test_losses_composite": "unit",
-    "test_metrics": "unit", "test_models": "unit", "test_params": "unit", "test_report": "unit",
-    "test_report_evaluation": "unit", "test_report_grids": "unit", "test_train": "unit",
-    "test_official": "unit", "test_data_trust": "unit", "test_architecture": "unit",
-    "test_finetune": "unit", "test_fetch": "pipeline", "test_parameters": "unit",
-    "test_init_from": "unit", "test_fgnet_profile": "pipeline",
-    "test_identical_images": "unit", "test_precision": "unit", "test_library_use": "unit", "test_trust_round3": "pipeline",
-    "test_data_prepare": "pipeline", "test_cli": "pipeline",
-    "test_runner": "pipeline", "test_notebooks": "pipeline", "test_paper_path": "pipeline",
-    "test_predict": "pipeline", "test_utkface": "pipeline",
-    "test_tiers": "pipeline",
-    "test_ray_executor": "integration", "test_ddp": "integration",
-    "test_jupyterlab_browser": "integration",
+    # the package as a whole and its top-level modules
+    "test_architecture": "unit", "test_library_use": "unit", "test_losses": "unit",
+    "test_losses_composite": "unit", "test_metrics": "unit", "test_official": "unit",
+    "test_parameters": "unit", "test_cli": "pipeline", "test_tiers": "pipeline",
+    # ageest.data
+    "data/test_dataset": "unit", "data/test_integrity": "unit",
+    "data/test_integrity_identical": "unit", "data/test_loaders": "unit",
+    "data/test_loaders_bad_input": "unit", "data/test_splits": "unit",
+    "data/test_synthetic": "unit", "data/test_fetch": "pipeline",
+    # ageest.engine
+    "engine/test_models": "unit", "engine/test_train": "unit",
+    "engine/test_train_finetune": "unit", "engine/test_train_init_from": "unit",
+    "engine/test_train_precision": "unit", "engine/test_grids": "pipeline",
+    "engine/test_ray_executor": "integration", "engine/test_distributed": "integration",
+    # ageest.analysis
+    "analysis/test_comparisons": "unit", "analysis/test_loss_illustration": "unit",
+    "analysis/test_training_grids": "unit",
+    # ageest.pipeline: its modules, the notebooks and the profiles end to end
+    "pipeline/test_artefacts": "unit", "pipeline/test_profiles": "unit",
+    "pipeline/test_report": "unit", "pipeline/test_notebooks": "pipeline",
+    "pipeline/test_profile_paper": "pipeline", "pipeline/test_profile_fgnet": "pipeline",
+    "pipeline/test_profile_utkface": "pipeline",
+    # ageest.inference and ageest.commands
+    "inference/test_predict": "pipeline", "commands/test_data": "pipeline",
+    "commands/test_user_errors": "pipeline",
+    "browser/test_jupyterlab_browser": "integration",
 }
 #: single tests whose module is unit but which train a model or generate a whole dataset
 TIER_OVERRIDES = {
-    "test_init_from.py::test_a_grid_records_the_file_and_a_new_pretraining_is_a_new_identity":
+    "engine/test_train_init_from::test_a_grid_records_the_file_and_a_new_pretraining_is_a_new"
+    "_identity": "pipeline",
+    "engine/test_train_init_from::test_the_pipeline_pretraining_stage_feeds_the_fgnet_grids":
         "pipeline",
-    "test_init_from.py::test_the_pipeline_pretraining_stage_feeds_the_fgnet_grids": "pipeline",
-    "test_data_synthetic.py::test_learnable_on_held_out_subjects": "pipeline",
-    "test_data_synthetic.py::test_every_registered_dataset_loads": "pipeline",
-    "test_illustrate.py::test_figures_build_and_save": "pipeline",
+    "data/test_synthetic::test_learnable_on_held_out_subjects": "pipeline",
+    "data/test_synthetic::test_every_registered_dataset_loads": "pipeline",
+    "analysis/test_loss_illustration::test_figures_build_and_save": "pipeline",
 }
 #: skip reasons that mean a whole tier's tool is missing (the browser test's fixtures say so)
 MISSING_TOOL = "apt-get install chromium chromium-driver"
 
 
 def pytest_collection_modifyitems(config, items):
+    root = Path(__file__).parent
     for item in items:
         path = Path(str(item.fspath))
-        if "tests" not in path.parts:
+        if root not in path.parents:
             item.add_marker(pytest.mark.unit)  # doctests of the package
             continue
-        key = f"{path.name}::{item.originalname if hasattr(item, 'originalname') else item.name}"
-        tier = TIER_OVERRIDES.get(key) or TIERS.get(path.stem)
+        module = path.relative_to(root).with_suffix("").as_posix()  # e.g. engine/test_train
+        name = item.originalname if hasattr(item, "originalname") else item.name
+        tier = TIER_OVERRIDES.get(f"{module}::{name}") or TIERS.get(module)
         if tier is None:
-            raise pytest.UsageError(f"{path}: no tier for this test module; add it to TIERS "
-                                    "in tests/conftest.py (unit, pipeline or integration)")
+            raise pytest.UsageError(f"{path}: no tier for this test module; add "
+                                    f"{module!r} to TIERS in tests/conftest.py (unit, "
+                                    "pipeline or integration)")
         item.add_marker(getattr(pytest.mark, tier))
 
 
@@ -80,7 +96,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(table, info, folds) of a 12-subject FG-NET-like set (120 images, 32 px), 3
-    subject-disjoint folds: the trainer's tiny data (tests/test_train.py, test_finetune.py)."""
+    subject-disjoint folds: the trainer's tiny data (tests/engine/test_train.py,
+    test_train_finetune.py)."""
     import warnings
 
     from ageest.data import get_dataset, make_folds

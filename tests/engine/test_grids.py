@@ -233,7 +233,7 @@ def test_unfinished_run_with_other_parameters_restarts(data_dir, tmp_path):
 
 def test_failed_run_is_recorded_and_others_continue(data_dir, tmp_path, monkeypatch):
     # a failure only the run itself can meet (a bad name is refused before any run starts,
-    # see test_trust_round3): the ce loss breaks when it is built
+    # see tests/commands/test_user_errors.py): the ce loss breaks when it is built
     import ageest.losses
 
     real_get_loss = ageest.losses.get_loss

@@ -451,3 +451,33 @@ def test_the_forwarded_settings_are_derived_from_the_schema():
     got = training_settings({"tta_flip": True, "split_csv": "x.csv", "dataset": ["a"],
                              "workers": 1, "unrelated": 3})
     assert got == {"tta_flip": True, "quiet": True, "workers": 1}
+
+
+def test_each_value_is_checked_once_where_it_enters(monkeypatch, tmp_path):
+    """A shared value was checked once per notebook declaring it in check_profile and again
+    in each notebook's parameters (synthetic_size six times, a -p epochs value twice): now
+    once where it enters (its file, or the command line), and every notebook still gets it."""
+    from collections import Counter
+
+    import ageest.engine.grids as grids_module
+    import ageest.pipeline.reproduce as reproduce_module
+
+    calls: Counter = Counter()
+    real = reproduce_module.check_value
+
+    def counting(setting, value, *args):
+        calls[setting.name] += 1
+        return real(setting, value, *args)
+
+    monkeypatch.setattr(reproduce_module, "check_value", counting)
+    monkeypatch.setattr(grids_module, "check_value", counting)
+    plan = reproduce_module.plan_notebooks(
+        "smoke", list_notebooks(), only=None, out=tmp_path, overrides={},
+        parameters={"epochs": "2", "tta_flip": "true"})
+    by_name = {nb.stem: values for nb, values in plan}
+    assert [by_name[s]["synthetic_size"] for s in ("00_data_prep", "02_training",
+                                                   "04_ablation_k")] == [64, 64, 64]
+    assert by_name["02_training"]["epochs"] == by_name["04_ablation_k"]["epochs"] == 2
+    assert by_name["04_ablation_k"]["train_options"] == {"tta_flip": True}
+    assert calls["synthetic_size"] == 1 and calls["tta_flip"] == 1
+    assert calls["epochs"] == 3  # training.yaml's, 02's clap_epochs, the command line's
