@@ -69,7 +69,7 @@ def load(kind: str, data_dir: str | os.PathLike | None, *, out: str | os.PathLik
     manifest = Path(out) / "data" / f"{name}.manifest.json"
     manifest.parent.mkdir(parents=True, exist_ok=True)
     return get_dataset(name, data_dir=folder, size=size, on_bad=on_bad, manifest=manifest,
-                       loader_options=loader_options, identical_images=identical_images or None)
+                       loader_options=loader_options, identical_images=identical_images)
 
 
 def utkface_split_csv(utkface_dir: str | os.PathLike, out: str | os.PathLike, *,
@@ -89,7 +89,7 @@ def utkface_split_csv(utkface_dir: str | os.PathLike, out: str | os.PathLike, *,
     if df is None:
         name, folder = dataset_choice("utkface", utkface_dir)
         df, _ = get_dataset(name, data_dir=folder, on_bad=on_bad,
-                            identical_images=identical_images or None)
+                            identical_images=identical_images)
     if split_csv:
         apply_split_csv(df, split_csv)  # raises naming what does not match
         return Path(split_csv).expanduser().resolve()
@@ -107,15 +107,15 @@ def utkface_split_csv(utkface_dir: str | os.PathLike, out: str | os.PathLike, *,
 def load_datasets(*, fgnet_dir: str = "", clap_dir: str = "", utkface_dir: str = "",
                   utkface_split: str = "", out: str | os.PathLike, size: int = 64,
                   on_bad: str = "raise", split_seed: int = 0, split_fractions=None,
-                  identical_images: str = "", clap: bool = True
+                  identical_images: str | None = None, clap: bool = True
                   ) -> dict[str, tuple[pd.DataFrame, Any]]:
     """The pipeline's datasets by label: UTKFace alone (with its split, see
     :func:`utkface_split_csv`) when ``utkface_dir`` is given, else the FG-NET-format and the
     CLAP2016-format dataset (real or synthetic, :func:`dataset_choice`; ``clap=False``: the
     FG-NET-format one alone, as the fgnet profile trains no CLAP2016 runs). ``identical_images``:
-    the identical-image policy ("" = each dataset's own, see :func:`ageest.data.get_dataset`),
+    the identical-image policy (None = each dataset's own, see :func:`ageest.data.get_dataset`),
     applied before any split."""
-    policy = {"on_bad": on_bad, "identical_images": identical_images or None}
+    policy = {"on_bad": on_bad, "identical_images": identical_images}
     if utkface_dir:
         from ageest.data.splits import apply_split_csv
 

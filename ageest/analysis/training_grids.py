@@ -68,10 +68,6 @@ def training_settings(params: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"train_options: {both[0]} is a notebook parameter of its own; set "
                          f"{both[0]} instead")
     p.update(options)
-    # the notebooks' "none" spellings: grad_clip 0, an empty address or policy
-    for name in ("grad_clip", "address", "identical_images"):
-        if name in p:
-            p[name] = p[name] or None
     # several workers: one line per finished run (the runner silences their epoch bars);
     # one worker would print a progress bar per epoch into the executed notebook
     p["quiet"] = None if int(p.get("workers", 1)) > 1 else True
@@ -127,13 +123,13 @@ def comparison_grids(settings: Mapping[str, Any], *, fgnet_dir: str, clap_dir: s
     return grids
 
 
-def clap_overrides(*, optimizer: str, epochs: int, grad_clip: float, transforms: str,
+def clap_overrides(*, optimizer: str, epochs: int, grad_clip: float | None, transforms: str,
                    normalize: bool, seeds: list[int] | str = (), label_rounding: str = "half_up"
                    ) -> dict[str, Any]:
     """Runner keys in which the CLAP2016-format runs differ from the FG-NET-format ones
-    (``grad_clip`` 0 = none; ``seeds`` empty = the FG-NET-format seeds). Values pass as given:
-    the grid schema checks each (:func:`ageest.engine.grids.normalize_grid`)."""
-    out = {"optimizer": optimizer, "epochs": epochs, "grad_clip": grad_clip or None,
+    (``grad_clip`` None = none; ``seeds`` empty = the FG-NET-format seeds). Values pass as
+    given: the grid schema checks each (:func:`ageest.engine.grids.normalize_grid`)."""
+    out = {"optimizer": optimizer, "epochs": epochs, "grad_clip": grad_clip,
            "transforms": transforms, "normalize": normalize, "label_rounding": label_rounding}
     if as_list(seeds):
         out["seeds"] = seeds

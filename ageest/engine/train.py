@@ -185,9 +185,10 @@ class TrainConfig:
     epochs: int = _option(10, "training epochs", minimum=1)
     batch_size: int = _option(32, "global batch (split over ranks under torchrun)", minimum=1)
     grad_clip: float | None = _option(None, "clip the global gradient norm to this value "
-                                      "(CLAP2016 script: 5)", minimum=0.0)
+                                      "(CLAP2016 script: 5); none: no clipping", minimum=0.0,
+                                      above=True)
     device: str = _option("cpu", "cpu, cuda, cuda:1")
-    amp: str | None = _option(None, "autocast: auto (bf16 + channels_last where the CPU "
+    amp: str = _option("fp32", "autocast: auto (bf16 + channels_last where the CPU "
                               "executes bf16 natively, else fp32; fp32 on CUDA), fp32, bf16, fp16 "
                               "(CUDA, with a gradient scaler); a run records what auto resolved "
                               "to", choices=AMP_MODES)
@@ -393,7 +394,7 @@ def precision_label(amp: str | None, channels_last: bool, asked: str | None = No
     """
     text = f"{amp} autocast" if amp else "fp32"
     text += " + channels_last" if channels_last else ""
-    return text + (f" (amp {asked})" if asked not in (None, amp) else "")
+    return text + (f" (amp {asked})" if asked not in (None, amp, "fp32") else "")
 
 
 def eval_amp(amp: str | None, device: str) -> str | None:

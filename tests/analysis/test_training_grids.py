@@ -12,9 +12,9 @@ from tests.helpers import notebook_grids
 
 SETTINGS = dict(model="small_cnn", pretrained=False, optimizer="adamw", lr=1e-3,
                 milestones="6", epochs=2, batch_size=32, image_size=64, transforms="light",
-                normalize=False, grad_clip=0.0, lambda_mean=0.2, lambda_residue=0.05,
+                normalize=False, grad_clip=None, lambda_mean=0.2, lambda_residue=0.05,
                 lambda_variance=0.05, seeds="0,1", device="cpu", workers=2, executor="local",
-                address="", synthetic_size=64, val_fraction=0.15, split_seed=0,
+                address=None, synthetic_size=64, val_fraction=0.15, split_seed=0,
                 lr_schedule="multistep", amp="fp32", identical_images="refuse")
 
 
