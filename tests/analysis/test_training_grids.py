@@ -98,14 +98,14 @@ def test_k_ablation_reuses_the_adaptive_runs_of_the_comparison(tmp_path):
 
 
 def test_failed_runs_are_listed(monkeypatch, tmp_path):
-    def fake_run_grid(grid, results_dir):
+    def fake_run_grids(grids, results_dir):
         return pd.DataFrame([
-            {"run_dir": "runs/a/fold-0", "status": "done", "wall_time_s": 1.0, "mae": 3.0,
-             "error": None},
-            {"run_dir": "runs/b/fold-0", "status": "failed", "wall_time_s": 1.0, "mae": None,
-             "error": "ValueError: boom"}])
+            {"grid": "g", "run_dir": "runs/a/fold-0", "status": "done", "wall_time_s": 1.0,
+             "mae": 3.0, "error": None},
+            {"grid": "g", "run_dir": "runs/b/fold-0", "status": "failed", "wall_time_s": 1.0,
+             "mae": None, "error": "ValueError: boom"}])
 
-    monkeypatch.setattr("ageest.engine.grids.run_grid", fake_run_grid)
+    monkeypatch.setattr("ageest.engine.grids.run_grids", fake_run_grids)
     with pytest.raises(training_grids.RunsFailed, match=r"1 of 2 runs failed[\s\S]*runs/b/fold-0: "
                                                      "ValueError: boom"):
         training_grids.run_grids({"g": {}}, tmp_path)

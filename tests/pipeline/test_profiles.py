@@ -179,6 +179,9 @@ def test_shared_training_yaml_reaches_every_notebook_that_declares_its_keys(tmp_
                 if key not in declared:  # a training setting without a parameter
                     assert values["train_options"][key] == value, (profile, stem, key)
                     continue
+                if key == "train_options":  # the profile's, beside the settings routed there
+                    assert value.items() <= values[key].items(), (profile, stem)
+                    continue
                 assert values[key] == value, (profile, stem, key)
     values = notebook_parameters("default", by_stem["02_training"], out=tmp_path)
     assert values["seeds"] == [0] and values["train_options"]["milestones"] == [8]
@@ -336,7 +339,7 @@ def test_notebooks_02_and_04_declare_their_shared_parameters_alike():
     a = declared_parameters(paths.NOTEBOOKS / "02_training.ipynb")
     b = declared_parameters(paths.NOTEBOOKS / "04_ablation_k.ipynb")
     common = sorted(set(a) & set(b))
-    assert len(common) >= 30
+    assert len(common) >= 25  # the data, the split, the recipe a reader tunes, execution
     for name in common:
         for field in ("inferred_type_name", "default", "help"):
             assert a[name].get(field) == b[name].get(field), (name, field)
