@@ -401,9 +401,18 @@ def notebook_parameters(profile: str, notebook: str | Path, *, out: Path,
     values.update(given)
     if command_line is None:
         command_line = read_command_line(text_overrides or {}, [notebook])
-    values.update({k: v for k, v in command_line.values.items() if k in declared})
-    _route(values, {k: v for k, v in command_line.routed.items() if _takes(k, declared)},
-           notebook=notebook, source="the command line", checked=True)
+    given = {k: v for k, v in command_line.values.items() if k in declared}
+    # the command line's train_options add to the profile's (a name in both: the command line's)
+    cli_options = given.pop("train_options", None) or {}
+    values.update(given)
+    if cli_options:
+        values["train_options"] = {**(values.get("train_options") or {}), **cli_options}
+    routed_cli = {k: v for k, v in command_line.routed.items() if _takes(k, declared)}
+    twice = sorted(set(routed_cli) & set(cli_options))
+    if twice:
+        raise ReproduceError(f"-p {twice[0]} is also in -p train_options; give it once")
+    if routed_cli:  # over what the profile put there: the command line has the last word
+        values["train_options"] = {**(values.get("train_options") or {}), **routed_cli}
     values["profile"] = profile
     values["results_dir"] = str(out)
     return values
@@ -426,9 +435,9 @@ def _takes(name: str, declared: Mapping[str, Any]) -> bool:
 
 def _route(values: dict[str, Any], routed: Mapping[str, Any], *, notebook: Path,
            source: str | Path, checked: bool = False) -> None:
-    """Put the undeclared training settings of ``source`` into ``values["train_options"]``,
-    each checked by its declaration; one also in the profile's ``train_options`` is an error
-    (one value per setting)."""
+    """Put the undeclared training settings of the profile's ``source`` into
+    ``values["train_options"]``, each checked by its declaration; one also in the profile's
+    ``train_options`` is an error (one value per setting)."""
     if not routed:
         return
     options = dict(values.get("train_options") or {})

@@ -479,3 +479,22 @@ def test_each_value_is_checked_once_where_it_enters(monkeypatch, tmp_path):
     assert by_name["04_ablation_k"]["train_options"] == {"tta_flip": True}
     assert calls["synthetic_size"] == 1 and calls["tta_flip"] == 1
     assert calls["epochs"] == 3  # training.yaml's, 02's clap_epochs, the command line's
+
+
+def test_the_command_line_has_the_last_word_over_the_profiles_train_options(tmp_path):
+    """The utkface profile routes milestones, lr_schedule ... into train_options beside its own
+    {tta_flip: true}: `-p milestones 1` replaced nothing and stopped reproduce ("also in
+    train_options"), and `-p train_options {...}` dropped the profile's routed settings. Now a
+    -p value overrides the profile's, -p train_options adds to it, and one name given twice on
+    the command line is refused."""
+    from ageest.pipeline.reproduce import read_command_line
+
+    nb = next(nb for nb in NOTEBOOKS if nb.stem == "02_training")
+    cli = read_command_line({"milestones": "1", "train_options": "{weight_decay: 0.05}"}, [nb])
+    values = notebook_parameters("utkface", nb, out=tmp_path, command_line=cli)
+    options = values["train_options"]
+    assert options["milestones"] == [1] and options["weight_decay"] == 0.05
+    assert options["tta_flip"] is True and options["lr_schedule"] == "onecycle"  # the profile's
+    twice = read_command_line({"milestones": "1", "train_options": "{milestones: [2]}"}, [nb])
+    with pytest.raises(ReproduceError, match="-p milestones is also in -p train_options"):
+        notebook_parameters("utkface", nb, out=tmp_path, command_line=twice)
