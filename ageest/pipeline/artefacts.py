@@ -12,6 +12,9 @@ import pandas as pd
 
 from ageest.files import atomic_write_bytes, atomic_write_text  # noqa: F401
 
+#: the files :func:`save_table` and :func:`save_figure` write for one artefact, by kind
+FILE_TYPES = {"table": ("csv", "md", "tex"), "figure": ("png", "pdf")}
+
 
 def save_table(
     df: pd.DataFrame, out: str | os.PathLike, name: str, caption: str = "", *,
@@ -76,7 +79,7 @@ def save_figure(fig, out: str | os.PathLike | None, name: str, *, dpi: int = 150
     catalogue.artefact(catalogue.FIGURE, name)
     out_dir = Path(folder) if folder is not None else Path(out) / "figures"
     paths: dict[str, Path] = {}
-    for ext in ("png", "pdf"):
+    for ext in FILE_TYPES["figure"]:
         buf = io.BytesIO()
         fig.savefig(buf, format=ext, dpi=dpi, bbox_inches="tight")
         paths[ext] = atomic_write_bytes(out_dir / f"{stem or name}.{ext}", buf.getvalue())

@@ -710,6 +710,10 @@ def reproduce(profile: str, *, fgnet: str | None = None, clap: str | None = None
     log(f"ageest reproduce: profile {profile}, {len(plan)} notebooks -> {out}")
     for i, (nb, params) in enumerate(plan, 1):
         executed = out / "executed" / nb.name
+        cleared = clear_artefacts(nb, out)
+        if cleared:
+            log(f"{nb.name}: {cleared} table/figure file(s) of an earlier run removed (it "
+                "writes again those it produces)")
         t0 = time.perf_counter()
         try:
             nb_result = execute_notebook(nb, executed, params, kernel_name=kernel_name, html=html)
@@ -770,6 +774,24 @@ def _artefacts_of(notebook: Path, out: Path) -> tuple[list[str], list[str]]:
         if path.is_file() and art.name not in found[art.kind]:
             found[art.kind].append(art.name)
     return found["table"], found["figure"]
+
+
+def clear_artefacts(notebook: Path, out: Path) -> int:
+    """Remove the tables and figures ``notebook`` declares from an earlier run under ``out``
+    before it runs again, so a table it no longer produces (the dual-protocol table of a rerun
+    without the reference loss, say) is never left to look like this run's; returns how many
+    files went."""
+    from ageest.pipeline.artefacts import FILE_TYPES
+    from ageest.pipeline.catalogue import of_notebook
+
+    removed = 0
+    for art in of_notebook(notebook.stem):
+        for ext in FILE_TYPES[art.kind]:
+            path = out / f"{art.kind}s" / f"{art.name}.{ext}"
+            if path.is_file():
+                path.unlink()
+                removed += 1
+    return removed
 
 
 def _seeds(plan: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any]:

@@ -120,16 +120,6 @@ def test_manifest_and_report(smoke):
     assert "![CS(θ) curves](figures/cs_curves.png)" in text
 
 
-def test_rerun_of_evaluation_only_reuses_stored_predictions(smoke):
-    out, _, _ = smoke
-    before = sorted(p.name for p in (out / "runs").rglob("metrics.json"))
-    result = reproduce("smoke", results_dir=out, only="03", html=False, log=lambda s: None)
-    assert [r.name for r in result.notebooks] == ["03_evaluation.ipynb"]
-    assert sorted(p.name for p in (out / "runs").rglob("metrics.json")) == before
-    manifest = read_json(out / "manifest.json")
-    assert len(manifest["notebooks"]) == len(list_notebooks())  # others kept from the first run
-
-
 def test_failing_notebook_names_cell_and_error(tmp_path):
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "ageest", "display_name": "Python (ageest)",
@@ -154,21 +144,26 @@ def test_failing_notebook_names_cell_and_error(tmp_path):
 
 
 @pytest.mark.parametrize("loss", ["amr", "ce"])
-def test_evaluation_runs_with_a_single_loss(loss, smoke, tmp_path):
-    """Notebook 03 with one loss, the reference alone (amr: nothing to pair with) or without
-    it (ce: no reference runs, no dual-protocol table); 03 used to stop with KeyError
-    'baseline'. On a copy of the smoke runs (notebook 02 trained them; one loss changes only
-    what 03 reads)."""
+def test_evaluation_alone_reruns_on_stored_runs_with_a_single_loss(loss, smoke, tmp_path):
+    """Notebook 03 rerun alone (`--only 03`) on a copy of the smoke results: it reads the
+    stored predictions (no run trains again) and the manifest keeps the other notebooks' entries.
+    With one loss, the reference alone (amr: nothing to pair with) or without it (ce: no
+    reference runs, no dual-protocol table); 03 used to stop with KeyError 'baseline'."""
     out = tmp_path / "one"
-    shutil.copytree(smoke[0] / "runs", out / "runs")
-    reproduce("smoke", results_dir=out, log=lambda s: None, html=False, report=False,
-              only="03", parameters={"losses": loss})
+    shutil.copytree(smoke[0], out)
+    before = sorted(str(p.relative_to(out)) for p in (out / "runs").rglob("metrics.json"))
+    result = reproduce("smoke", results_dir=out, log=lambda s: None, html=False, report=False,
+                       only="03", parameters={"losses": loss})
+    assert [r.name for r in result.notebooks] == ["03_evaluation.ipynb"]
+    assert sorted(str(p.relative_to(out)) for p in (out / "runs").rglob("metrics.json")) \
+        == before
+    manifest = read_json(out / "manifest.json")
+    assert len(manifest["notebooks"]) == len(list_notebooks())  # others kept from the first run
     metrics = read_json(out / "metrics" / "03_evaluation.json")
     assert metrics["paired_p_values"] == {}
     # one loss: its clean row, and its official row when the official runs trained it (amr)
-    assert sorted(metrics["fgnet_mae"]) == sorted(
-        [loss] + ([f"{loss} [official (test-selected epoch)]"] if loss == "amr" else []))
+    official = [f"{loss} [official (test-selected epoch)]"] if loss == "amr" else []
+    assert sorted(metrics["fgnet_mae"]) == sorted([loss, *official])
     assert all(math.isfinite(v) for v in metrics["fgnet_mae"].values())
-    assert (out / "tables" / "dual_protocol.csv").is_file() == (loss == "amr")
-    assert list(metrics["clap_epsilon"]) == [loss] + (
-        [f"{loss} [official (test-selected epoch)]"] if loss == "amr" else [])
+    assert (out / "tables" / "dual_protocol.csv").exists() == (loss == "amr")
+    assert list(metrics["clap_epsilon"]) == [loss, *official]
