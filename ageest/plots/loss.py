@@ -110,6 +110,19 @@ def loss_response_figure(table: pd.DataFrame) -> Figure:
     return fig
 
 
+def _bars(ax, x, heights, colors, width: float = 0.9) -> None:
+    """A bar per age as one collection of rectangles: what ``ax.bar`` draws, without a patch
+    per bar (a 16-panel figure of 70 bars each took ~4 s to save as PNG and PDF)."""
+    from matplotlib.collections import PolyCollection
+
+    x, h = np.asarray(x, dtype=float), np.asarray(heights, dtype=float)
+    left, right, zero = x - width / 2, x + width / 2, np.zeros_like(h)
+    verts = np.stack([np.stack([left, zero], 1), np.stack([left, h], 1),
+                      np.stack([right, h], 1), np.stack([right, zero], 1)], 1)  # (N, 4, 2)
+    ax.add_collection(PolyCollection(verts, facecolors=colors, edgecolors="none"))
+    ax.autoscale_view()
+
+
 def gradients_figure(examples: Examples, *, k: int | None = None,
                      terms: Sequence[str] = ("ce", "mean", "variance", "residue")) -> Figure:
     """Rows: examples; columns: loss terms; each panel the gradient of the (unweighted) term with
@@ -132,7 +145,7 @@ def gradients_figure(examples: Examples, *, k: int | None = None,
             ax = axes[i, j]
             g = grads[term]
             colors = np.where(mask, TOPK_COLOR, RESIDUE_COLOR)
-            ax.bar(a, g, width=0.9, color=colors)
+            _bars(ax, a, g, colors)
             ax.axhline(0, color="black", lw=0.5)
             ax.axvline(true_age, color="black", lw=1)
             ax.set_xlim(*xlim)
@@ -189,7 +202,7 @@ def explorer_figure(state: Mapping[str, object]) -> Figure:
     ax_g.axvline(state["true_age"], color="black", lw=1)
     ax_g.set_ylabel("∂L/∂logit")
     ax_g.legend(fontsize=7, ncols=4, loc="lower right")
-    ax_r.bar(ages, g["residue"], width=0.9, color=np.where(mask, TOPK_COLOR, RESIDUE_COLOR))
+    _bars(ax_r, ages, g["residue"], np.where(mask, TOPK_COLOR, RESIDUE_COLOR))
     ax_r.axhline(0, color="black", lw=0.5)
     ax_r.axvline(state["true_age"], color="black", lw=1)
     ax_r.set_ylabel("∂$L_r$/∂logit", fontsize=8)
