@@ -552,9 +552,9 @@ def run_grid(grid: dict[str, Any] | None = None, *, results_dir: str | os.PathLi
         One row per run: ``run_dir``, ``status`` (done / skipped / failed / pending),
         ``wall_time_s``, ``mae``, ``error`` (last line of the traceback).
     """
-    g = {**grid, **overrides} if overrides else grid  # a CheckedGrid stays one
+    g = {**(grid or {}), **overrides} if overrides else grid  # a CheckedGrid stays one
     summary = run_grids({"": g}, results_dir=results_dir, executor=executor, on_event=on_event)
-    return _with_attrs(summary.drop(columns="grid"), summary.attrs)
+    return summary.drop(columns="grid")  # attrs (results_dir) carry over
 
 
 def run_grids(grids: Mapping[str, Mapping[str, Any]], *,
@@ -591,11 +591,6 @@ def run_grids(grids: Mapping[str, Mapping[str, Any]], *,
                                           "error"])
     summary.attrs["results_dir"] = str(plans[0][2]) if plans else str(results_dir or "results")
     return summary
-
-
-def _with_attrs(frame: pd.DataFrame, attrs: Mapping[str, Any]) -> pd.DataFrame:
-    frame.attrs.update(attrs)
-    return frame
 
 
 def _execution_groups(plans: list) -> list[list]:

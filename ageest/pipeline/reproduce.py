@@ -364,7 +364,7 @@ def notebook_parameters(profile: str, notebook: str | Path, *, out: Path,
 
     With ``command_line`` (:func:`read_command_line`: the ``-p`` values of every notebook,
     read and checked once) instead of ``text_overrides``, the profile's files count as
-    checked too (:func:`check_profile`, which :func:`plan` calls first): each value is
+    checked too (:func:`check_profile`, which :func:`plan_notebooks` calls first): each value is
     checked once where it enters, not once per notebook."""
     if command_line is not None and text_overrides:
         raise ValueError("give text_overrides or command_line, not both")
@@ -394,7 +394,7 @@ def notebook_parameters(profile: str, notebook: str | Path, *, out: Path,
     values.update(own)
     _route(values, routed, notebook=notebook, source=shared_file(profile, params_dir),
            checked=checked)
-    # the command line's values, checked once here (the files' were checked above)
+    # reproduce's own flags (--fgnet, --device ...), then the -p values
     given = {key: value for key, value in (overrides or {}).items()
              if value is not None and key in declared}
     check_parameters(given, declared, notebook=notebook, source="the command line")

@@ -649,3 +649,10 @@ def test_the_grids_of_a_notebook_run_in_one_executor_and_are_checked_once(data_d
     # a second call: both finished, nothing goes to an executor
     assert (training_grids.run_grids(two, tmp_path)["status"] == "skipped").all()
     assert len(Recording.calls) == 1
+
+
+def test_run_grid_takes_keyword_settings_without_a_grid(tmp_path):
+    """run_grid(epochs=0) with no grid dict: the value is checked (the relayout's first version
+    of run_grid spread a None grid and raised TypeError instead)."""
+    with pytest.raises(ValueError, match="epochs"):
+        grids.run_grid(results_dir=tmp_path, epochs=0)
