@@ -17,29 +17,35 @@ $(BIN)/python:
 # holds the notebooks' and pipeline's dependencies; `pip install ageest` alone is the light core)
 CONSTRAINTS := requirements/constraints.txt
 
+# --no-compile: no .pyc for the ~20,000 modules installed (torch alone holds thousands); Python
+# writes one the first time a module is imported (the install takes ~25 s less here)
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
-	$(BIN)/python -m pip install -c $(CONSTRAINTS) -e '.[kit]'
+	$(BIN)/python -m pip install --no-compile -c $(CONSTRAINTS) -e '.[kit]'
 	$(BIN)/python -m ipykernel install --sys-prefix --name ageest --display-name "Python (ageest)"
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
-	$(BIN)/python -m pip install -c $(CONSTRAINTS) -e '.[dev]'
+	$(BIN)/python -m pip install --no-compile -c $(CONSTRAINTS) -e '.[dev]'
 	$(BIN)/python -m ipykernel install --sys-prefix --name ageest --display-name "Python (ageest)"
 	touch $(VENV)/.installed $@
 
 reproduce: $(VENV)/.installed
 	$(BIN)/ageest reproduce --profile $(PROFILE) $(ARGS)
 
+# the suite on every core: one pytest-xdist worker per core, each pinned to its core, a test
+# module's tests on one worker (module fixtures built once), the slow tiers first (tests/conftest.py)
+XDIST := -n auto --dist loadfile --no-loadscope-reorder
+
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check ageest tests benchmarks
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(XDIST)
 
 # the unit tier alone (losses, metrics, data, store, trainer on tiny data), for the edit-test loop
 test-fast: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -m "unit and not slow" -q
 
 test-slow: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -m slow
+	$(BIN)/python -m pytest -m slow $(XDIST)
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check ageest tests benchmarks

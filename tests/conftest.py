@@ -10,11 +10,15 @@ the package: ``tests/engine/test_train.py`` tests ``ageest/engine/train.py``.
   CLI end to end;
 - ``integration``: a Ray cluster on loopback, ``torchrun`` DDP, JupyterLab in a real browser.
 
-``make test`` runs all three.
+``make test`` runs all three, in parallel with pytest-xdist (``-n auto --dist loadfile``): each
+worker process is pinned to its own share of the cores (:func:`pytest_configure`), so the code
+under test, which sizes its threads and worker processes by the cores it may use
+(``ageest.engine.executors.available_cpus``), never puts two busy threads on one core.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -61,12 +65,33 @@ TIER_OVERRIDES = {
 MISSING_TOOL = "apt-get install chromium chromium-driver"
 
 
+def pytest_configure(config):
+    """Under pytest-xdist, pin worker ``gwN`` to every ``count``-th core from the N-th (two
+    workers on two cores: one core each). Subprocesses inherit the pinning, torch sizes its
+    thread pool by it, and the executors size their workers by it: two workers each running
+    two-thread torch on two cores slowed both 5-10x (OpenMP threads waiting on each other)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw") or not hasattr(os, "sched_setaffinity"):
+        return
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    cores = sorted(os.sched_getaffinity(0))
+    share = cores[int(worker[2:]) % count::count] if count <= len(cores) else cores
+    os.sched_setaffinity(0, share)
+
+
+#: the order modules start in: the slow tiers first, so that under pytest-xdist the many short
+#: unit modules fill the cores at the end instead of one long notebook run starting last
+TIER_ORDER = ("pipeline", "integration", "unit")
+
+
 def pytest_collection_modifyitems(config, items):
     root = Path(__file__).parent
+    order = {}
     for item in items:
         path = Path(str(item.fspath))
         if root not in path.parents:
             item.add_marker(pytest.mark.unit)  # doctests of the package
+            order[item.nodeid] = TIER_ORDER.index("unit")
             continue
         module = path.relative_to(root).with_suffix("").as_posix()  # e.g. engine/test_train
         name = item.originalname if hasattr(item, "originalname") else item.name
@@ -76,6 +101,8 @@ def pytest_collection_modifyitems(config, items):
                                     f"{module!r} to TIERS in tests/conftest.py (unit, "
                                     "pipeline or integration)")
         item.add_marker(getattr(pytest.mark, tier))
+        order[item.nodeid] = TIER_ORDER.index(TIERS[module])  # a module's tests stay together
+    items.sort(key=lambda item: order[item.nodeid])  # stable: the file order within a tier
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -113,10 +140,13 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture
 def two_threads():
-    """torch on two threads for the test, restored after (the trainer's tests)."""
+    """torch on two threads for the test (fewer when this process may use fewer cores: one
+    per pytest-xdist worker), restored after (the trainer's tests)."""
     import torch
 
+    from ageest.engine.executors import available_cpus
+
     threads = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(min(2, available_cpus()))
     yield
     torch.set_num_threads(threads)
