@@ -70,12 +70,13 @@ def pytest_configure(config):
     workers on two cores: one core each). Subprocesses inherit the pinning, torch sizes its
     thread pool by it, and the executors size their workers by it: two workers each running
     two-thread torch on two cores slowed both 5-10x (OpenMP threads waiting on each other)."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-    if not worker.startswith("gw") or not hasattr(os, "sched_setaffinity"):
+    worker = getattr(config, "workerinput", None)  # set in xdist's worker processes only (a
+    # pytest started from a test inherits PYTEST_XDIST_WORKER but is not a worker)
+    if worker is None or not hasattr(os, "sched_setaffinity"):
         return
-    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index, count = int(worker["workerid"].removeprefix("gw")), int(worker["workercount"])
     cores = sorted(os.sched_getaffinity(0))
-    share = cores[int(worker[2:]) % count::count] if count <= len(cores) else cores
+    share = cores[index % count::count] if count <= len(cores) else cores
     os.sched_setaffinity(0, share)
 
 
