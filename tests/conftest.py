@@ -65,6 +65,15 @@ TIER_OVERRIDES = {
 MISSING_TOOL = "apt-get install chromium chromium-driver"
 
 
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker per core this process may use (its CPU affinity, as the executors
+    count them), not xdist's default (psutil's physical cores of the whole machine, which on a
+    machine with hyperthreads or a pinned job is not the cores the suite may use)."""
+    from ageest.engine.executors import available_cpus
+
+    return available_cpus()
+
+
 def pytest_configure(config):
     """Under pytest-xdist, pin worker ``gwN`` to every ``count``-th core from the N-th (two
     workers on two cores: one core each). Subprocesses inherit the pinning, torch sizes its

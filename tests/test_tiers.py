@@ -76,6 +76,10 @@ def test_xdist_workers_each_get_their_own_cores(tmp_path):
         assert s["available"] == len(s["cores"]) == s["torch_threads"], seen
 
 
+def test_auto_starts_one_worker_per_core_this_process_may_use():
+    assert conftest.pytest_xdist_auto_num_workers(None) == len(os.sched_getaffinity(0))
+
+
 def test_the_slow_tiers_are_collected_first_a_module_kept_together():
     def item(module, name):
         path = Path(conftest.__file__).parent / f"{module}.py"
