@@ -19,8 +19,8 @@ CONSTRAINTS := requirements/constraints.txt
 
 # pip compiles every installed module at install time: keep it (no --no-compile), as this
 # machine's environment sets PYTHONDONTWRITEBYTECODE=1 and nothing would be compiled later: every
-# import in every notebook kernel and worker would compile torch's modules again (make test took
-# 468 s instead of 299 s with --no-compile; the install saves ~25 s)
+# import in every notebook kernel and worker would compile torch's modules again (with
+# --no-compile the install took ~25 s less and pytest 468 s instead of 299 s)
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	$(BIN)/python -m pip install -c $(CONSTRAINTS) -e '.[kit]'
 	$(BIN)/python -m ipykernel install --sys-prefix --name ageest --display-name "Python (ageest)"

@@ -31,9 +31,7 @@ def save_table(
 
     catalogue.artefact(catalogue.TABLE, name)
     caption = catalogue.caption(caption, synthetic)
-    out_dir = Path(out) / "tables"
-    paths: dict[str, Path] = {}
-    paths["csv"] = atomic_write_text(out_dir / f"{name}.csv", df.to_csv(index=index))
+    texts = {"csv": df.to_csv(index=index)}
     shown = _formatted(df, float_format)
     # numbers stay as formatted (tabulate would re-parse "0.060" into 0.06), right-aligned
     align = ["right" if pd.api.types.is_numeric_dtype(df[c]) else "left" for c in df.columns]
@@ -42,10 +40,12 @@ def save_table(
     md = shown.to_markdown(index=index, disable_numparse=True, colalign=align)
     if caption:
         md = f"{caption}\n\n{md}"
-    paths["md"] = atomic_write_text(out_dir / f"{name}.md", md + "\n")
-    tex = shown.to_latex(index=index, caption=caption or None, label=f"tab:{name}", escape=True)
-    paths["tex"] = atomic_write_text(out_dir / f"{name}.tex", tex)
-    return paths
+    texts["md"] = md + "\n"
+    texts["tex"] = shown.to_latex(index=index, caption=caption or None, label=f"tab:{name}",
+                                  escape=True)
+    out_dir = Path(out) / "tables"
+    return {ext: atomic_write_text(out_dir / f"{name}.{ext}", texts[ext])
+            for ext in FILE_TYPES["table"]}
 
 
 def _formatted(df: pd.DataFrame, float_format: str) -> pd.DataFrame:

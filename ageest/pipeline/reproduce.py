@@ -763,15 +763,26 @@ def plan_notebooks(profile: str, notebooks: list[Path], *, only: str | None, out
     return plan
 
 
-def _artefacts_of(notebook: Path, out: Path) -> tuple[list[str], list[str]]:
-    """The tables and figures ``notebook`` declares in :mod:`ageest.pipeline.catalogue` that exist under
-    ``out`` (a notebook may skip some, e.g. the CLAP2016 tables without CLAP2016 runs)."""
+def _artefact_files(notebook: Path, out: Path):
+    """``(artefact, file type, path)`` of every file :func:`~ageest.pipeline.artefacts.save_table`
+    and :func:`~ageest.pipeline.artefacts.save_figure` write for the tables and figures
+    ``notebook`` declares in :mod:`ageest.pipeline.catalogue`, the main file type first."""
+    from ageest.pipeline.artefacts import FILE_TYPES
     from ageest.pipeline.catalogue import of_notebook
 
-    found: dict[str, list[str]] = {"table": [], "figure": []}
     for art in of_notebook(notebook.stem):
-        path = out / f"{art.kind}s" / f"{art.name}.{'csv' if art.kind == 'table' else 'png'}"
-        if path.is_file() and art.name not in found[art.kind]:
+        for ext in FILE_TYPES[art.kind]:
+            yield art, ext, out / f"{art.kind}s" / f"{art.name}.{ext}"
+
+
+def _artefacts_of(notebook: Path, out: Path) -> tuple[list[str], list[str]]:
+    """The tables and figures ``notebook`` declares that exist under ``out`` (their main file:
+    a notebook may skip some, e.g. the CLAP2016 tables without CLAP2016 runs)."""
+    from ageest.pipeline.artefacts import FILE_TYPES
+
+    found: dict[str, list[str]] = {"table": [], "figure": []}
+    for art, ext, path in _artefact_files(notebook, out):
+        if ext == FILE_TYPES[art.kind][0] and path.is_file() and art.name not in found[art.kind]:
             found[art.kind].append(art.name)
     return found["table"], found["figure"]
 
@@ -781,16 +792,11 @@ def clear_artefacts(notebook: Path, out: Path) -> int:
     before it runs again, so a table it no longer produces (the dual-protocol table of a rerun
     without the reference loss, say) is never left to look like this run's; returns how many
     files went."""
-    from ageest.pipeline.artefacts import FILE_TYPES
-    from ageest.pipeline.catalogue import of_notebook
-
     removed = 0
-    for art in of_notebook(notebook.stem):
-        for ext in FILE_TYPES[art.kind]:
-            path = out / f"{art.kind}s" / f"{art.name}.{ext}"
-            if path.is_file():
-                path.unlink()
-                removed += 1
+    for _, _, path in _artefact_files(notebook, out):
+        if path.is_file():
+            path.unlink()
+            removed += 1
     return removed
 
 
